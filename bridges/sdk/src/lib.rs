@@ -1,0 +1,22 @@
+//! What every hub-bridge bridge builds on: the hub's event model ([`event`]), sender ids
+//! ([`ids`]), the store operations ([`store`]), rate limits ([`limits`]), the bridge contract
+//! ([`bridge`]), health and metrics, and the text utilities bridges share ([`text`]).
+//!
+//! A bridge crate depends on this crate only, never on the hub or on another bridge.
+
+pub mod bridge;
+pub mod config;
+pub mod event;
+pub mod health;
+pub mod ids;
+pub mod limits;
+pub mod metrics;
+pub mod store;
+pub mod text;
+
+pub use bridge::{
+    AgentProfile, Bridge, BridgeContext, BridgeError, DeadLetter, Delivery, HubHandle,
+};
+pub use event::{ChannelEvent, ChannelMessage, HubEvent, Inbound, Source};
+pub use ids::{ExternalId, Platform};
+pub use store::{Keys, Op, Reply, Store, StoreError};

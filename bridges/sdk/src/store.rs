@@ -1,0 +1,241 @@
+//! The key-value and publish operations of the hub's store, as one closed enum.
+//!
+//! Both buses (Redis and the embedded in-process bus) interpret the same [`Op`]s, so every piece of
+//! state keeping is written once and a batch of ops is one round trip (a Redis pipeline).
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+/// One key-value or publish operation. Keys are full keys, prefix included (see [`Keys`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Get {
+        key: String,
+    },
+    /// `SET key value [PX ttl] [NX]`; replies `Ok`, or `Nil` when `only_if_absent` found the key.
+    Set {
+        key: String,
+        value: String,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    },
+    Del {
+        key: String,
+    },
+    Exists {
+        key: String,
+    },
+    Expire {
+        key: String,
+        ttl: Duration,
+    },
+    /// Remaining time to live in milliseconds; `-1` without a TTL, `-2` when the key is absent.
+    TtlMillis {
+        key: String,
+    },
+    HSet {
+        key: String,
+        fields: Vec<(String, String)>,
+    },
+    HGetAll {
+        key: String,
+    },
+    ZAdd {
+        key: String,
+        score: i64,
+        member: String,
+    },
+    ZRem {
+        key: String,
+        member: String,
+    },
+    ZRangeByScore {
+        key: String,
+        min: i64,
+        max: i64,
+    },
+    /// Replies `Int(1)` when the member is new.
+    SAdd {
+        key: String,
+        member: String,
+    },
+    SRem {
+        key: String,
+        member: String,
+    },
+    SMembers {
+        key: String,
+    },
+    /// The fixed-window counter of SPEC section 4: `INCR`, and `EXPIRE window` only when the
+    /// increment made it 1. Replies the new count.
+    IncrWindow {
+        key: String,
+        window: Duration,
+    },
+    /// Refreshes a presence hash: when the key exists only `lastSeen` and the TTL are refreshed
+    /// (the status someone set is kept); when it is absent all fields are written. Replies
+    /// `Int(1)` when the key was absent, i.e. the person just came online.
+    TouchPresence {
+        key: String,
+        fields: Vec<(String, String)>,
+        ttl: Duration,
+    },
+    /// Merges a JSON object into the JSON object stored under `key` (creating it), then sets the
+    /// TTL: `channel.update` keeps the channel metadata this way.
+    MergeJson {
+        key: String,
+        patch: String,
+        ttl: Duration,
+    },
+    RPush {
+        key: String,
+        value: String,
+    },
+    /// Keeps only the newest `max_len` entries of a list.
+    TrimToNewest {
+        key: String,
+        max_len: usize,
+    },
+    LRange {
+        key: String,
+        start: isize,
+        stop: isize,
+    },
+    /// Extends a lease if `owner` still holds it; replies `Int(1)` when it did.
+    RenewLease {
+        key: String,
+        owner: String,
+        ttl: Duration,
+    },
+    /// Releases a lease if `owner` still holds it.
+    ReleaseLease {
+        key: String,
+        owner: String,
+    },
+    Publish {
+        channel: String,
+        payload: String,
+    },
+}
+
+/// What an [`Op`] answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Ok,
+    Int(i64),
+    Text(String),
+    List(Vec<String>),
+    Pairs(Vec<(String, String)>),
+}
+
+impl Reply {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Self::Int(n) => Some(*n),
+            Self::Text(text) => text.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Self::Text(text) => Some(text),
+            Self::Int(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn into_list(self) -> Vec<String> {
+        match self {
+            Self::List(items) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        match self {
+            Self::Pairs(pairs) => pairs,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Why a batch of ops did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached now; the caller should retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused a command (wrong type, script error, ...).
+    #[error("store command failed: {0}")]
+    Command(String),
+}
+
+/// The hub's key-value store and publisher.
+pub trait Store: Send + Sync + 'static {
+    /// Runs the ops in order, in one round trip, and returns one reply per op.
+    fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>>;
+}
+
+impl dyn Store {
+    /// Runs a single op.
+    pub async fn one(&self, op: Op) -> Result<Reply, StoreError> {
+        let mut replies = self.exec(vec![op]).await?;
+        replies
+            .pop()
+            .ok_or_else(|| StoreError::Command("no reply".to_owned()))
+    }
+
+    pub async fn publish(&self, channel: String, payload: String) -> Result<(), StoreError> {
+        self.one(Op::Publish { channel, payload }).await.map(drop)
+    }
+}
+
+/// Builds the state keys of SPEC section 3 under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn presence(&self, channel_id: &str, agent_id: &str) -> String {
+        format!("{}presence:{channel_id}:{agent_id}", self.prefix)
+    }
+
+    pub fn typing(&self, channel_id: &str) -> String {
+        format!("{}typing:{channel_id}", self.prefix)
+    }
+
+    pub fn recent_messages(&self, channel_id: &str) -> String {
+        format!("{}messages:{channel_id}:recent", self.prefix)
+    }
+
+    pub fn channel(&self, channel_id: &str) -> String {
+        format!("{}channel:{channel_id}", self.prefix)
+    }
+
+    pub fn members(&self, channel_id: &str) -> String {
+        format!("{}channel:{channel_id}:members", self.prefix)
+    }
+
+    pub fn rate_limit(&self, action: &str, sender_id: &str) -> String {
+        format!("{}ratelimit:{action}:{sender_id}", self.prefix)
+    }
+
+    /// The service's own keys (message-id map, cursors, outboxes, leases) live here.
+    pub fn bridge(&self, rest: &str) -> String {
+        format!("{}bridge:{rest}", self.prefix)
+    }
+}

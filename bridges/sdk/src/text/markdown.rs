@@ -1,0 +1,879 @@
+//! Rendering of Markdown, as language models write it, into the HTML subset of the Telegram Bot
+//! API (`parse_mode=HTML`), plus the plain-text fallback and the HTML escaping callers need for
+//! their own markup. The Markdown is parsed with pulldown-cmark; this module only maps its
+//! events onto the tags Telegram accepts and guarantees the output is well-formed, so a message
+//! never fails with "can't parse entities".
+
+use pulldown_cmark::{CodeBlockKind, Event, LinkType, Options, Parser, Tag, TagEnd};
+
+/// URL schemes Telegram accepts in `<a href>`; anything else (relative paths, `javascript:`) is
+/// shown as text instead of becoming a link.
+const LINK_SCHEMES: [&str; 4] = ["http://", "https://", "tg://", "mailto:"];
+
+/// Renders Markdown into Telegram HTML.
+///
+/// Only tags Telegram supports are produced (`b`, `i`, `s`, `code`, `pre`, `a`, `blockquote`);
+/// every other construct is mapped: headings become bold lines, list items become lines starting
+/// with `• ` or `1. ` (nested items indented), tables become one line per row with cells
+/// separated by ` | ` (the header row bold), a horizontal rule becomes `———`, and images become
+/// links to the image. Raw HTML in the Markdown is shown as literal text, never interpreted, and
+/// unbalanced markers (`*bold`, an unterminated fence) come out as text or as a valid rendering.
+/// All text is escaped, every tag opened is closed in order, blocks are separated by a blank
+/// line, and the result has no trailing whitespace.
+///
+/// The visible text is about as long as the source (markers are dropped, tables are not padded),
+/// so Markdown split under Telegram's limit normally stays under it once rendered.
+pub fn to_telegram_html(md: &str) -> String {
+    // Subscript is enabled only so that a single `~` pair (as in "~5 to ~10 minutes") is parsed
+    // as subscript, which is rendered back as the literal text, while `~~x~~` is strikethrough.
+    let options = Options::ENABLE_STRIKETHROUGH
+        | Options::ENABLE_SUBSCRIPT
+        | Options::ENABLE_TABLES
+        | Options::ENABLE_TASKLISTS;
+    let mut renderer = Renderer::default();
+    for event in Parser::new_ext(md, options) {
+        renderer.event(event);
+    }
+    renderer.finish()
+}
+
+/// Returns the text to send when Telegram rejects the HTML anyway: the Markdown source itself.
+///
+/// Stripping markers would be prettier, but any transformation risks losing what the agent wrote
+/// (an asterisk in a formula, an underscore in an identifier), and this is the path taken when
+/// something already went wrong, so it must be the one that cannot lose content. The source is
+/// also exactly what was measured when the message was split, so it fits the limit.
+pub fn to_plain_text(md: &str) -> String {
+    md.to_owned()
+}
+
+/// Escapes `text` for use anywhere in Telegram HTML, text or attribute value: `&`, `<`, `>` and
+/// `"` become entities Telegram understands.
+pub fn escape_html(text: &str) -> String {
+    escape(text, true)
+}
+
+fn escape(text: &str, quotes: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    push_escaped(&mut out, text, quotes);
+    out
+}
+
+fn push_escaped(out: &mut String, text: &str, quotes: bool) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' if quotes => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Whether `url` may become an `<a href>`: an allowed scheme, something after it, and no
+/// whitespace or control characters Telegram would reject.
+fn is_linkable(url: &str) -> bool {
+    let scheme_ok = LINK_SCHEMES.iter().any(|scheme| {
+        url.len() > scheme.len()
+            && url
+                .get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
+    scheme_ok && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// An inline element that is open, remembered so its end event undoes exactly what its start
+/// event wrote.
+enum Inline {
+    /// Bold, italic or strikethrough; `opened` is false when an enclosing element already had
+    /// the same style, so no nested duplicate tag was written.
+    Style { style: Style, opened: bool },
+    /// Literal text to write again at the end (the `~` of a single-tilde span).
+    Literal(&'static str),
+    /// A link or image: an `<a>` when `anchor`, otherwise text followed by the URL.
+    Link {
+        url: String,
+        text_start: usize,
+        anchor: bool,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Style {
+    Bold,
+    Italic,
+    Strike,
+}
+
+impl Style {
+    fn tags(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Bold => ("<b>", "</b>"),
+            Self::Italic => ("<i>", "</i>"),
+            Self::Strike => ("<s>", "</s>"),
+        }
+    }
+}
+
+/// A code block being collected; it is written whole at its end.
+struct CodeBlock {
+    language: Option<String>,
+    text: String,
+}
+
+/// The state of one rendering.
+struct Renderer {
+    out: String,
+    /// Closing tags of the elements open in `out`, innermost last.
+    open: Vec<&'static str>,
+    inline: Vec<Inline>,
+    /// How many of each [`Style`] are open, so nested duplicates are not written.
+    styles: [usize; 3],
+    /// Open links (`<a>` written), inside which nothing may become a link or `<code>`.
+    anchors: usize,
+    /// Line breaks owed before the next block: 2 between paragraphs, 1 between list items.
+    pending: usize,
+    /// True when nothing has been written since the current container (the document, a list
+    /// item, a quote) began, so its first block needs no separator.
+    fresh: bool,
+    /// The next number of each open list, `None` for bullet lists.
+    lists: Vec<Option<u64>>,
+    /// The width of the marker of each open list item, which indents its continuation lines.
+    indents: Vec<usize>,
+    quote_depth: usize,
+    heading_bold: bool,
+    code: Option<CodeBlock>,
+    html: Option<String>,
+    table_head_bold: bool,
+    table_row: usize,
+    table_cell: usize,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Self {
+            out: String::new(),
+            open: Vec::new(),
+            inline: Vec::new(),
+            styles: [0; 3],
+            anchors: 0,
+            pending: 0,
+            fresh: true,
+            lists: Vec::new(),
+            indents: Vec::new(),
+            quote_depth: 0,
+            heading_bold: false,
+            code: None,
+            html: None,
+            table_head_bold: false,
+            table_row: 0,
+            table_cell: 0,
+        }
+    }
+}
+
+impl Renderer {
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Start(tag) => self.start(tag),
+            Event::End(tag) => self.end(tag),
+            Event::Text(text) => {
+                if let Some(code) = &mut self.code {
+                    code.text.push_str(&text);
+                } else if let Some(html) = &mut self.html {
+                    html.push_str(&text);
+                } else {
+                    self.text(&text);
+                }
+            }
+            Event::Html(html) => match &mut self.html {
+                Some(block) => block.push_str(&html),
+                None => self.text(&html),
+            },
+            Event::InlineHtml(html) => self.text(&html),
+            Event::Code(code) => {
+                if self.anchors > 0 {
+                    // Telegram cannot nest code in a link; keep the text.
+                    self.text(&code);
+                } else {
+                    self.tag("<code>");
+                    self.text(&code);
+                    self.tag("</code>");
+                }
+            }
+            Event::InlineMath(math) => self.text(&format!("${math}$")),
+            Event::DisplayMath(math) => self.text(&format!("$${math}$$")),
+            Event::FootnoteReference(label) => self.text(&format!("[^{label}]")),
+            Event::SoftBreak | Event::HardBreak => self.newline(),
+            Event::Rule => {
+                self.block_start(true);
+                self.text("———");
+                self.pending = self.block_gap();
+            }
+            Event::TaskListMarker(done) => self.text(if done { "☑ " } else { "☐ " }),
+        }
+    }
+
+    fn start(&mut self, tag: Tag<'_>) {
+        match tag {
+            Tag::Paragraph
+            | Tag::DefinitionList
+            | Tag::DefinitionListTitle
+            | Tag::DefinitionListDefinition
+            | Tag::MetadataBlock(_) => self.block_start(true),
+            Tag::Heading { .. } => {
+                self.block_start(true);
+                self.heading_bold = self.styles[Style::Bold as usize] == 0;
+                if self.heading_bold {
+                    self.open_tag("<b>".to_owned(), "</b>");
+                }
+                self.styles[Style::Bold as usize] += 1;
+            }
+            Tag::BlockQuote(_) => {
+                self.quote_depth += 1;
+                // Telegram cannot nest quotes; inner quotes just continue the outer one, and
+                // their first block takes the separator.
+                if self.quote_depth == 1 {
+                    self.block_start(false);
+                    self.open_tag("<blockquote>".to_owned(), "</blockquote>");
+                    self.fresh = true;
+                }
+            }
+            Tag::CodeBlock(kind) => {
+                let language = match kind {
+                    CodeBlockKind::Fenced(info) => info
+                        .split(|c: char| c.is_whitespace() || c == ',' || c == '{')
+                        .next()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                    CodeBlockKind::Indented => None,
+                };
+                self.code = Some(CodeBlock {
+                    language,
+                    text: String::new(),
+                });
+            }
+            Tag::HtmlBlock => self.html = Some(String::new()),
+            Tag::List(first) => self.lists.push(first),
+            Tag::Item => {
+                self.block_start(true);
+                let marker = match self.lists.last_mut() {
+                    Some(Some(number)) => {
+                        let marker = format!("{number}. ");
+                        *number += 1;
+                        marker
+                    }
+                    _ => "• ".to_owned(),
+                };
+                self.text(&marker);
+                self.indents.push(marker.chars().count());
+                self.fresh = true;
+            }
+            Tag::FootnoteDefinition(label) => {
+                self.block_start(true);
+                self.text(&format!("[^{label}]: "));
+            }
+            Tag::Table(_) => {
+                self.block_start(true);
+                self.table_row = 0;
+            }
+            Tag::TableHead => {
+                self.table_cell = 0;
+                self.table_head_bold = self.styles[Style::Bold as usize] == 0;
+                if self.table_head_bold {
+                    self.open_tag("<b>".to_owned(), "</b>");
+                }
+                self.styles[Style::Bold as usize] += 1;
+            }
+            Tag::TableRow => {
+                if self.table_row > 0 {
+                    self.newline();
+                }
+                self.table_cell = 0;
+            }
+            Tag::TableCell => {
+                if self.table_cell > 0 {
+                    self.text(" | ");
+                }
+                self.table_cell += 1;
+            }
+            Tag::Emphasis => self.start_style(Style::Italic),
+            Tag::Strong => self.start_style(Style::Bold),
+            Tag::Strikethrough => self.start_style(Style::Strike),
+            Tag::Subscript => self.start_literal("~"),
+            Tag::Superscript => self.start_literal("^"),
+            Tag::Link {
+                link_type,
+                dest_url,
+                ..
+            } => {
+                let url = if link_type == LinkType::Email && !dest_url.starts_with("mailto:") {
+                    format!("mailto:{dest_url}")
+                } else {
+                    dest_url.into_string()
+                };
+                self.start_link(url);
+            }
+            Tag::Image { dest_url, .. } => self.start_link(dest_url.into_string()),
+        }
+    }
+
+    fn end(&mut self, tag: TagEnd) {
+        match tag {
+            TagEnd::Paragraph
+            | TagEnd::DefinitionList
+            | TagEnd::DefinitionListTitle
+            | TagEnd::DefinitionListDefinition
+            | TagEnd::MetadataBlock(_)
+            | TagEnd::FootnoteDefinition
+            | TagEnd::Table => self.pending = self.block_gap(),
+            TagEnd::Heading(_) => {
+                self.styles[Style::Bold as usize] -= 1;
+                if std::mem::take(&mut self.heading_bold) {
+                    self.close_tag();
+                }
+                self.pending = self.block_gap();
+            }
+            TagEnd::BlockQuote(_) => {
+                if self.quote_depth == 1 {
+                    self.close_tag();
+                }
+                self.quote_depth = self.quote_depth.saturating_sub(1);
+                self.pending = self.block_gap();
+            }
+            TagEnd::CodeBlock => {
+                if let Some(code) = self.code.take() {
+                    self.code_block(code);
+                }
+            }
+            TagEnd::HtmlBlock => {
+                if let Some(html) = self.html.take() {
+                    let html = html.trim_end();
+                    if !html.is_empty() {
+                        self.block_start(true);
+                        self.text(html);
+                        self.pending = self.block_gap();
+                    }
+                }
+            }
+            TagEnd::List(_) => {
+                self.lists.pop();
+                self.pending = self.block_gap();
+            }
+            TagEnd::Item => {
+                self.indents.pop();
+                self.pending = 1;
+            }
+            TagEnd::TableHead => {
+                self.styles[Style::Bold as usize] -= 1;
+                if std::mem::take(&mut self.table_head_bold) {
+                    self.close_tag();
+                }
+                self.table_row += 1;
+            }
+            TagEnd::TableRow => self.table_row += 1,
+            TagEnd::TableCell => {}
+            TagEnd::Emphasis
+            | TagEnd::Strong
+            | TagEnd::Strikethrough
+            | TagEnd::Subscript
+            | TagEnd::Superscript
+            | TagEnd::Link
+            | TagEnd::Image => self.end_inline(),
+        }
+    }
+
+    fn start_style(&mut self, style: Style) {
+        let opened = self.styles[style as usize] == 0;
+        if opened {
+            let (open, close) = style.tags();
+            self.open_tag(open.to_owned(), close);
+        }
+        self.styles[style as usize] += 1;
+        self.inline.push(Inline::Style { style, opened });
+    }
+
+    fn start_literal(&mut self, marker: &'static str) {
+        self.text(marker);
+        self.inline.push(Inline::Literal(marker));
+    }
+
+    /// Starts a link or an image (whose alt text plays the part of the link text).
+    fn start_link(&mut self, url: String) {
+        // An image inside a link cannot be a second link; the outer link wins.
+        let anchor = self.anchors == 0 && is_linkable(&url);
+        if anchor {
+            self.open_tag(format!("<a href=\"{}\">", escape(&url, true)), "</a>");
+            self.anchors += 1;
+        }
+        let text_start = self.out.len();
+        self.inline.push(Inline::Link {
+            url,
+            text_start,
+            anchor,
+        });
+    }
+
+    fn end_inline(&mut self) {
+        match self.inline.pop() {
+            Some(Inline::Style { style, opened }) => {
+                self.styles[style as usize] -= 1;
+                if opened {
+                    self.close_tag();
+                }
+            }
+            Some(Inline::Literal(marker)) => self.text(marker),
+            Some(Inline::Link {
+                url,
+                text_start,
+                anchor,
+            }) => {
+                let shown = &self.out[text_start..];
+                let url_text = escape(&url, false);
+                if shown.is_empty() {
+                    // A link without text (or an image without alt text) shows its URL.
+                    self.text(&url);
+                } else if !anchor && self.anchors == 0 && shown != url_text {
+                    // Not linkable: keep the destination visible after the text.
+                    self.text(&format!(" ({url})"));
+                }
+                if anchor {
+                    self.anchors -= 1;
+                    self.close_tag();
+                }
+            }
+            // Start and end events are balanced by the parser, so this cannot happen.
+            None => {}
+        }
+    }
+
+    fn code_block(&mut self, code: CodeBlock) {
+        let text = code.text.trim_end();
+        if text.trim().is_empty() {
+            return;
+        }
+        self.block_start(false);
+        match &code.language {
+            Some(language) => {
+                let open = format!("<pre><code class=\"language-{}\">", escape(language, true));
+                self.tag(&open);
+                self.text(text);
+                self.tag("</code></pre>");
+            }
+            None => {
+                self.tag("<pre>");
+                self.text(text);
+                self.tag("</pre>");
+            }
+        }
+        self.pending = self.block_gap();
+    }
+
+    /// The separator owed after a block: a blank line, or a single line break inside lists.
+    fn block_gap(&self) -> usize {
+        if self.lists.is_empty() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Writes the separator a new block needs, indented to the enclosing list items when
+    /// `indent` (code blocks and quotes start at the margin).
+    fn block_start(&mut self, indent: bool) {
+        if !self.fresh {
+            for _ in 1..self.pending.max(1) {
+                self.out.push('\n');
+            }
+            if indent {
+                self.newline();
+            } else {
+                self.out.push('\n');
+            }
+        }
+        self.pending = 0;
+        self.fresh = false;
+    }
+
+    /// Writes a line break and the indentation of the open list items.
+    fn newline(&mut self) {
+        self.out.push('\n');
+        let width: usize = self.indents.iter().sum();
+        self.out.extend(std::iter::repeat_n(' ', width));
+        self.fresh = false;
+    }
+
+    fn text(&mut self, text: &str) {
+        push_escaped(&mut self.out, text, false);
+        self.fresh = false;
+    }
+
+    /// Writes a self-contained piece of markup (an opening and closing pair is written by the
+    /// same function, so it needs no entry in `open`).
+    fn tag(&mut self, markup: &str) {
+        self.out.push_str(markup);
+        self.fresh = false;
+    }
+
+    fn open_tag(&mut self, markup: String, close: &'static str) {
+        self.out.push_str(&markup);
+        self.open.push(close);
+        self.fresh = false;
+    }
+
+    fn close_tag(&mut self) {
+        if let Some(close) = self.open.pop() {
+            self.out.push_str(close);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        // The parser balances its events, so nothing should be left open; closing anyway keeps
+        // the output well-formed whatever happens.
+        if let Some(code) = self.code.take() {
+            self.code_block(code);
+        }
+        while !self.open.is_empty() {
+            self.close_tag();
+        }
+        // Only text can precede the end (a tag ends in `>`), so this cannot cut markup.
+        let len = self.out.trim_end().len();
+        self.out.truncate(len);
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALLOWED_TAGS: [&str; 9] = [
+        "b",
+        "i",
+        "u",
+        "s",
+        "code",
+        "pre",
+        "a",
+        "blockquote",
+        "tg-spoiler",
+    ];
+
+    /// A small checker of what Telegram requires: only supported tags, every tag closed in
+    /// order, only supported entities, no bare `<` or `>`, quoted attributes without raw quotes,
+    /// nothing inside `<code>` or `<pre>` but `<pre><code>`, no link in a link, no quote in a
+    /// quote, and no trailing whitespace.
+    fn assert_well_formed(html: &str) {
+        let mut stack: Vec<&str> = Vec::new();
+        let mut rest = html;
+        while let Some(c) = rest.chars().next() {
+            match c {
+                '<' => {
+                    let end = rest
+                        .find('>')
+                        .unwrap_or_else(|| panic!("unterminated tag in {html:?}"));
+                    let inner = &rest[1..end];
+                    if let Some(name) = inner.strip_prefix('/') {
+                        let top = stack.pop();
+                        assert_eq!(top, Some(name), "mismatched </{name}> in {html:?}");
+                    } else {
+                        let name = inner.split(' ').next().unwrap_or_default();
+                        assert!(ALLOWED_TAGS.contains(&name), "tag <{name}> in {html:?}");
+                        let attributes = &inner[name.len()..];
+                        match name {
+                            "a" => assert!(attributes.starts_with(" href=\"")),
+                            "code" if stack.last() == Some(&"pre") => assert!(
+                                attributes.is_empty()
+                                    || attributes.starts_with(" class=\"language-")
+                            ),
+                            _ => assert!(attributes.is_empty(), "attributes on <{name}>"),
+                        }
+                        if !attributes.is_empty() {
+                            assert!(attributes.ends_with('"'));
+                            let value = &attributes[attributes.find('"').unwrap_or(0) + 1..];
+                            assert!(!value[..value.len() - 1].contains('"'));
+                        }
+                        let parent = stack.last().copied();
+                        assert!(parent != Some("code"), "tag inside <code> in {html:?}");
+                        assert!(
+                            parent != Some("pre") || name == "code",
+                            "tag inside <pre> in {html:?}"
+                        );
+                        assert!(
+                            !(name == "a" && stack.contains(&"a")),
+                            "nested link in {html:?}"
+                        );
+                        assert!(
+                            !(name == "blockquote" && stack.contains(&"blockquote")),
+                            "nested quote in {html:?}"
+                        );
+                        stack.push(name);
+                    }
+                    rest = &rest[end + 1..];
+                }
+                '>' => panic!("bare > in {html:?}"),
+                '&' => {
+                    let ok = ["&amp;", "&lt;", "&gt;", "&quot;"]
+                        .iter()
+                        .any(|e| rest.starts_with(e));
+                    assert!(ok, "bad entity in {html:?}");
+                    rest = &rest[1..];
+                }
+                _ => rest = &rest[c.len_utf8()..],
+            }
+        }
+        assert!(stack.is_empty(), "unclosed {stack:?} in {html:?}");
+        assert_eq!(html, html.trim_end(), "trailing whitespace");
+    }
+
+    /// Renders, checks well-formedness and returns the HTML.
+    fn render(md: &str) -> String {
+        let html = to_telegram_html(md);
+        assert_well_formed(&html);
+        html
+    }
+
+    #[test]
+    fn inline_styles() {
+        assert_eq!(
+            render("**bold** and *italic* and _also_ and ~~gone~~ and `x < y`"),
+            "<b>bold</b> and <i>italic</i> and <i>also</i> and <s>gone</s> and <code>x &lt; y</code>"
+        );
+        assert_eq!(render("***both***"), "<i><b>both</b></i>");
+        assert_eq!(
+            render("**outer **inner** outer**"),
+            "<b>outer inner outer</b>"
+        );
+    }
+
+    #[test]
+    fn single_tildes_stay_literal() {
+        assert_eq!(render("about ~5 to ~10 minutes"), "about ~5 to ~10 minutes");
+        assert_eq!(render("~x~ and ~~y~~"), "~x~ and <s>y</s>");
+    }
+
+    #[test]
+    fn headings_become_bold_lines() {
+        assert_eq!(
+            render("# Title\n\nBody text.\n\n## Sub *part*\nMore."),
+            "<b>Title</b>\n\nBody text.\n\n<b>Sub <i>part</i></b>\n\nMore."
+        );
+        assert_eq!(render("# **Bold** title"), "<b>Bold title</b>");
+    }
+
+    #[test]
+    fn paragraphs_and_breaks() {
+        assert_eq!(
+            render("one\ntwo  \nthree\n\n\n\nfour\n"),
+            "one\ntwo\nthree\n\nfour"
+        );
+    }
+
+    #[test]
+    fn lists_with_nesting() {
+        assert_eq!(
+            render("Items:\n\n- a\n- b\n  - c\n  - d\n    1. e\n- f\n\nAfter."),
+            "Items:\n\n• a\n• b\n  • c\n  • d\n    1. e\n• f\n\nAfter."
+        );
+        assert_eq!(
+            render("3. three\n4. four\n   - sub"),
+            "3. three\n4. four\n   • sub"
+        );
+        assert_eq!(
+            render("- loose\n\n- items\n\n  second paragraph"),
+            "• loose\n• items\n  second paragraph"
+        );
+        assert_eq!(render("- [ ] todo\n- [x] done"), "• ☐ todo\n• ☑ done");
+    }
+
+    #[test]
+    fn code_blocks() {
+        assert_eq!(
+            render("```rust\nfn main() { println!(\"<hi>\"); }\n```"),
+            "<pre><code class=\"language-rust\">fn main() { println!(\"&lt;hi&gt;\"); }</code></pre>"
+        );
+        assert_eq!(
+            render("Text\n\n```\n  indented\n\n  kept\n```\nafter"),
+            "Text\n\n<pre>  indented\n\n  kept</pre>\n\nafter"
+        );
+        assert_eq!(render("    indented code"), "<pre>indented code</pre>");
+        assert_eq!(
+            render("- step\n\n  ```sh\n  make\n  ```"),
+            "• step\n<pre><code class=\"language-sh\">make</code></pre>"
+        );
+        assert_eq!(render("```\n```"), "");
+    }
+
+    #[test]
+    fn unterminated_fence_becomes_a_code_block() {
+        assert_eq!(
+            render("``` unterminated\ncode *here*"),
+            "<pre><code class=\"language-unterminated\">code *here*</code></pre>"
+        );
+        assert_eq!(render("```\n<b>"), "<pre>&lt;b&gt;</pre>");
+    }
+
+    #[test]
+    fn links_and_images() {
+        assert_eq!(
+            render("[docs](https://example.com/a?b=1&c=2)"),
+            "<a href=\"https://example.com/a?b=1&amp;c=2\">docs</a>"
+        );
+        assert_eq!(
+            render("[q](https://example.com/a\"b)"),
+            "<a href=\"https://example.com/a&quot;b\">q</a>"
+        );
+        assert_eq!(
+            render("[click](javascript:alert(1))"),
+            "click (javascript:alert(1))"
+        );
+        assert_eq!(render("<javascript:alert(1)>"), "javascript:alert(1)");
+        assert_eq!(render("[rel](/path/x)"), "rel (/path/x)");
+        assert_eq!(
+            render("<https://a.b/c> <me@example.com>"),
+            "<a href=\"https://a.b/c\">https://a.b/c</a> <a href=\"mailto:me@example.com\">me@example.com</a>"
+        );
+        assert_eq!(
+            render("[**bold `code`**](tg://user?id=1)"),
+            "<a href=\"tg://user?id=1\"><b>bold code</b></a>"
+        );
+        assert_eq!(
+            render("[](https://e.com)"),
+            "<a href=\"https://e.com\">https://e.com</a>"
+        );
+        assert_eq!(
+            render("![a cat](https://e.com/cat.png)"),
+            "<a href=\"https://e.com/cat.png\">a cat</a>"
+        );
+        assert_eq!(
+            render("![](data:image/png;base64,xx)"),
+            "data:image/png;base64,xx"
+        );
+        assert_eq!(
+            render("[![badge](https://e.com/b.svg)](https://e.com)"),
+            "<a href=\"https://e.com\">badge</a>"
+        );
+        assert_eq!(render("[x](<https://e.com/a b>)"), "x (https://e.com/a b)");
+    }
+
+    #[test]
+    fn raw_html_is_shown_literally() {
+        assert_eq!(render("a<b c>d"), "a&lt;b c&gt;d");
+        assert_eq!(
+            render("<script>alert(1)</script>"),
+            "&lt;script&gt;alert(1)&lt;/script&gt;"
+        );
+        assert_eq!(
+            render("<div>\n*not emphasis*\n</div>\n\nafter"),
+            "&lt;div&gt;\n*not emphasis*\n&lt;/div&gt;\n\nafter"
+        );
+        assert_eq!(render("x <!-- note --> y"), "x &lt;!-- note --&gt; y");
+        assert_eq!(render("<b>bold?</b>"), "&lt;b&gt;bold?&lt;/b&gt;");
+    }
+
+    #[test]
+    fn unbalanced_markers_are_literal() {
+        assert_eq!(render("*unbalanced"), "*unbalanced");
+        assert_eq!(render("_x"), "_x");
+        assert_eq!(render("**a"), "**a");
+        assert_eq!(render("`open code"), "`open code");
+        assert_eq!(render("[text](unclosed"), "[text](unclosed");
+        assert_eq!(render("snake_case_name"), "snake_case_name");
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(render("Tom & Jerry <3 > 2"), "Tom &amp; Jerry &lt;3 &gt; 2");
+        assert_eq!(render("&amp; &copy; &bogus;"), "&amp; © &amp;bogus;");
+        assert_eq!(render("say \"hi\""), "say \"hi\"");
+        assert_eq!(
+            escape_html("<b>\"A&B\"</b>"),
+            "&lt;b&gt;&quot;A&amp;B&quot;&lt;/b&gt;"
+        );
+    }
+
+    #[test]
+    fn quotes_rules_and_tables() {
+        assert_eq!(
+            render("> quoted **text**\n> more\n\n---\n\nafter"),
+            "<blockquote>quoted <b>text</b>\nmore</blockquote>\n\n———\n\nafter"
+        );
+        assert_eq!(
+            render("> outer\n>\n> > inner"),
+            "<blockquote>outer\n\ninner</blockquote>"
+        );
+        assert_eq!(
+            render("| Name | **Score** |\n|---|--:|\n| `a` | 1 |\n| b & c | [l](https://e.com) |"),
+            "<b>Name | Score</b>\n<code>a</code> | 1\nb &amp; c | <a href=\"https://e.com\">l</a>"
+        );
+    }
+
+    #[test]
+    fn plain_text_fallback_keeps_the_source() {
+        let md = "**x** <b>y</b> `z`";
+        assert_eq!(to_plain_text(md), md);
+    }
+
+    #[test]
+    fn every_output_is_well_formed() {
+        let inputs = [
+            "",
+            "   ",
+            "*a **b* c**",
+            "**a *b** c*",
+            "_a __b_ c__",
+            "[a *b](https://e.com) c*",
+            "***",
+            "- a\n> b\n```\nc",
+            "> - a\n>   ```py\n>   x\n>   ```",
+            "1. a\n   > quote\n2. b",
+            "# h <i>\n\n<p>para</p>",
+            "<details><summary>x</summary>\n\nbody\n\n</details>",
+            "| a |\n|---|\n",
+            "| a | b |\n|---|---|\n| <x> | [y](javascript:z) |",
+            "![a ![b](https://x.y)](https://z.w)",
+            "[a](https://x.y \"title\")",
+            "\\*escaped\\* \\<tag\\>",
+            "line  \n  \n",
+            "&#60;script&#62;",
+            "~~~\n~~~~",
+            "- \n- ",
+            "text[^1]\n\n[^1]: note",
+            "a\u{0}b",
+        ];
+        for input in inputs {
+            render(input);
+        }
+    }
+
+    #[test]
+    fn every_part_of_a_split_long_answer_is_well_formed() {
+        let mut md = String::new();
+        for i in 0..40 {
+            md.push_str(&format!(
+                "## Section {i}\n\nSome **bold** and *italic* text with a [link](https://e.com/{i}), \
+                 `code`, a<b c>d, & more 😀.\n\n- item\n  - nested *item*\n\n> quote {i}\n\n"
+            ));
+            if i % 10 == 0 {
+                md.push_str("```python\n");
+                for j in 0..40 {
+                    md.push_str(&format!("print(\"<{j}>\" * {j})  # & comment\n"));
+                }
+                md.push_str("```\n\n");
+            }
+        }
+        assert!(md.chars().count() > 10_000);
+        for (limit, unit) in [
+            (4096, super::super::Unit::Utf16),
+            (2000, super::super::Unit::Chars),
+            (300, super::super::Unit::Chars),
+        ] {
+            let parts = super::super::split(&md, limit, unit);
+            assert!(parts.len() > 2);
+            for part in parts {
+                render(&part);
+            }
+        }
+    }
+}

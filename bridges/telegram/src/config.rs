@@ -1,0 +1,81 @@
+//! The `[telegram]` config section.
+
+use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
+use serde::Deserialize;
+
+/// `[telegram]`: the bot, where its Bot API is, and which chats mirror which hub channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The bot token from @BotFather (required; never logged).
+    pub token: Secret,
+    /// The Bot API server (default `https://api.telegram.org`): a local `telegram-bot-api`, or a
+    /// test fake.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Hub channel <-> Telegram chat links (N:M allowed).
+    #[serde(default)]
+    pub links: Vec<TelegramLink>,
+    /// The agent a private message to the bot goes to until the person picks one with `/dm`.
+    #[serde(default)]
+    pub dm_agent: Option<String>,
+    /// getUpdates long-poll timeout in seconds (default 10; must stay below the HTTP client's 17 s).
+    #[serde(default = "default_poll_timeout")]
+    pub poll_timeout_secs: u32,
+}
+
+/// One `[[telegram.links]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramLink {
+    /// The hub channel id.
+    pub channel: String,
+    /// The Telegram chat id (groups and supergroups are negative, e.g. `-1001234567890`).
+    pub chat: i64,
+}
+
+fn default_api_url() -> String {
+    "https://api.telegram.org".to_owned()
+}
+
+fn default_poll_timeout() -> u32 {
+    10
+}
+
+impl TelegramConfig {
+    /// Cross-field checks; the key in the issue is relative to `[telegram]`.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        check_token("token", &self.token)?;
+        check_http_url("api_url", &self.api_url)?;
+        if !(1..=16).contains(&self.poll_timeout_secs) {
+            return Err(ConfigIssue::new(
+                "poll_timeout_secs",
+                "must be between 1 and 16 seconds (the HTTP client gives up after 17)",
+            ));
+        }
+        for (index, link) in self.links.iter().enumerate() {
+            if link.channel.trim().is_empty() {
+                return Err(ConfigIssue::new(
+                    format!("links[{index}].channel"),
+                    "must not be empty",
+                ));
+            }
+            if link.chat == 0 {
+                return Err(ConfigIssue::new(
+                    format!("links[{index}].chat"),
+                    "must be a Telegram chat id",
+                ));
+            }
+            if self.links[..index].contains(link) {
+                return Err(ConfigIssue::new(
+                    format!("links[{index}]"),
+                    format!(
+                        "duplicate link: channel {} and chat {} are already linked",
+                        link.channel, link.chat
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! The service's configuration (SPEC section 7): defaults, then the TOML file, then `HUB_`
+//! environment variables with `__` for nesting (`HUB_TELEGRAM__TOKEN`), loaded with figment.
+//!
+//! Every problem becomes one [`ConfigError`] naming the key and where it came from, before anything
+//! connects; `main` prints it and exits with code 2.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use hub_bridge_sdk::config::{ConfigIssue, Secret};
+use hub_bridge_sdk::limits::LimitsConfig;
+use hub_bridge_sdk::AgentProfile;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[agents.{id}]`: how agents are shown on the platforms.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentProfile>,
+    /// `[telegram]`: the Telegram bridge runs when this section is present.
+    #[cfg(feature = "telegram")]
+    #[serde(default)]
+    pub telegram: Option<hub_bridge_telegram::TelegramConfig>,
+    /// `[discord]`: the Discord bridge runs when this section is present.
+    #[cfg(feature = "discord")]
+    #[serde(default)]
+    pub discord: Option<hub_bridge_discord::DiscordConfig>,
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Prefix of every state key (default `openclaw:`); pub/sub channels are never prefixed.
+    pub key_prefix: String,
+    /// Presence TTL in seconds (default 300).
+    pub presence_ttl_secs: u64,
+    /// Hub events buffered per bridge before the hub loop drops (and counts) them (default 10000).
+    pub bridge_queue: usize,
+    /// Payloads buffered between the Redis subscriber and the hub loop (default 65536).
+    pub subscriber_queue: usize,
+    /// How long a graceful stop may take, in seconds (default 10).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "openclaw:".to_owned(),
+            presence_ttl_secs: 300,
+            bridge_queue: 10_000,
+            subscriber_queue: 65_536,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; absent: the embedded in-process bus. May carry a
+    /// password, so it is a secret.
+    pub url: Option<Secret>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/healthz`, `/readyz` and `/metrics` listen (default `127.0.0.1:9464`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// A config problem: which key, where it came from, what is wrong. Displays as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {source_name}: {key}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Loads `path`, then the `HUB_` environment on top, and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("HUB_").split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
+        let file_name = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError {
+                source_name: file_name,
+                key: "--config".to_owned(),
+                message: "file not found".to_owned(),
+            });
+        }
+        let config: Self = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(|error| from_figment(error, &file_name))?;
+        config.validate().map_err(|issue| ConfigError {
+            source_name: file_name,
+            key: issue.key,
+            message: issue.message,
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks after parsing.
+    fn validate(&self) -> Result<(), ConfigIssue> {
+        if let Some(url) = &self.redis.url {
+            let parsed = url::Url::parse(url.expose())
+                .map_err(|e| ConfigIssue::new("redis.url", format!("is not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+                return Err(ConfigIssue::new(
+                    "redis.url",
+                    format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()),
+                ));
+            }
+            if parsed.scheme().starts_with("redis") && parsed.host_str().is_none_or(str::is_empty) {
+                return Err(ConfigIssue::new("redis.url", "has no host"));
+            }
+        }
+        if self.hub.presence_ttl_secs == 0 {
+            return Err(ConfigIssue::new(
+                "hub.presence_ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.hub.bridge_queue == 0 || self.hub.subscriber_queue == 0 {
+            return Err(ConfigIssue::new("hub", "queue sizes must be at least 1"));
+        }
+        for (id, profile) in &self.agents {
+            if let Some(url) = &profile.avatar_url {
+                hub_bridge_sdk::config::check_http_url(&format!("agents.{id}.avatar_url"), url)?;
+            }
+        }
+        #[cfg(feature = "telegram")]
+        if let Some(telegram) = &self.telegram {
+            telegram
+                .validate()
+                .map_err(|issue| within("telegram", issue))?;
+        }
+        #[cfg(feature = "discord")]
+        if let Some(discord) = &self.discord {
+            discord
+                .validate()
+                .map_err(|issue| within("discord", issue))?;
+        }
+        Ok(())
+    }
+
+    /// The config file the service reads when `--config` is not given.
+    pub fn default_path() -> PathBuf {
+        PathBuf::from("config/hub-bridge.toml")
+    }
+}
+
+fn within(section: &str, issue: ConfigIssue) -> ConfigIssue {
+    ConfigIssue::new(format!("{section}.{}", issue.key), issue.message)
+}
+
+/// Turns figment's error into one line naming the key and the file or variable it came from.
+fn from_figment(error: figment::Error, file_name: &str) -> ConfigError {
+    use figment::error::Kind;
+
+    let source_name = error
+        .metadata
+        .as_ref()
+        .map(|metadata| match &metadata.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if metadata.name.contains("environment") => "the environment (HUB_*)".to_owned(),
+            _ => file_name.to_owned(),
+        })
+        .unwrap_or_else(|| file_name.to_owned());
+    let mut key = error.path.join(".");
+    let message = match &error.kind {
+        Kind::UnknownField(field, _) => {
+            key = join_key(&key, field);
+            "unknown key".to_owned()
+        }
+        Kind::MissingField(field) => {
+            key = join_key(&key, field);
+            "is required".to_owned()
+        }
+        Kind::Message(message) => message.lines().next().unwrap_or_default().to_owned(),
+        other => other.to_string(),
+    };
+    ConfigError {
+        source_name,
+        key: if key.is_empty() {
+            "(file)".to_owned()
+        } else {
+            key
+        },
+        message,
+    }
+}
+
+fn join_key(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load_with_env(&path, Env::prefixed("HUB_TEST_UNUSED_").split("__"))
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = load("").unwrap();
+        assert_eq!(config.hub.key_prefix, "openclaw:");
+        assert!(config.redis.url.is_none());
+        assert_eq!(config.limits.message, 10);
+        assert_eq!(config.http.listen.port(), 9464);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = load("[hub]\nkey_prefx = \"x\"\n").unwrap_err();
+        assert_eq!(error.key, "hub.key_prefx");
+        assert!(error.to_string().contains("hub.toml"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_named() {
+        let error = load("[redis]\nurl = \"http://x\"\n").unwrap_err();
+        assert_eq!(error.key, "redis.url");
+    }
+
+    #[test]
+    fn the_redis_url_never_prints() {
+        let config = load("[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n").unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,434 @@
+//! The hub loop: reads every payload off the bus, keeps the state keys true to it, enforces the
+//! outbound rate limits, and hands each event to every bridge's bounded queue.
+//!
+//! It never waits on a bridge: a full bridge queue drops the event for that bridge with a count
+//! and a warning. It batches whatever the subscriber has queued (up to [`BATCH`] payloads) into
+//! one pipeline, so a burst costs one round trip rather than one per event.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hub_bridge_sdk::event::{
+    now_millis, parse, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, Envelope,
+    HubEvent, Inbound, Presence, PresenceStatus, Source,
+};
+use hub_bridge_sdk::limits::{decide, Action, Decision, RateLimiter};
+use hub_bridge_sdk::metrics::{label, labels2, Metrics};
+use hub_bridge_sdk::{Delivery, ExternalId, Keys, Op, Reply, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusMessage;
+use state::{FollowUp, StateSettings, Tracking};
+
+/// The most payloads handled in one pipeline.
+pub const BATCH: usize = 512;
+
+/// A bridge's inbound queue as the hub loop sees it.
+#[derive(Clone)]
+pub struct BridgeQueue {
+    pub name: &'static str,
+    pub sender: mpsc::Sender<Arc<Delivery>>,
+}
+
+/// The hub loop and what it needs.
+pub struct HubLoop {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    settings: StateSettings,
+    limiter: RateLimiter,
+    metrics: Arc<Metrics>,
+    bridges: Vec<BridgeQueue>,
+    /// When each tracked presence expires unless refreshed: (channel, agent) -> deadline.
+    presence_deadlines: HashMap<(String, String), Instant>,
+}
+
+/// One payload that parsed, on its way through a batch.
+struct Parsed {
+    source: Source,
+    inbound: Inbound,
+    received_at: Instant,
+    /// Index of this event's rate-limit op in the batch, with the limit, when it has one.
+    rate_check: Option<(usize, Action, String)>,
+}
+
+impl HubLoop {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Keys,
+        settings: StateSettings,
+        limiter: RateLimiter,
+        metrics: Arc<Metrics>,
+        bridges: Vec<BridgeQueue>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            settings,
+            limiter,
+            metrics,
+            bridges,
+            presence_deadlines: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then returns after the batch in hand.
+    #[tracing::instrument(name = "hub_loop", skip_all)]
+    pub async fn run(
+        mut self,
+        mut messages: mpsc::Receiver<BusMessage>,
+        shutdown: CancellationToken,
+    ) {
+        let sweep_every = (self.settings.presence_ttl / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut sweep = tokio::time::interval(sweep_every);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                received = messages.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                    self.handle_batch(std::mem::take(&mut batch)).await;
+                }
+                _ = sweep.tick() => self.expire_presences().await,
+            }
+        }
+    }
+
+    async fn handle_batch(&mut self, batch: Vec<BusMessage>) {
+        let now = now_millis();
+        let mut ops = Vec::new();
+        let mut follow_ups = Vec::new();
+        let mut events = Vec::with_capacity(batch.len());
+        for message in batch {
+            let Some(mut parsed) = self.read(message) else {
+                continue;
+            };
+            let plan = state::plan(&parsed.inbound.event, now, &self.keys, &self.settings);
+            follow_ups.extend(plan.follow_ups_at(ops.len()));
+            for kind in &plan.writes {
+                self.metrics
+                    .state_writes
+                    .get_or_create(&label("kind", *kind))
+                    .inc();
+            }
+            ops.extend(plan.ops);
+            for tracking in plan.tracking {
+                self.track(tracking);
+            }
+            if let Some((action, sender)) = self.outbound_action(&parsed) {
+                ops.push(self.limiter.op(action, &sender));
+                parsed.rate_check = Some((ops.len() - 1, action, sender));
+            }
+            events.push(parsed);
+        }
+        if events.is_empty() {
+            return;
+        }
+
+        let replies = if ops.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.exec(ops).await {
+                Ok(replies) => replies,
+                Err(error) => {
+                    // State keeping waits for the next event; relaying must not wait on Redis.
+                    tracing::warn!(%error, "state update failed; events are still relayed");
+                    Vec::new()
+                }
+            }
+        };
+        let reply_is_one = |index: usize| replies.get(index).and_then(Reply::as_int) == Some(1);
+
+        let mut publishes: Vec<Op> = follow_ups
+            .into_iter()
+            .filter_map(|follow_up| match follow_up {
+                FollowUp::PresenceTransition {
+                    reply,
+                    channel_id,
+                    agent_id,
+                } if reply_is_one(reply) => {
+                    Some(presence_op(channel_id, agent_id, PresenceStatus::Online))
+                }
+                FollowUp::FirstMessage {
+                    reply,
+                    channel_id,
+                    agent_id,
+                } if reply_is_one(reply) => Some(member_join_op(channel_id, agent_id)),
+                _ => None,
+            })
+            .collect();
+
+        for parsed in events {
+            if let Some((index, action, sender)) = &parsed.rate_check {
+                let count = replies.get(*index).and_then(Reply::as_int).unwrap_or(0);
+                let limit = self.limiter.limit(*action, sender);
+                if let Decision::Rejected { limit, .. } = decide(count, limit) {
+                    self.metrics
+                        .rate_limit_rejections
+                        .get_or_create(&labels2(
+                            ("action", action.as_str()),
+                            ("direction", "outbound"),
+                        ))
+                        .inc();
+                    publishes.push(not_relayed_op(&parsed, *action, sender, limit));
+                    continue;
+                }
+            }
+            self.route(parsed);
+        }
+
+        if !publishes.is_empty() {
+            if let Err(error) = self.store.exec(publishes).await {
+                tracing::warn!(%error, "could not publish hub notices");
+            }
+        }
+    }
+
+    /// Parses one payload; anything unreadable is logged at debug, counted, and skipped.
+    fn read(&self, message: BusMessage) -> Option<Parsed> {
+        let Some(source) = Source::from_channel(&message.channel) else {
+            self.count_invalid("unknown_channel");
+            return None;
+        };
+        let inbound = match parse(&source, &message.payload) {
+            Ok(inbound) => inbound,
+            Err(error) => {
+                tracing::debug!(channel = %message.channel, %error, "unreadable payload skipped");
+                self.count_invalid(match error {
+                    hub_bridge_sdk::event::ParseError::NotJson(_) => "not_json",
+                    hub_bridge_sdk::event::ParseError::NoType => "no_type",
+                    hub_bridge_sdk::event::ParseError::Invalid { .. } => "invalid_event",
+                });
+                return None;
+            }
+        };
+        let type_name = inbound.event.type_name().to_owned();
+        if let HubEvent::Unknown { .. } = inbound.event {
+            self.metrics
+                .events_in
+                .get_or_create(&label("type", "unknown"))
+                .inc();
+            tracing::debug!(%type_name, "unknown event type ignored");
+            return None;
+        }
+        self.metrics
+            .events_in
+            .get_or_create(&label("type", type_name))
+            .inc();
+        Some(Parsed {
+            source,
+            inbound,
+            received_at: message.received_at,
+            rate_check: None,
+        })
+    }
+
+    fn count_invalid(&self, reason: &'static str) {
+        self.metrics
+            .invalid_payloads
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    /// The rate-limited action of an agent's event that bridges would relay (SPEC section 4).
+    /// People's events were limited by their bridge on the way in.
+    fn outbound_action(&self, parsed: &Parsed) -> Option<(Action, String)> {
+        if self.bridges.is_empty() {
+            return None;
+        }
+        let (action, sender) = match &parsed.inbound.event {
+            HubEvent::Channel(
+                ChannelEvent::Message { message, .. } | ChannelEvent::ThreadMessage { message, .. },
+            ) => (Action::Message, message.sender_id.as_str()),
+            HubEvent::Channel(
+                ChannelEvent::ReactionAdd { agent_id, .. }
+                | ChannelEvent::ReactionRemove { agent_id, .. },
+            ) => (Action::Reaction, agent_id.as_str()),
+            HubEvent::Agent(event) => {
+                let Source::Agent(recipient) = &parsed.source else {
+                    return None;
+                };
+                let action = match event.kind {
+                    AgentEventKind::DirectMessage => Action::Message,
+                    AgentEventKind::Invite => Action::Invite,
+                    _ => return None,
+                };
+                // Only what goes to a person on a platform is relayed.
+                if !ExternalId::is_external(recipient) {
+                    return None;
+                }
+                (action, event.data.from_agent.as_deref()?)
+            }
+            _ => return None,
+        };
+        (!ExternalId::is_external(sender)).then(|| (action, sender.to_owned()))
+    }
+
+    fn route(&self, parsed: Parsed) {
+        let delivery = Arc::new(Delivery {
+            source: parsed.source,
+            inbound: parsed.inbound,
+            received_at: parsed.received_at,
+        });
+        for bridge in &self.bridges {
+            match bridge.sender.try_send(delivery.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics
+                        .bridge_queue_overflow
+                        .get_or_create(&label("bridge", bridge.name))
+                        .inc();
+                    tracing::warn!(
+                        bridge = bridge.name,
+                        event = delivery.inbound.event.type_name(),
+                        "bridge queue full; event not relayed by this bridge"
+                    );
+                }
+                // The bridge has stopped for good (fatal error); its status says why.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            let depth = bridge.sender.max_capacity() - bridge.sender.capacity();
+            self.metrics
+                .bridge_queue_depth
+                .get_or_create(&label("bridge", bridge.name))
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn track(&mut self, tracking: Tracking) {
+        match tracking {
+            Tracking::Refreshed {
+                channel_id,
+                agent_id,
+            } => {
+                let deadline = Instant::now() + self.settings.presence_ttl;
+                self.presence_deadlines
+                    .insert((channel_id, agent_id), deadline);
+            }
+            Tracking::Gone {
+                channel_id,
+                agent_id,
+            } => {
+                self.presence_deadlines.remove(&(channel_id, agent_id));
+            }
+        }
+    }
+
+    /// Publishes `offline` for every tracked presence whose key expired without a refresh.
+    async fn expire_presences(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .presence_deadlines
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(who, _)| who.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let ops = due
+            .iter()
+            .map(|(channel_id, agent_id)| Op::TtlMillis {
+                key: self.keys.presence(channel_id, agent_id),
+            })
+            .collect();
+        // On an outage the deadlines stay, and the next sweep asks again.
+        let Ok(replies) = self.store.exec(ops).await else {
+            return;
+        };
+        let mut publishes = Vec::new();
+        for (who, reply) in due.into_iter().zip(replies) {
+            match reply.as_int() {
+                // Refreshed by someone else (another instance, the agent's own client).
+                Some(ttl) if ttl > 0 => {
+                    let remaining = Duration::from_millis(ttl.unsigned_abs());
+                    self.presence_deadlines.insert(who, now + remaining);
+                }
+                Some(-2) => {
+                    self.presence_deadlines.remove(&who);
+                    publishes.push(presence_op(who.0, who.1, PresenceStatus::Offline));
+                }
+                _ => {
+                    self.presence_deadlines.remove(&who);
+                }
+            }
+        }
+        if !publishes.is_empty() {
+            if let Err(error) = self.store.exec(publishes).await {
+                tracing::warn!(%error, "could not publish offline transitions");
+            }
+        }
+    }
+}
+
+/// Publishes a presence transition the hub loop observed.
+fn presence_op(channel_id: String, agent_id: String, status: PresenceStatus) -> Op {
+    let event = ChannelEvent::Presence {
+        channel_id,
+        presence: Presence {
+            agent_id,
+            status,
+            custom_status: None,
+            avatar: None,
+            last_seen: now_millis(),
+        },
+    };
+    channel_publish_op(&event)
+}
+
+fn member_join_op(channel_id: String, agent_id: String) -> Op {
+    let event = ChannelEvent::MemberJoin {
+        channel_id,
+        member: hub_bridge_sdk::event::Member {
+            agent_id,
+            joined_at: now_millis(),
+            role: "member".to_owned(),
+        },
+    };
+    channel_publish_op(&event)
+}
+
+fn channel_publish_op(event: &ChannelEvent) -> Op {
+    Op::Publish {
+        channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
+        payload: Envelope::new(event, now_millis()).to_json(),
+    }
+}
+
+/// Tells an agent that an event of theirs was not relayed, and why (SPEC section 4).
+fn not_relayed_op(parsed: &Parsed, action: Action, agent_id: &str, limit: u32) -> Op {
+    let event_type = parsed.inbound.event.type_name();
+    let channel_id = match &parsed.inbound.event {
+        HubEvent::Channel(event) => Some(event.channel_id().to_owned()),
+        _ => None,
+    };
+    let where_ = channel_id
+        .as_deref()
+        .map(|id| format!(" in channel {id}"))
+        .unwrap_or_default();
+    let notice = AgentEvent {
+        kind: AgentEventKind::Notification,
+        data: AgentEventData {
+            from_agent: Some("hub-bridge".to_owned()),
+            content: Some(format!(
+                "Not relayed to Telegram/Discord: your {event_type}{where_} is over the limit of \
+                 {limit} {} per minute.",
+                action.as_str()
+            )),
+            channel_id,
+            action_required: None,
+        },
+        timestamp: now_millis(),
+    };
+    Op::Publish {
+        channel: Source::Agent(agent_id.to_owned()).channel_name(),
+        payload: notice.to_json(),
+    }
+}

@@ -1,0 +1,184 @@
+//! Assembles and runs the service: the bus, the hub loop, the supervised bridges and the HTTP
+//! endpoints, all under one cancellation token with a bounded drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_bridge_sdk::health::Health;
+use hub_bridge_sdk::limits::RateLimiter;
+use hub_bridge_sdk::metrics::Metrics;
+use hub_bridge_sdk::{Bridge, BridgeContext, HubHandle, Keys};
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::embedded::{spawn_expiry_sweeper, EmbeddedBus};
+use crate::bus::redis::{InvalidRedisUrl, RedisBus};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::state::StateSettings;
+use crate::hub::{BridgeQueue, HubLoop};
+use crate::supervisor::supervise;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Redis(#[from] InvalidRedisUrl),
+    #[error("cannot listen on {addr} (http.listen): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started service.
+pub struct Running {
+    /// Where the HTTP endpoints actually listen (useful with port 0).
+    pub http_addr: SocketAddr,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+}
+
+impl Running {
+    /// A token that stops the service when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for shutdown, then for every task to finish within the grace period.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tasks.close();
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "tasks still running after the grace period; exiting anyway");
+        }
+    }
+
+    /// Stops the service and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// The bridges whose sections are present in the config.
+pub fn configured_bridges(config: &Config) -> Vec<Box<dyn Bridge>> {
+    let mut bridges: Vec<Box<dyn Bridge>> = Vec::new();
+    #[cfg(feature = "telegram")]
+    if let Some(telegram) = &config.telegram {
+        bridges.push(Box::new(hub_bridge_telegram::TelegramBridge::new(
+            telegram.clone(),
+        )));
+    }
+    #[cfg(feature = "discord")]
+    if let Some(discord) = &config.discord {
+        bridges.push(Box::new(hub_bridge_discord::DiscordBridge::new(
+            discord.clone(),
+        )));
+    }
+    let _ = config;
+    bridges
+}
+
+/// Starts every part of the service and returns once the HTTP endpoints listen.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let health = Health::default();
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let bus: Box<dyn Bus> = match &config.redis.url {
+        Some(url) => Box::new(RedisBus::new(
+            url.expose(),
+            metrics.clone(),
+            health.component("redis"),
+        )?),
+        None => {
+            let bus = EmbeddedBus::new(metrics.clone());
+            spawn_expiry_sweeper(&bus, &tasks, shutdown.clone());
+            health.component("bus").ready("embedded in-process bus");
+            Box::new(bus)
+        }
+    };
+    let store = bus.store();
+    let keys = Keys::new(config.hub.key_prefix.clone());
+    let limiter = RateLimiter::new(store.clone(), keys.clone(), config.limits.clone());
+    let hub = HubHandle::new(
+        store.clone(),
+        keys.clone(),
+        limiter.clone(),
+        config.agents.clone(),
+        metrics.clone(),
+    );
+
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    let mut queues = Vec::new();
+    for bridge in configured_bridges(&config) {
+        let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
+        queues.push(BridgeQueue {
+            name: bridge.name(),
+            sender,
+        });
+        let ctx = BridgeContext {
+            deliveries,
+            hub: hub.clone(),
+            shutdown: shutdown.child_token(),
+            status: health.component(bridge.name()),
+        };
+        tasks.spawn(supervise(
+            bridge,
+            ctx,
+            instance_id.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let settings = StateSettings {
+        presence_ttl: Duration::from_secs(config.hub.presence_ttl_secs),
+        ..StateSettings::default()
+    };
+    let messages = bus.subscribe(config.hub.subscriber_queue, &tasks, shutdown.clone());
+    let hub_loop = HubLoop::new(store, keys, settings, limiter, metrics.clone(), queues);
+    tasks.spawn(hub_loop.run(messages, shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
+    let app = crate::http::router(health.clone(), Arc::new(registry));
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, bus = if config.redis.url.is_some() { "redis" } else { "embedded" }, "hub-bridge started");
+
+    Ok(Running {
+        http_addr,
+        health,
+        metrics,
+        shutdown,
+        tasks,
+        grace: Duration::from_secs(config.hub.shutdown_grace_secs),
+    })
+}
