@@ -40,6 +40,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub health: Health,
     pub metrics: Arc<Metrics>,
+    /// The bus the service runs on; tests and tools may subscribe or use its store.
+    pub bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -91,6 +93,15 @@ pub fn configured_bridges(config: &Config) -> Vec<Box<dyn Bridge>> {
 
 /// Starts every part of the service and returns once the HTTP endpoints listen.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let bridges = configured_bridges(&config);
+    start_with(config, bridges).await
+}
+
+/// Starts the service with the given bridges instead of the configured ones (embedding, tests).
+pub async fn start_with(
+    config: Config,
+    bridges: Vec<Box<dyn Bridge>>,
+) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let health = Health::default();
@@ -98,8 +109,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let bus: Box<dyn Bus> = match &config.redis.url {
-        Some(url) => Box::new(RedisBus::new(
+    let bus: Arc<dyn Bus> = match &config.redis.url {
+        Some(url) => Arc::new(RedisBus::new(
             url.expose(),
             metrics.clone(),
             health.component("redis"),
@@ -108,7 +119,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let bus = EmbeddedBus::new(metrics.clone());
             spawn_expiry_sweeper(&bus, &tasks, shutdown.clone());
             health.component("bus").ready("embedded in-process bus");
-            Box::new(bus)
+            Arc::new(bus)
         }
     };
     let store = bus.store();
@@ -124,7 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let instance_id = uuid::Uuid::new_v4().to_string();
     let mut queues = Vec::new();
-    for bridge in configured_bridges(&config) {
+    for bridge in bridges {
         let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
         queues.push(BridgeQueue {
             name: bridge.name(),
@@ -177,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http_addr,
         health,
         metrics,
+        bus,
         shutdown,
         tasks,
         grace: Duration::from_secs(config.hub.shutdown_grace_secs),

@@ -410,6 +410,25 @@ impl State {
                 }
                 _ => Reply::Int(0),
             },
+            Op::PublishOnce {
+                claim_key,
+                claim_value,
+                ttl,
+                channel,
+                payload,
+            } => {
+                let claim = Op::Set {
+                    key: claim_key,
+                    value: claim_value,
+                    ttl: Some(ttl),
+                    only_if_absent: true,
+                };
+                if self.apply(claim, now, metrics)? == Reply::Nil {
+                    return Ok(Reply::Int(0));
+                }
+                self.apply(Op::Publish { channel, payload }, now, metrics)?;
+                Reply::Int(1)
+            }
             Op::Publish { channel, payload } => {
                 let mut receivers = 0;
                 self.subscribers

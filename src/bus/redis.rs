@@ -47,6 +47,8 @@ const MERGE_JSON: &str = "local current = redis.call('GET', KEYS[1]) \
     for k, v in pairs(cjson.decode(ARGV[1])) do object[k] = v end \
     local encoded = next(object) == nil and '{}' or cjson.encode(object) \
     redis.call('SET', KEYS[1], encoded, 'PX', ARGV[2]) return 1";
+const PUBLISH_ONCE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then \
+    redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end";
 const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -446,6 +448,22 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
         }
         Op::Publish { channel, payload } => {
             pipe.cmd("PUBLISH").arg(channel).arg(payload);
+        }
+        Op::PublishOnce {
+            claim_key,
+            claim_value,
+            ttl,
+            channel,
+            payload,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(PUBLISH_ONCE)
+                .arg(1)
+                .arg(claim_key)
+                .arg(claim_value)
+                .arg(millis(*ttl))
+                .arg(channel)
+                .arg(payload);
         }
     }
     Shape::Plain

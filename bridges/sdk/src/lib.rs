@@ -11,6 +11,8 @@ pub mod health;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod msgmap;
+pub mod outbox;
 pub mod store;
 pub mod text;
 

@@ -114,6 +114,12 @@ impl RateLimiter {
         }
     }
 
+    /// The same limits over another window length (tests use a short one).
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
     /// The limit that applies to this sender and action; `0` is unlimited.
     pub fn limit(&self, action: Action, sender_id: &str) -> u32 {
         self.config.limit(action, sender_id)

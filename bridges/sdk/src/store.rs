@@ -117,6 +117,16 @@ pub enum Op {
         channel: String,
         payload: String,
     },
+    /// Publishes only if `claim_key` is not set yet, and sets it (with `ttl`) in the same atomic
+    /// step; replies `Int(1)` when published, `Int(0)` for a duplicate. This is how a platform
+    /// update is published exactly once even when it is delivered again after a crash.
+    PublishOnce {
+        claim_key: String,
+        claim_value: String,
+        ttl: Duration,
+        channel: String,
+        payload: String,
+    },
 }
 
 /// What an [`Op`] answered.
@@ -163,7 +173,7 @@ impl Reply {
 }
 
 /// Why a batch of ops did not run.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached now; the caller should retry later.
     #[error("store unavailable: {0}")]

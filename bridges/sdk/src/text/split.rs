@@ -65,6 +65,13 @@ pub fn split(text: &str, limit: usize, unit: Unit) -> Vec<String> {
 /// One part of a split, with the lengths (in bytes) of the fence lines the splitter added at
 /// its start and end, so tests can tell the original content from the additions.
 #[derive(Debug)]
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        reason = "only the tests tell original content from additions"
+    )
+)]
 struct Piece {
     text: String,
     added_prefix: usize,
@@ -187,8 +194,10 @@ fn split_pieces(text: &str, limit: usize, unit: Unit) -> Vec<Piece> {
         // `fence` borrows `rest`, so the next round's text is built before replacing it.
         let next = match fence {
             Some(f) => {
-                // The opener is original text when it was not itself added and no part showed it.
-                let original = !has_content && f.opener_end > added_prefix;
+                // The opener is original text when no part showed it and it either comes from
+                // the original text or was already carried over as such.
+                let carried = f.opener_end > added_prefix || prefix_is_original;
+                let original = !has_content && carried;
                 (
                     format!("{}\n{remainder}", f.opener),
                     f.opener.len() + 1,
@@ -702,13 +711,18 @@ mod tests {
             "- item",
             "  indented",
             "`tick`",
+            "\r\n",
+            "> quote",
+            "1. step",
         ];
-        for round in 0..6000 {
+        for round in 0..200 {
             let mut doc = String::new();
             let mut in_code = false;
             for _ in 0..next(120) + 1 {
                 if next(25) == 0 {
-                    doc.push_str(if in_code { "\n```\n" } else { "\n```rust\n" });
+                    let indent = ["", " ", "   "][next(3)];
+                    let fence = if in_code { "```" } else { "```rust" };
+                    doc.push_str(&format!("\n{indent}{fence}\n"));
                     in_code = !in_code;
                 } else {
                     doc.push_str(pieces[next(pieces.len())]);
