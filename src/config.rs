@@ -100,11 +100,20 @@ fn default_listen() -> SocketAddr {
 
 /// A config problem: which key, where it came from, what is wrong. Displays as one line.
 #[derive(Debug, thiserror::Error)]
-#[error("config error in {source_name}: {key}: {message}")]
+#[error("config error in {source_name}: {}{message}", key_part(key))]
 pub struct ConfigError {
     pub source_name: String,
     pub key: String,
     pub message: String,
+}
+
+/// `key: ` before the message, or nothing when the problem is not one key's (a syntax error).
+fn key_part(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
 }
 
 impl Config {
@@ -204,33 +213,37 @@ fn from_figment(error: figment::Error, file_name: &str) -> ConfigError {
         .unwrap_or_else(|| file_name.to_owned());
     let mut key = error.path.join(".");
     let message = match &error.kind {
-        Kind::UnknownField(field, _) => {
-            key = join_key(&key, field);
-            "unknown key".to_owned()
-        }
+        // figment's path already ends with the unknown field.
+        Kind::UnknownField(..) => "unknown key".to_owned(),
         Kind::MissingField(field) => {
-            key = join_key(&key, field);
+            if !key.ends_with(field.as_ref()) {
+                key = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
             "is required".to_owned()
         }
-        Kind::Message(message) => message.lines().next().unwrap_or_default().to_owned(),
+        // A TOML syntax error: "TOML parse error at line 1, column 5" and what was expected,
+        // folded into one line.
+        Kind::Message(message) => {
+            let lines: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            match (lines.first(), lines.last()) {
+                (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                _ => message.trim().to_owned(),
+            }
+        }
         other => other.to_string(),
     };
     ConfigError {
         source_name,
-        key: if key.is_empty() {
-            "(file)".to_owned()
-        } else {
-            key
-        },
+        key,
         message,
-    }
-}
-
-fn join_key(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{path}.{field}")
     }
 }
 
