@@ -633,3 +633,88 @@ async fn the_hub_resubscribes_after_a_redis_restart_and_readyz_reports_the_outag
     hub.stop().await;
     drop(redis);
 }
+
+/// A bridge that never reads its queue.
+struct StuckBridge;
+
+impl Bridge for StuckBridge {
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, BridgeError>> {
+        Box::pin(async { Ok("stuck".to_owned()) })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
+        Box::pin(async move {
+            ctx.status.ready("never reads");
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bridge_queue_is_counted_and_never_stalls_the_hub() {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.hub.bridge_queue = 2;
+    let recorder = RecordingBridge::default();
+    let running = start_with(
+        config,
+        vec![Box::new(StuckBridge), Box::new(recorder.clone())],
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !running.health.is_ready() {
+        assert!(Instant::now() < deadline, "bridges never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One at a time, so only the stuck bridge's queue (size 2) overflows.
+    let store = running.bus.store();
+    for n in 0..5 {
+        let event = json!({"event": message_event("agent", &format!("m{n}")), "timestamp": 1, "channelId": "C"});
+        store
+            .publish("pubsub:channel:C".into(), event.to_string())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while recorder.seen.lock().unwrap().len() <= n {
+            assert!(
+                Instant::now() < deadline,
+                "the other bridge did not get event {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The 5 messages and the agent's presence transition were routed; the stuck queue took 2.
+    let deadline = Instant::now() + WAIT;
+    while recorder.seen.lock().unwrap().len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            recorder.seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let routed = recorder.seen.lock().unwrap().len();
+    let metrics = reqwest::get(format!("http://{}/metrics", running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(routed, 6, "{:?}", recorder.seen.lock().unwrap());
+    let overflow = format!(
+        r#"hub_bridge_bridge_queue_overflow_total{{bridge="stuck"}} {}"#,
+        routed - 2
+    );
+    assert!(metrics.contains(&overflow), "{metrics}");
+    assert!(
+        metrics.contains(r#"hub_bridge_bridge_queue_depth{bridge="stuck"} 2"#),
+        "{metrics}"
+    );
+    running.stop().await;
+}

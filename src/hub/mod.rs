@@ -96,7 +96,10 @@ impl HubLoop {
                     }
                     self.handle_batch(std::mem::take(&mut batch)).await;
                 }
-                _ = sweep.tick() => self.expire_presences().await,
+                _ = sweep.tick() => {
+                    self.expire_presences().await;
+                    self.report_queue_depths();
+                }
             }
         }
     }
@@ -294,6 +297,14 @@ impl HubLoop {
                 // The bridge has stopped for good (fatal error); its status says why.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
+        }
+        self.report_queue_depths();
+    }
+
+    /// Sets the per-bridge depth gauges; called on routing and on every sweep tick, so a gauge
+    /// is never more than a tick stale after a bridge drains its queue.
+    fn report_queue_depths(&self) {
+        for bridge in &self.bridges {
             let depth = bridge.sender.max_capacity() - bridge.sender.capacity();
             self.metrics
                 .bridge_queue_depth

@@ -159,7 +159,7 @@ fn split_pieces(text: &str, limit: usize, unit: Unit) -> Vec<Piece> {
         if rest[added_prefix..].trim().is_empty() {
             break;
         }
-        if unit.measure(&rest) <= limit {
+        if fits(&rest, limit, unit) {
             pieces.push(Piece {
                 text: rest,
                 added_prefix: if prefix_is_original { 0 } else { added_prefix },
@@ -211,6 +211,16 @@ fn split_pieces(text: &str, limit: usize, unit: Unit) -> Vec<Piece> {
     pieces
 }
 
+/// Whether `text` is at most `limit` long, looking no further than the limit (the remaining
+/// text can be far longer than one part).
+fn fits(text: &str, limit: usize, unit: Unit) -> bool {
+    let mut total = 0;
+    text.chars().all(|c| {
+        total += unit.char_len(c);
+        total <= limit
+    })
+}
+
 /// Drops the leading whitespace of `s`, except the indentation of its first non-blank line when
 /// that line starts after a line break.
 fn skip_blank_lines(s: &str) -> &str {
@@ -254,17 +264,18 @@ fn find_cut(rest: &str, added_prefix: usize, limit: usize, unit: Unit) -> (Cut, 
     // Byte offset just past the last non-whitespace character before the position examined,
     // which is where the part would end once trimmed.
     let mut content_end = 0;
-    let mut consider = |level: Level, pos: usize, fence: Option<usize>, content_end: usize| {
+    // `trimmed_end` never exceeds `pos`, which is checked against the window before indexing.
+    let mut consider = |level: Level, pos: usize, fence: Option<usize>, trimmed_end: usize| {
         if pos <= added_prefix || pos > window_end {
             return;
         }
-        let cost = units[content_end] + fence.map_or(0, |i| reserve[i]);
+        let cost = units[trimmed_end] + fence.map_or(0, |i| reserve[i]);
         if cost > limit {
             return;
         }
         let content_from = fence.map_or(added_prefix, |i| fences[i].opener_end);
         let cut = Some(Cut { pos, fence });
-        if content_end > content_from {
+        if trimmed_end > content_from {
             best[level as usize] = cut;
         }
         best[Level::Any as usize] = cut;
