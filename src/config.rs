@@ -194,6 +194,7 @@ impl Config {
     }
 }
 
+#[cfg(any(feature = "telegram", feature = "discord"))]
 fn within(section: &str, issue: ConfigIssue) -> ConfigIssue {
     ConfigIssue::new(format!("{section}.{}", issue.key), issue.message)
 }

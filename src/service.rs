@@ -74,21 +74,20 @@ impl Running {
 
 /// The bridges whose sections are present in the config.
 pub fn configured_bridges(config: &Config) -> Vec<Box<dyn Bridge>> {
-    let mut bridges: Vec<Box<dyn Bridge>> = Vec::new();
     #[cfg(feature = "telegram")]
-    if let Some(telegram) = &config.telegram {
-        bridges.push(Box::new(hub_bridge_telegram::TelegramBridge::new(
-            telegram.clone(),
-        )));
-    }
+    let telegram = config.telegram.clone().map(|section| {
+        Box::new(hub_bridge_telegram::TelegramBridge::new(section)) as Box<dyn Bridge>
+    });
+    #[cfg(not(feature = "telegram"))]
+    let telegram = None;
     #[cfg(feature = "discord")]
-    if let Some(discord) = &config.discord {
-        bridges.push(Box::new(hub_bridge_discord::DiscordBridge::new(
-            discord.clone(),
-        )));
-    }
+    let discord = config.discord.clone().map(|section| {
+        Box::new(hub_bridge_discord::DiscordBridge::new(section)) as Box<dyn Bridge>
+    });
+    #[cfg(not(feature = "discord"))]
+    let discord = None;
     let _ = config;
-    bridges
+    telegram.into_iter().chain(discord).collect()
 }
 
 /// Starts every part of the service and returns once the HTTP endpoints listen.

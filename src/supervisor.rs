@@ -126,6 +126,9 @@ pub async fn supervise(
                 }
             }
         };
+        // Whatever the run left behind (outbox workers, pollers) stops with it, so the next run
+        // starts clean and recovers durable work instead of racing the old tasks.
+        run_token.cancel();
         match result {
             Ok(()) if shutdown.is_cancelled() => break,
             Ok(()) => tracing::warn!("bridge returned on its own; restarting"),

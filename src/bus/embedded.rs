@@ -388,6 +388,31 @@ impl State {
                 self.remove_if_empty(&key);
                 Reply::Ok
             }
+            Op::LPush { key, value } => {
+                let Value::List(list) = self.value_or_insert(
+                    &key,
+                    now,
+                    || Value::List(VecDeque::new()),
+                    |v| matches!(v, Value::List(_)),
+                )?
+                else {
+                    return Err(wrong_type(&key));
+                };
+                list.push_front(value);
+                Reply::Int(i64::try_from(list.len()).unwrap_or(i64::MAX))
+            }
+            Op::LRem { key, count, value } => {
+                let removed = match self.live(&key, now) {
+                    Some(Entry {
+                        value: Value::List(list),
+                        ..
+                    }) => remove_from_list(list, count, &value),
+                    Some(_) => return Err(wrong_type(&key)),
+                    None => 0,
+                };
+                self.remove_if_empty(&key);
+                Reply::Int(removed)
+            }
             Op::LRange { key, start, stop } => match self.live(&key, now) {
                 Some(Entry {
                     value: Value::List(list),
@@ -452,6 +477,26 @@ impl State {
             }
         })
     }
+}
+
+/// `LREM` semantics: `count` > 0 removes from the head, < 0 from the tail, 0 removes all.
+fn remove_from_list(list: &mut VecDeque<String>, count: i64, value: &str) -> i64 {
+    let limit = if count == 0 { usize::MAX } else { usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX) };
+    let mut positions: Vec<usize> = list
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| *entry == value)
+        .map(|(index, _)| index)
+        .collect();
+    if count < 0 {
+        positions.reverse();
+    }
+    positions.truncate(limit);
+    positions.sort_unstable_by(|a, b| b.cmp(a));
+    for index in &positions {
+        list.remove(*index);
+    }
+    i64::try_from(positions.len()).unwrap_or(i64::MAX)
 }
 
 /// `LRANGE` index semantics: negative indexes count from the end, both ends inclusive.

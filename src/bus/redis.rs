@@ -428,6 +428,12 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             let keep = isize::try_from(*max_len).unwrap_or(isize::MAX);
             pipe.cmd("LTRIM").arg(key).arg(-keep).arg(-1);
         }
+        Op::LPush { key, value } => {
+            pipe.cmd("LPUSH").arg(key).arg(value);
+        }
+        Op::LRem { key, count, value } => {
+            pipe.cmd("LREM").arg(key).arg(count).arg(value);
+        }
         Op::LRange { key, start, stop } => {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
         }

@@ -6,18 +6,30 @@
 //! platform asked for, retries transient errors (5xx, network) with capped backoff, and hands a
 //! permanent error (or a transient one that lasted [`GIVE_UP_AFTER`]) to
 //! [`Deliver::dead_letter`] with the reason. Nothing is dropped silently.
+//!
+//! [`Outboxes::durable`] also keeps every job in the store (`{prefix}bridge:outbox:{bridge}:
+//! {destination}`, a list) until it is delivered or dead-lettered, saves a job's progress when an
+//! attempt fails, and [`Outboxes::recover`] queues what a previous run left, so a restart (or a
+//! crash) in the middle of a rate-limited backlog loses nothing. Delivery is then at least once:
+//! a job delivered just before a crash, but not yet removed, is sent again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bridge::HubHandle;
+use crate::bridge::{DeadLetter, HubHandle};
+use crate::event::now_millis;
 use crate::metrics::{label, labels2};
+use crate::store::{Op, StoreError};
 
 /// How long transient errors are retried before the job is dead-lettered.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -70,23 +82,53 @@ struct Inner<J> {
     bridge: &'static str,
     deliver: Arc<dyn Deliver<J>>,
     hub: HubHandle,
+    durability: Option<Durability<J>>,
     // A std mutex: held only to look up or insert a queue, never across an await.
     queues: Mutex<HashMap<String, Queue<J>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// How a durable outbox writes and reads its jobs.
+struct Durability<J> {
+    encode: fn(&J) -> serde_json::Result<Value>,
+    decode: fn(Value) -> serde_json::Result<J>,
+}
+
+/// A queued job, with the exact list entry that keeps it in the store (durable outboxes).
+struct Entry<J> {
+    job: J,
+    persisted: Option<Persisted>,
+}
+
+struct Persisted {
+    id: String,
+    /// The list entry as stored; removed by value when the job is done.
+    raw: String,
+}
+
 struct Queue<J> {
-    sender: mpsc::UnboundedSender<J>,
-    depth: Arc<std::sync::atomic::AtomicUsize>,
+    sender: mpsc::UnboundedSender<Entry<J>>,
+    depth: Arc<AtomicUsize>,
 }
 
 impl<J: Send + 'static> Outboxes<J> {
-    /// Outboxes whose workers run on `tasks` and stop when `shutdown` is cancelled.
+    /// In-memory outboxes whose workers run on `tasks` and stop when `shutdown` is cancelled.
     pub fn new(
         bridge: &'static str,
         deliver: Arc<dyn Deliver<J>>,
         hub: HubHandle,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::build(bridge, deliver, hub, None, tasks, shutdown)
+    }
+
+    fn build(
+        bridge: &'static str,
+        deliver: Arc<dyn Deliver<J>>,
+        hub: HubHandle,
+        durability: Option<Durability<J>>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -95,6 +137,7 @@ impl<J: Send + 'static> Outboxes<J> {
                 bridge,
                 deliver,
                 hub,
+                durability,
                 queues: Mutex::new(HashMap::new()),
                 tasks,
                 shutdown,
@@ -104,51 +147,49 @@ impl<J: Send + 'static> Outboxes<J> {
 
     /// Queues a job for `destination`, behind everything already queued there.
     pub async fn push(&self, destination: &str, job: J) {
-        let overflow = {
-            let mut queues = self
-                .inner
-                .queues
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let queue = queues
-                .entry(destination.to_owned())
-                .or_insert_with(|| self.spawn_worker(destination));
-            let depth = queue.depth.load(std::sync::atomic::Ordering::Relaxed);
-            if depth >= MAX_BACKLOG {
-                Some(job)
-            } else {
-                queue
-                    .depth
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.gauge(destination).set(depth_i64(depth + 1));
-                // The worker removes its queue under this lock before it exits, so the
-                // receiver is alive here.
-                queue.sender.send(job).err().map(|error| error.0)
-            }
-        };
-        if let Some(job) = overflow {
-            let reason = format!("{MAX_BACKLOG} relays already waiting for this destination");
-            tracing::warn!(bridge = self.inner.bridge, destination, %reason, "outbox full");
-            self.inner.deliver.dead_letter(destination, job, reason).await;
-        }
+        let persisted = self.persist(destination, &job).await;
+        self.enqueue(destination, Entry { job, persisted }).await;
     }
 
     /// Jobs waiting (not yet delivered) for `destination`.
     pub fn depth(&self, destination: &str) -> usize {
+        self.lock_queues()
+            .get(destination)
+            .map_or(0, |queue| queue.depth.load(Ordering::Relaxed))
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue<J>>> {
         self.inner
             .queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(destination)
-            .map_or(0, |queue| {
-                queue.depth.load(std::sync::atomic::Ordering::Relaxed)
-            })
     }
 
-    fn gauge(
-        &self,
-        destination: &str,
-    ) -> prometheus_client::metrics::gauge::Gauge {
+    async fn enqueue(&self, destination: &str, entry: Entry<J>) {
+        let overflow = {
+            let mut queues = self.lock_queues();
+            let queue = queues
+                .entry(destination.to_owned())
+                .or_insert_with(|| self.spawn_worker(destination));
+            let depth = queue.depth.load(Ordering::Relaxed);
+            if depth >= MAX_BACKLOG {
+                Some(entry)
+            } else {
+                queue.depth.fetch_add(1, Ordering::Relaxed);
+                self.gauge(destination).set(depth_i64(depth + 1));
+                // The worker removes its queue under this lock before it exits, so the
+                // receiver is alive here.
+                queue.sender.send(entry).err().map(|error| error.0)
+            }
+        };
+        if let Some(entry) = overflow {
+            let reason = format!("{MAX_BACKLOG} relays already waiting for this destination");
+            tracing::warn!(bridge = self.inner.bridge, destination, %reason, "outbox full");
+            self.finish(destination, entry, Some(reason)).await;
+        }
+    }
+
+    fn gauge(&self, destination: &str) -> prometheus_client::metrics::gauge::Gauge {
         self.inner
             .hub
             .metrics()
@@ -162,7 +203,7 @@ impl<J: Send + 'static> Outboxes<J> {
 
     fn spawn_worker(&self, destination: &str) -> Queue<J> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let depth = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             outboxes: self.clone(),
             destination: destination.to_owned(),
@@ -170,6 +211,202 @@ impl<J: Send + 'static> Outboxes<J> {
         };
         self.inner.tasks.spawn(worker.run(receiver));
         Queue { sender, depth }
+    }
+
+    fn list_key(&self, destination: &str) -> String {
+        let bridge = self.inner.bridge;
+        self.inner
+            .hub
+            .keys()
+            .bridge(&format!("outbox:{bridge}:{destination}"))
+    }
+
+    fn index_key(&self) -> String {
+        let bridge = self.inner.bridge;
+        self.inner.hub.keys().bridge(&format!("outboxes:{bridge}"))
+    }
+
+    fn entry_text(id: &str, job: Value) -> String {
+        json!({ "id": id, "job": job }).to_string()
+    }
+
+    /// Writes a new job to its destination's list; `None` when not durable or the store is down
+    /// (then the job is kept in memory only, and the log says so).
+    async fn persist(&self, destination: &str, job: &J) -> Option<Persisted> {
+        let durability = self.inner.durability.as_ref()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let raw = match (durability.encode)(job) {
+            Ok(value) => Self::entry_text(&id, value),
+            Err(error) => {
+                tracing::error!(bridge = self.inner.bridge, %error, "relay cannot be persisted");
+                return None;
+            }
+        };
+        let ops = vec![
+            Op::RPush {
+                key: self.list_key(destination),
+                value: raw.clone(),
+            },
+            Op::SAdd {
+                key: self.index_key(),
+                member: destination.to_owned(),
+            },
+        ];
+        match self.inner.hub.store().exec(ops).await {
+            Ok(_) => Some(Persisted { id, raw }),
+            Err(error) => {
+                tracing::warn!(bridge = self.inner.bridge, destination, %error, "relay kept in memory only: the store is unavailable");
+                None
+            }
+        }
+    }
+
+    /// Saves a job's progress after a failed attempt, so a restart resumes it where it was.
+    async fn save_progress(&self, destination: &str, entry: &mut Entry<J>) {
+        let (Some(durability), Some(persisted)) =
+            (self.inner.durability.as_ref(), entry.persisted.as_mut())
+        else {
+            return;
+        };
+        let Ok(value) = (durability.encode)(&entry.job) else {
+            return;
+        };
+        let raw = Self::entry_text(&persisted.id, value);
+        if raw == persisted.raw {
+            return;
+        }
+        let key = self.list_key(destination);
+        let ops = vec![
+            Op::LRem {
+                key: key.clone(),
+                count: 1,
+                value: persisted.raw.clone(),
+            },
+            // The job being worked on is the oldest: back at the head it stays first.
+            Op::LPush {
+                key,
+                value: raw.clone(),
+            },
+        ];
+        if self.inner.hub.store().exec(ops).await.is_ok() {
+            persisted.raw = raw;
+        }
+    }
+
+    /// Ends a job: delivered (`reason` None) or dead-lettered with the reason.
+    async fn finish(&self, destination: &str, entry: Entry<J>, reason: Option<String>) {
+        if let Some(reason) = reason {
+            self.inner
+                .deliver
+                .dead_letter(destination, entry.job, reason)
+                .await;
+        }
+        let Some(persisted) = entry.persisted else {
+            return;
+        };
+        let remove = Op::LRem {
+            key: self.list_key(destination),
+            count: 1,
+            value: persisted.raw,
+        };
+        if let Err(error) = self.inner.hub.store().one(remove).await {
+            // It will be sent again after a restart: at least once, never lost.
+            tracing::warn!(bridge = self.inner.bridge, destination, %error, "delivered relay not removed from the store");
+        }
+    }
+}
+
+impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
+    /// Outboxes that keep every job in the store until it is delivered or dead-lettered; call
+    /// [`Self::recover`] once at start to queue what a previous run left.
+    pub fn durable(
+        bridge: &'static str,
+        deliver: Arc<dyn Deliver<J>>,
+        hub: HubHandle,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let durability = Durability {
+            encode: |job| serde_json::to_value(job),
+            decode: serde_json::from_value,
+        };
+        Self::build(bridge, deliver, hub, Some(durability), tasks, shutdown)
+    }
+
+    /// Queues the jobs a previous run left in the store, oldest first per destination. A job that
+    /// can no longer be read is dead-lettered as it was stored. Returns how many were queued.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let Some(durability) = self.inner.durability.as_ref() else {
+            return Ok(0);
+        };
+        let store = self.inner.hub.store();
+        let destinations = store
+            .one(Op::SMembers {
+                key: self.index_key(),
+            })
+            .await?
+            .into_list();
+        let mut recovered = 0;
+        for destination in destinations {
+            let key = self.list_key(&destination);
+            let entries = store
+                .one(Op::LRange {
+                    key: key.clone(),
+                    start: 0,
+                    stop: -1,
+                })
+                .await?
+                .into_list();
+            for raw in entries {
+                let parsed = serde_json::from_str::<Value>(&raw).ok().and_then(|value| {
+                    let id = value.get("id")?.as_str()?.to_owned();
+                    let job = (durability.decode)(value.get("job")?.clone()).ok()?;
+                    Some((id, job))
+                });
+                let Some((id, job)) = parsed else {
+                    self.dead_letter_unreadable(&destination, &key, raw).await?;
+                    continue;
+                };
+                let persisted = Some(Persisted { id, raw });
+                self.enqueue(&destination, Entry { job, persisted }).await;
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(
+                bridge = self.inner.bridge,
+                recovered,
+                "queued relays left by a previous run"
+            );
+        }
+        Ok(recovered)
+    }
+
+    async fn dead_letter_unreadable(
+        &self,
+        destination: &str,
+        key: &str,
+        raw: String,
+    ) -> Result<(), StoreError> {
+        let letter = DeadLetter {
+            destination: destination.to_owned(),
+            event_type: "relay".to_owned(),
+            reason: "a relay persisted by an earlier version could not be read".to_owned(),
+            agent_id: None,
+            channel_id: None,
+            payload: serde_json::from_str(&raw).unwrap_or(Value::String(raw.clone())),
+            at: now_millis(),
+        };
+        self.inner
+            .hub
+            .dead_letter(self.inner.bridge, letter)
+            .await?;
+        let remove = Op::LRem {
+            key: key.to_owned(),
+            count: 1,
+            value: raw,
+        };
+        self.inner.hub.store().one(remove).await.map(drop)
     }
 }
 
@@ -180,15 +417,15 @@ fn depth_i64(depth: usize) -> i64 {
 struct Worker<J> {
     outboxes: Outboxes<J>,
     destination: String,
-    depth: Arc<std::sync::atomic::AtomicUsize>,
+    depth: Arc<AtomicUsize>,
 }
 
 impl<J: Send + 'static> Worker<J> {
-    async fn run(self, mut receiver: mpsc::UnboundedReceiver<J>) {
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<Entry<J>>) {
         let inner = &self.outboxes.inner;
         loop {
-            let job = tokio::select! {
-                job = receiver.recv() => job,
+            let entry = tokio::select! {
+                entry = receiver.recv() => entry,
                 _ = inner.shutdown.cancelled() => None,
                 _ = tokio::time::sleep(IDLE_EXIT) => {
                     let mut queues = inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
@@ -199,55 +436,77 @@ impl<J: Send + 'static> Worker<J> {
                     continue;
                 }
             };
-            let Some(job) = job else { break };
-            self.deliver(job).await;
-            let left = self.depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+            let Some(entry) = entry else { break };
+            self.deliver(entry).await;
+            let left = self.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
             self.outboxes.gauge(&self.destination).set(depth_i64(left));
         }
         let undelivered = receiver.len();
         if undelivered > 0 {
+            let kept = if inner.durability.is_some() {
+                "kept in the store for the next run"
+            } else {
+                "lost: this outbox is not durable"
+            };
             tracing::warn!(
                 bridge = inner.bridge,
                 destination = %self.destination,
                 undelivered,
-                "stopping with relays still queued"
+                "stopping with relays still queued: {kept}"
             );
         }
     }
 
     /// Delivers one job, retrying until it is delivered, dead-lettered, or the bridge stops.
-    async fn deliver(&self, mut job: J) {
-        let inner = &self.outboxes.inner;
+    async fn deliver(&self, mut entry: Entry<J>) {
+        let outboxes = &self.outboxes;
+        let inner = &outboxes.inner;
+        let destination = self.destination.as_str();
         let metrics_label = label("bridge", inner.bridge);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(250);
         loop {
-            let wait = match inner.deliver.deliver(&self.destination, &mut job).await {
-                Ok(()) => return,
+            let wait = match inner.deliver.deliver(destination, &mut entry.job).await {
+                Ok(()) => return outboxes.finish(destination, entry, None).await,
                 Err(SendError::Permanent(reason)) => {
-                    tracing::warn!(bridge = inner.bridge, destination = %self.destination, %reason, "relay dead-lettered");
-                    inner.deliver.dead_letter(&self.destination, job, reason).await;
-                    return;
+                    tracing::warn!(bridge = inner.bridge, destination, %reason, "relay dead-lettered");
+                    return outboxes.finish(destination, entry, Some(reason)).await;
                 }
                 Err(SendError::RetryAfter(wait)) => {
-                    inner.hub.metrics().platform_429s.get_or_create(&metrics_label).inc();
-                    tracing::info!(bridge = inner.bridge, destination = %self.destination, ?wait, "platform rate limit; waiting");
+                    inner
+                        .hub
+                        .metrics()
+                        .platform_429s
+                        .get_or_create(&metrics_label)
+                        .inc();
+                    tracing::info!(
+                        bridge = inner.bridge,
+                        destination,
+                        ?wait,
+                        "platform rate limit; waiting"
+                    );
                     wait
                 }
                 Err(SendError::Transient(reason)) => {
-                    inner.hub.metrics().retries.get_or_create(&metrics_label).inc();
+                    inner
+                        .hub
+                        .metrics()
+                        .retries
+                        .get_or_create(&metrics_label)
+                        .inc();
                     if started.elapsed() >= GIVE_UP_AFTER {
                         let reason = format!("gave up after {:?}: {reason}", started.elapsed());
-                        inner.deliver.dead_letter(&self.destination, job, reason).await;
-                        return;
+                        return outboxes.finish(destination, entry, Some(reason)).await;
                     }
-                    tracing::warn!(bridge = inner.bridge, destination = %self.destination, %reason, retry_in = ?backoff, "relay failed; retrying");
+                    tracing::warn!(bridge = inner.bridge, destination, %reason, retry_in = ?backoff, "relay failed; retrying");
                     let wait = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     wait
                 }
             };
+            outboxes.save_progress(destination, &mut entry).await;
             tokio::select! {
+                // A durable job stays in the store and resumes on the next run.
                 _ = inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }

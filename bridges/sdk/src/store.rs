@@ -97,6 +97,16 @@ pub enum Op {
         key: String,
         max_len: usize,
     },
+    LPush {
+        key: String,
+        value: String,
+    },
+    /// Removes up to `count` entries equal to `value` (LREM semantics: 0 = all).
+    LRem {
+        key: String,
+        count: i64,
+        value: String,
+    },
     LRange {
         key: String,
         start: isize,
