@@ -81,16 +81,11 @@ impl RedisBus {
             .map_err(|error| InvalidRedisUrl(format!("{:?}", error.kind())))?;
         let client = redis::Client::open(info.clone())
             .map_err(|e| InvalidRedisUrl(format!("{:?}", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(MAX_RECONNECT_DELAY)
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| InvalidRedisUrl(format!("{:?}", e.kind())))?;
+        let store =
+            RedisStore::new(client).map_err(|e| InvalidRedisUrl(format!("{:?}", e.kind())))?;
         Ok(Self {
             info,
-            store: Arc::new(RedisStore { manager }),
+            store: Arc::new(store),
             metrics,
             status,
         })
@@ -228,8 +223,16 @@ impl Subscriber {
                     let ping = redis::cmd("PING");
                     let answer = ping.query_async::<redis::Value>(&mut manager);
                     match tokio::time::timeout(PING_TIMEOUT, answer).await {
-                        Ok(Ok(_)) => missed_pings = 0,
-                        _ => missed_pings += 1,
+                        Ok(Ok(_)) => {
+                            if missed_pings > 0 && resubscribe_deadline.is_none() {
+                                self.status.ready("subscribed");
+                            }
+                            missed_pings = 0;
+                        }
+                        _ => {
+                            missed_pings += 1;
+                            self.status.not_ready("redis is not answering PING");
+                        }
                     }
                     if missed_pings >= MISSED_PINGS_BEFORE_REBUILD {
                         return Err(format!("{missed_pings} PINGs unanswered"));
@@ -292,8 +295,56 @@ fn bytes(value: &redis::Value) -> Option<Vec<u8>> {
 }
 
 /// The command side of the Redis bus: each batch of ops is one pipeline, one round trip.
+///
+/// A response timeout is not a disconnect to redis-rs, so a connection that went silent (the
+/// network dropped it without a reset) would time out forever; after a timeout the store
+/// replaces its connection instead.
 pub struct RedisStore {
-    manager: ConnectionManager,
+    client: redis::Client,
+    // A std mutex: held only to clone or replace the manager, never across an await.
+    manager: std::sync::Mutex<ConnectionManager>,
+}
+
+impl RedisStore {
+    const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn new(client: redis::Client) -> redis::RedisResult<Self> {
+        let manager = Self::connect(&client)?;
+        Ok(Self {
+            client,
+            manager: std::sync::Mutex::new(manager),
+        })
+    }
+
+    /// A manager that connects on first use, so the service starts while Redis is down.
+    fn connect(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(MAX_RECONNECT_DELAY)
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Self::RESPONSE_TIMEOUT));
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.manager
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace_silent_connection(&self) {
+        match Self::connect(&self.client) {
+            Ok(fresh) => {
+                *self
+                    .manager
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                tracing::warn!("redis command connection timed out; replaced it");
+            }
+            Err(error) => tracing::warn!(%error, "could not replace the redis command connection"),
+        }
+    }
 }
 
 impl Store for RedisStore {
@@ -304,11 +355,16 @@ impl Store for RedisStore {
                 .iter()
                 .map(|op| add_to_pipeline(&mut pipe, op))
                 .collect();
-            let mut connection = self.manager.clone();
-            let values: Vec<redis::Value> = pipe
-                .query_async(&mut connection)
-                .await
-                .map_err(store_error)?;
+            let mut connection = self.manager();
+            let values: Vec<redis::Value> = match pipe.query_async(&mut connection).await {
+                Ok(values) => values,
+                Err(error) => {
+                    if error.is_timeout() {
+                        self.replace_silent_connection();
+                    }
+                    return Err(store_error(error));
+                }
+            };
             Ok(values
                 .into_iter()
                 .zip(shapes)
