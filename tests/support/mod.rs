@@ -7,4 +7,5 @@
 
 pub mod fake_discord;
 pub mod fake_telegram;
+pub mod hub;
 pub mod redis_server;

@@ -1,19 +1,83 @@
-//! The Discord bridge's entry point. (Being built: until then it refuses to run, loudly.)
+//! The Discord bridge as the hub sees it: the [`Bridge`] implementation that wires one run
+//! together. A run checks the token (`GET /users/@me`), starts the outboxes, the inbound
+//! processor and serenity's gateway client, and relays the hub's deliveries into the outboxes
+//! until `ctx.shutdown`; then it stops everything it started, so `run` can be called again with
+//! the same context.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
+use serde_json::Value;
+use serenity::http::{LightMethod, Route};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::config::DiscordConfig;
+use crate::gateway::{self, Handler, IdentifyGate};
+use crate::inbound::{Cursors, Inbound};
+use crate::outbound::{self, DiscordDeliver};
+use crate::rest::{Rest, RestError};
+use crate::shared::Shared;
+
+/// Gateway events buffered between serenity's handlers and the inbound processor.
+const EVENT_QUEUE: usize = 4096;
+/// How long a stopping run waits for its outbox workers and processor.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Relays between hub channels and Discord.
 pub struct DiscordBridge {
-    #[allow(dead_code)]
     config: DiscordConfig,
+    rest: Arc<Rest>,
+    /// When this process last started a gateway client (IDENTIFY spacing across runs).
+    last_identify: Mutex<Option<Instant>>,
+    /// Where each linked channel's catch-up starts, kept across runs.
+    last_seen: Cursors,
 }
 
 impl DiscordBridge {
     pub fn new(config: DiscordConfig) -> Self {
-        Self { config }
+        let rest = Arc::new(Rest::new(config.token.expose(), &config.api_url));
+        Self {
+            config,
+            rest,
+            last_identify: Mutex::new(None),
+            last_seen: Cursors::default(),
+        }
+    }
+
+    /// `GET /users/@me`: who the bot is; a 401 means the token is wrong.
+    async fn whoami(&self) -> Result<(u64, String), BridgeError> {
+        let me: Result<Value, RestError> = self
+            .rest
+            .json(LightMethod::Get, Route::UserMe, &[], None, "get:me")
+            .await;
+        match me {
+            Ok(me) => {
+                let id = me
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.parse().ok())
+                    .ok_or_else(|| {
+                        BridgeError::Transient("GET /users/@me answered without an id".to_owned())
+                    })?;
+                let name = me
+                    .get("username")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                Ok((id, name))
+            }
+            Err(RestError::Status { status: 401, .. }) => Err(BridgeError::Unauthorized {
+                platform: "discord",
+                detail: "GET /users/@me answered 401: the token is wrong or revoked".to_owned(),
+            }),
+            Err(error) => Err(BridgeError::Transient(format!(
+                "GET /users/@me failed: {error}"
+            ))),
+        }
     }
 }
 
@@ -23,18 +87,94 @@ impl Bridge for DiscordBridge {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, BridgeError>> {
-        Box::pin(async {
-            Err(BridgeError::Fatal(
-                "the discord bridge is not built yet".into(),
-            ))
+        Box::pin(async move {
+            let (id, name) = self.whoami().await?;
+            Ok(format!("bot {name} (id {id})"))
         })
     }
 
-    fn run<'a>(&'a self, _ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
-        Box::pin(async {
-            Err(BridgeError::Fatal(
-                "the discord bridge is not built yet".into(),
-            ))
+    #[tracing::instrument(name = "discord", skip_all)]
+    fn run<'a>(&'a self, ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
+        Box::pin(async move {
+            ctx.status.not_ready("connecting to Discord");
+            let (bot_id, bot_name) = self.whoami().await?;
+            let shared = Arc::new(Shared::new(
+                &self.config,
+                self.rest.clone(),
+                ctx.hub.clone(),
+            ));
+            shared.set_bot_id(bot_id);
+            if let Err(error) = shared.load_stopped().await {
+                return Err(BridgeError::Transient(format!(
+                    "store unavailable at start: {error}"
+                )));
+            }
+
+            let stop = ctx.shutdown.child_token();
+            let tasks = TaskTracker::new();
+            // Durable: what a stopped run (or a crash) left queued is sent by the next one.
+            let outboxes = Outboxes::durable(
+                "discord",
+                Arc::new(DiscordDeliver::new(shared.clone())),
+                ctx.hub.clone(),
+                tasks.clone(),
+                stop.clone(),
+            );
+            if let Err(error) = outboxes.recover().await {
+                tracing::warn!(%error, "could not recover the relays a previous run left queued");
+            }
+            let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+            let inbound = Inbound::new(
+                shared.clone(),
+                outboxes.clone(),
+                stop.clone(),
+                self.last_seen.clone(),
+            );
+            tasks.spawn(inbound.run(events_rx));
+
+            let gate = IdentifyGate {
+                store: ctx.hub.store(),
+                key: shared.key("identify"),
+                last_start: &self.last_identify,
+            };
+            let status = ctx.status.clone();
+            let gateway = gateway::run(
+                &self.rest,
+                self.config.token.expose(),
+                Handler::new(events),
+                &gate,
+                &stop,
+                &status,
+                &bot_name,
+            );
+            let deliveries = async {
+                while let Some(delivery) = ctx.deliveries.recv().await {
+                    for (destination, job) in outbound::route(&shared, &delivery).await {
+                        outboxes.push(&destination, job).await;
+                    }
+                }
+                // The hub loop is gone, so the service is stopping: the gateway side ends on
+                // the shutdown token (and closes the connection properly); wait for that.
+                std::future::pending::<()>().await;
+            };
+            let result = tokio::select! {
+                result = gateway => result,
+                () = deliveries => Ok(()),
+            };
+
+            stop.cancel();
+            tasks.close();
+            if tokio::time::timeout(STOP_GRACE, tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("Discord bridge tasks still running after {STOP_GRACE:?}");
+            }
+            ctx.status.not_ready(match &result {
+                Ok(()) => "stopped",
+                Err(_) => "stopped after an error",
+            });
+            result
         })
     }
 }

@@ -1,7 +1,22 @@
-//! The discord bridge of hub-bridge: relays between hub channels and Discord chats.
+//! The Discord bridge of hub-bridge: relays between hub channels and Discord channels, on
+//! serenity with rustls.
+//!
+//! - [`bridge`]: the `Bridge` implementation that wires a run together;
+//! - `gateway`: serenity's client and event handler, IDENTIFY spacing;
+//! - `inbound`: Discord -> hub, and the catch-up after a gap;
+//! - `outbound`: hub -> Discord, the outbox jobs and webhook execution;
+//! - `rest`: REST calls that read Discord's rate-limit headers;
+//! - `format`: mention rendering, splitting and quoting, as pure functions;
+//! - `shared`: what one run's parts share (links, caches, the bridge's keys).
 
 mod bridge;
 pub mod config;
+mod format;
+mod gateway;
+mod inbound;
+mod outbound;
+mod rest;
+mod shared;
 
 pub use bridge::DiscordBridge;
 pub use config::*;

@@ -1,0 +1,1233 @@
+//! Discord -> hub (SPEC section 5): messages, replies, thread messages, edits, deletes,
+//! reactions and typing in linked channels become hub channel events; a DM to the bot becomes an
+//! `agent.direct_message`; after a gap the linked channels are caught up from the last seen id.
+//!
+//! One task processes the gateway's events in order and publishes each before taking the next;
+//! while the store is unreachable it waits and retries, so nothing is lost (SPEC section 6). A
+//! message is published through [`MessageMap::publish_once`], so the gateway and a catch-up fetch
+//! that both see it publish it once.
+//!
+//! Ordering: serenity hands each event to its handler in a task of its own, so two events that
+//! arrive together can reach the queue swapped. The processor undoes what matters: messages that
+//! are queued together are handled in id (creation) order, and an edit, delete or reaction whose
+//! message is not mapped yet is retried shortly, in case its message is just behind it.
+//!
+//! [`MessageMap::publish_once`]: hub_bridge_sdk::msgmap::MessageMap::publish_once
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hub_bridge_sdk::event::{
+    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, ChannelMessage,
+    ContentBlock, Thread,
+};
+use hub_bridge_sdk::limits::{Action, Decision};
+use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::{ExternalId, Op, Platform, Reply, StoreError};
+use serde_json::Value;
+use serenity::http::{LightMethod, Route};
+use serenity::model::channel::{Message, MessageType};
+use serenity::model::id::ChannelId;
+use serenity::model::user::User;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::format::{self, MentionNames};
+use crate::gateway::GatewayEvent;
+use crate::outbound::Job;
+use crate::rest::RestError;
+use crate::shared::{Link, Shared};
+
+/// How often an event whose message is not mapped yet is retried, and how far apart.
+const DEFER_ATTEMPTS: u32 = 10;
+const DEFER_STEP: Duration = Duration::from_millis(100);
+/// Messages fetched per catch-up request (Discord's maximum).
+const PAGE: usize = 100;
+/// At most this many pages per channel per catch-up; a longer gap is logged and cut short.
+const MAX_PAGES: usize = 50;
+/// Thread mappings live this long without use.
+const THREAD_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
+const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a person's `/dm` choice is remembered (as in the Telegram bridge).
+const DM_CHOICE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The newest message id handled per linked Discord channel.
+pub type Cursors = Arc<Mutex<HashMap<u64, u64>>>;
+
+/// The processor of gateway events.
+pub struct Inbound {
+    shared: Arc<Shared>,
+    outboxes: Outboxes<Job>,
+    shutdown: CancellationToken,
+    /// The newest message id handled per linked channel, as stored under `last_seen:{channel}`.
+    /// Kept by the bridge across runs, so a store that lost its keys (a Redis restart without
+    /// persistence) does not make the next run take a gap for a first start.
+    last_seen: Cursors,
+    retry_tx: mpsc::UnboundedSender<(u32, GatewayEvent)>,
+    retry_rx: mpsc::UnboundedReceiver<(u32, GatewayEvent)>,
+}
+
+/// Where a Discord event happened, as far as the bridge is concerned.
+enum Place {
+    /// A linked channel (`thread` is the thread's id when it happened in one of its threads).
+    Linked {
+        links: Vec<Arc<Link>>,
+        thread: Option<u64>,
+    },
+    /// A DM with the bot.
+    Direct,
+    /// Anywhere else: not relayed.
+    Elsewhere,
+}
+
+impl Inbound {
+    pub fn new(
+        shared: Arc<Shared>,
+        outboxes: Outboxes<Job>,
+        shutdown: CancellationToken,
+        last_seen: Cursors,
+    ) -> Self {
+        let (retry_tx, retry_rx) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            outboxes,
+            shutdown,
+            last_seen,
+            retry_tx,
+            retry_rx,
+        }
+    }
+
+    /// Processes events until `shutdown` or until the gateway side is gone.
+    pub async fn run(mut self, mut events: mpsc::Receiver<GatewayEvent>) {
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                received = events.recv_many(&mut batch, 64) => {
+                    if received == 0 {
+                        return;
+                    }
+                    order(&mut batch);
+                    for event in batch.drain(..) {
+                        self.handle(event, 0).await;
+                    }
+                }
+                Some((attempt, event)) = self.retry_rx.recv() => self.handle(event, attempt).await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: GatewayEvent, attempt: u32) {
+        match event {
+            GatewayEvent::Ready { user_id, name } => {
+                tracing::info!(bot = %name, "Discord session ready; catching up the linked channels");
+                self.shared.set_bot_id(user_id);
+                self.catch_up().await;
+            }
+            GatewayEvent::Resumed => tracing::debug!("Discord session resumed"),
+            GatewayEvent::Message(message, received) => {
+                self.message(*message, Some(received)).await;
+            }
+            GatewayEvent::Update(update) => self.update(update, attempt).await,
+            GatewayEvent::Delete {
+                channel_id,
+                message_id,
+                guild_id,
+            } => self.delete(channel_id, message_id, guild_id, attempt).await,
+            GatewayEvent::Reaction { reaction, added } => {
+                self.reaction(reaction, added, attempt).await;
+            }
+            GatewayEvent::Typing(typing) => self.typing(&typing).await,
+        }
+    }
+
+    /// Tries an event again shortly: its message may be right behind it in the queue.
+    fn defer(&self, event: GatewayEvent, attempt: u32) -> bool {
+        if attempt >= DEFER_ATTEMPTS {
+            return false;
+        }
+        let retry = self.retry_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DEFER_STEP).await;
+            let _ = retry.send((attempt + 1, event));
+        });
+        true
+    }
+
+    fn ignored(&self, reason: &'static str) {
+        self.shared
+            .hub
+            .metrics()
+            .ignored
+            .get_or_create(&labels2(("bridge", "discord"), ("reason", reason)))
+            .inc();
+    }
+
+    fn published(&self, type_name: &str) {
+        self.shared
+            .hub
+            .metrics()
+            .published
+            .get_or_create(&labels2(
+                ("bridge", "discord"),
+                ("type", type_name.to_owned()),
+            ))
+            .inc();
+    }
+
+    /// Runs a store operation until it succeeds: while the store is unreachable, inbound events
+    /// wait here (SPEC section 6). `None` when the store refused the command or the run stops.
+    async fn store<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut logged = false;
+        loop {
+            match op().await {
+                Ok(value) => return Some(value),
+                Err(StoreError::Unavailable(error)) => {
+                    if !logged {
+                        tracing::warn!(%error, what, "store unavailable; Discord events wait until it is back");
+                        logged = true;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, what, "store refused a Discord event; skipped");
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+        }
+    }
+
+    /// Where an event in `channel_id` happened; looks the channel up once when it is not linked
+    /// (a thread of a linked channel?).
+    async fn place(&self, channel_id: u64, guild_id: Option<u64>) -> Place {
+        let links = self.shared.links_of(channel_id);
+        if !links.is_empty() {
+            return Place::Linked {
+                links,
+                thread: None,
+            };
+        }
+        if guild_id.is_none() {
+            return Place::Direct;
+        }
+        match self.shared.channel_info(channel_id).await {
+            Ok(info) if info.is_thread => {
+                let links = info
+                    .parent_id
+                    .map(|parent| self.shared.links_of(parent))
+                    .unwrap_or_default();
+                if links.is_empty() {
+                    Place::Elsewhere
+                } else {
+                    Place::Linked {
+                        links,
+                        thread: Some(channel_id),
+                    }
+                }
+            }
+            Ok(_) => Place::Elsewhere,
+            Err(error) => {
+                tracing::debug!(%error, channel_id, "unlinked channel could not be looked up; event ignored");
+                Place::Elsewhere
+            }
+        }
+    }
+
+    // ----- messages -----
+
+    /// A new message: live from the gateway (with when it arrived), or fetched by a catch-up.
+    async fn message(&mut self, message: Message, received: Option<Instant>) {
+        let channel_id = message.channel_id.get();
+        let message_id = message.id.get();
+        if !matches!(
+            message.kind,
+            MessageType::Regular | MessageType::InlineReply
+        ) {
+            self.note_seen(channel_id, message_id).await;
+            return self.ignored("system_message");
+        }
+        if self.shared.is_own(
+            message.author.id.get(),
+            message.webhook_id.map(|id| id.get()),
+        ) {
+            self.note_seen(channel_id, message_id).await;
+            return self.ignored("own_message");
+        }
+        let guild_id = message.guild_id.map(|id| id.get());
+        self.shared.note_guild(channel_id, guild_id);
+        match self.place(channel_id, guild_id).await {
+            Place::Linked { links, thread } => {
+                self.linked_message(&message, &links, thread, received)
+                    .await;
+                // A publish cut short by the run stopping is not done: the next catch-up
+                // must find the message again.
+                if thread.is_none() && !self.shutdown.is_cancelled() {
+                    self.note_seen(channel_id, message_id).await;
+                }
+            }
+            Place::Direct => self.direct_message(&message, received.is_some()).await,
+            Place::Elsewhere => self.ignored("unlinked_channel"),
+        }
+    }
+
+    async fn linked_message(
+        &mut self,
+        message: &Message,
+        links: &[Arc<Link>],
+        thread: Option<u64>,
+        received: Option<Instant>,
+    ) {
+        let sender = ExternalId::new(Platform::Discord, message.author.id.to_string()).to_string();
+        if received.is_some() && !self.allowed(Action::Message, &sender, message).await {
+            return;
+        }
+        let content = self
+            .render(&message.content, &message.mentions, message)
+            .await;
+        let blocks = blocks(message);
+        if content.trim().is_empty() && blocks.is_none() {
+            return self.ignored("empty_message");
+        }
+        let author_name = format::display_name(
+            message.member.as_ref().and_then(|m| m.nick.as_deref()),
+            message.author.global_name.as_deref(),
+            &message.author.name,
+        );
+        let chat_id = message.channel_id.get();
+        for link in links {
+            let chat = link.chat(chat_id);
+            let parent = match &message.message_reference {
+                Some(reference) => match reference.message_id {
+                    Some(parent) => {
+                        let parent_chat = link.chat(reference.channel_id.get());
+                        let parent = parent.to_string();
+                        let map = &self.shared.map;
+                        self.store("reply lookup", || {
+                            map.hub_id(Platform::Discord, &parent_chat, &parent)
+                        })
+                        .await
+                        .flatten()
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let thread_ids = match thread {
+                Some(thread) => match self.hub_thread(link, thread, &sender).await {
+                    Some(ids) => Some(ids),
+                    None => continue,
+                },
+                None => None,
+            };
+            let hub_id = uuid::Uuid::new_v4().to_string();
+            let hub_message = ChannelMessage {
+                id: hub_id.clone(),
+                content: content.clone(),
+                sender_id: sender.clone(),
+                timestamp: message.timestamp.timestamp_millis(),
+                thread_id: thread_ids.as_ref().map(|(id, _)| id.clone()),
+                // In a thread, a message that replies to nothing in particular answers the
+                // message the thread started on.
+                parent_message_id: parent
+                    .or_else(|| thread_ids.as_ref().and_then(|(_, starter)| starter.clone())),
+                edited: None,
+                reactions: None,
+                author_type: Some("external".to_owned()),
+                author_name: Some(author_name.clone()),
+                external_platform: Some("discord".to_owned()),
+                external_source_id: Some(format!("{chat_id}:{}", message.id)),
+                content_blocks: blocks.clone(),
+            };
+            let event = match &thread_ids {
+                Some((thread_id, _)) => ChannelEvent::ThreadMessage {
+                    channel_id: link.hub_channel.clone(),
+                    thread_id: thread_id.clone(),
+                    message: hub_message,
+                },
+                None => ChannelEvent::Message {
+                    channel_id: link.hub_channel.clone(),
+                    message: hub_message,
+                },
+            };
+            let origin = link.origin();
+            let message_id = message.id.to_string();
+            let map = &self.shared.map;
+            let published = self
+                .store("publish message", || {
+                    map.publish_once(
+                        Platform::Discord,
+                        &chat,
+                        &message_id,
+                        &hub_id,
+                        &event,
+                        &origin,
+                    )
+                })
+                .await;
+            match published {
+                Some(true) => {
+                    self.published(event.type_name());
+                    if let Some(received) = received {
+                        self.shared
+                            .hub
+                            .metrics()
+                            .relay_latency
+                            .get_or_create(&labels2(
+                                ("bridge", "discord"),
+                                ("direction", "inbound"),
+                            ))
+                            .observe(received.elapsed().as_secs_f64());
+                    }
+                    if let Some(thread) = thread {
+                        self.note_in_thread(link, &hub_id, thread).await;
+                    }
+                }
+                Some(false) => self.ignored("duplicate"),
+                None => {}
+            }
+        }
+    }
+
+    /// The hub thread a Discord thread of `link` maps to, and the hub message it started on;
+    /// publishes `thread.create` the first time the thread is seen.
+    async fn hub_thread(
+        &self,
+        link: &Link,
+        thread: u64,
+        created_by: &str,
+    ) -> Option<(String, Option<String>)> {
+        let by_discord = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+        let store = self.shared.hub.store();
+        let known = self
+            .store("thread lookup", || {
+                store.one(Op::Get {
+                    key: by_discord.clone(),
+                })
+            })
+            .await?
+            .into_text();
+        // A thread started on a message has that message's id (Discord's convention).
+        let home = link.home_chat();
+        let map = &self.shared.map;
+        let starter_id = thread.to_string();
+        let starter = self
+            .store("thread starter lookup", || {
+                map.hub_id(Platform::Discord, &home, &starter_id)
+            })
+            .await
+            .flatten();
+        if let Some(hub_thread) = known {
+            return Some((hub_thread, starter));
+        }
+        let hub_thread = uuid::Uuid::new_v4().to_string();
+        let event = ChannelEvent::ThreadCreate {
+            channel_id: link.hub_channel.clone(),
+            thread: Thread {
+                id: hub_thread.clone(),
+                parent_message_id: starter.clone().unwrap_or_default(),
+                created_by: created_by.to_owned(),
+                created_at: now_millis(),
+                reply_count: 0,
+            },
+        };
+        let ops = vec![
+            Op::Set {
+                key: by_discord.clone(),
+                value: hub_thread.clone(),
+                ttl: Some(THREAD_KEEP),
+                only_if_absent: false,
+            },
+            Op::Set {
+                key: self
+                    .shared
+                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
+                value: thread.to_string(),
+                ttl: Some(THREAD_KEEP),
+                only_if_absent: false,
+            },
+            self.shared.hub.publish_op(&event, &link.origin()),
+        ];
+        self.store("thread create", || store.exec(ops.clone()))
+            .await?;
+        self.published(event.type_name());
+        Some((hub_thread, starter))
+    }
+
+    /// Remembers that a hub message lives in a thread, so the hub's edits, deletes and reactions
+    /// find it there.
+    async fn note_in_thread(&self, link: &Link, hub_id: &str, thread: u64) {
+        let op = Op::Set {
+            key: self
+                .shared
+                .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
+            value: thread.to_string(),
+            ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
+            only_if_absent: false,
+        };
+        let store = self.shared.hub.store();
+        self.store("thread location", || store.one(op.clone()))
+            .await;
+    }
+
+    /// Applies the inbound rate limit (SPEC section 4): over the limit the event is not
+    /// published, and the person is told once per window, where they wrote.
+    async fn allowed(&self, action: Action, sender: &str, message: &Message) -> bool {
+        let limiter = self.shared.hub.limiter();
+        let Some(decision) = self
+            .store("rate limit", || limiter.check(action, sender))
+            .await
+        else {
+            return false;
+        };
+        let Decision::Rejected {
+            limit,
+            first_in_window,
+        } = decision
+        else {
+            return true;
+        };
+        self.shared
+            .hub
+            .metrics()
+            .rate_limit_rejections
+            .get_or_create(&labels2(
+                ("action", action.as_str()),
+                ("direction", "inbound"),
+            ))
+            .inc();
+        if first_in_window {
+            let destination = if message.guild_id.is_none() {
+                format!("dm:{}", message.author.id)
+            } else {
+                message.channel_id.to_string()
+            };
+            let text = format!(
+                "<@{}> you are sending too fast: more than {limit} {}s a minute are not relayed \
+                 to the hub. Please wait a moment.",
+                message.author.id,
+                action.as_str()
+            );
+            self.outboxes
+                .push(
+                    &destination,
+                    Job::notice(text, Some(message.author.id.get())),
+                )
+                .await;
+        }
+        false
+    }
+
+    /// The content with mentions rendered as names.
+    async fn render(&self, content: &str, mentions: &[User], message: &Message) -> String {
+        let mut names = MentionNames {
+            users: mentions
+                .iter()
+                .map(|user| {
+                    let name = format::display_name(None, user.global_name.as_deref(), &user.name);
+                    (user.id.get(), name)
+                })
+                .collect(),
+            ..MentionNames::default()
+        };
+        for channel in mentioned_channels(content) {
+            if let Ok(info) = self.shared.channel_info(channel).await {
+                if let Some(name) = info.name {
+                    names.channels.insert(channel, name);
+                }
+            }
+        }
+        let roles = match message.guild_id {
+            Some(guild) if content.contains("<@&") => {
+                Some(self.shared.role_names(guild.get()).await)
+            }
+            _ => None,
+        };
+        names.roles = roles.as_deref();
+        format::render_mentions(content, &names)
+    }
+
+    /// Stores the newest message id seen in a linked channel, where the next catch-up starts.
+    async fn note_seen(&mut self, channel_id: u64, message_id: u64) {
+        if self.shared.links_of(channel_id).is_empty() {
+            return;
+        }
+        {
+            let mut last_seen = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last_seen
+                .get(&channel_id)
+                .is_some_and(|seen| *seen >= message_id)
+            {
+                return;
+            }
+            last_seen.insert(channel_id, message_id);
+        }
+        let op = Op::Set {
+            key: self.shared.key(&format!("last_seen:{channel_id}")),
+            value: message_id.to_string(),
+            ttl: None,
+            only_if_absent: false,
+        };
+        let store = self.shared.hub.store();
+        self.store("last seen", || store.one(op.clone())).await;
+    }
+
+    // ----- direct messages -----
+
+    /// A DM to the bot goes to an agent, as in the Telegram bridge: `/dm <agentId> text` picks
+    /// the agent (remembered for later messages), else the one picked before, else
+    /// `discord.dm_agent`. `/help` (or `/start`) and `/agents` answer in the DM.
+    async fn direct_message(&self, message: &Message, live: bool) {
+        let user = message.author.id.get();
+        self.shared.note_dm_channel(user, message.channel_id.get());
+        let destination = format!("dm:{user}");
+        let choice_key = self.shared.key(&format!("dm:{user}"));
+        let text = format::hub_text(message.content.trim(), blocks(message).as_deref());
+        let (command, rest) = split_command(&text);
+        let outboxes = &self.outboxes;
+        let destination = &destination;
+        let reply = |text: String| async move {
+            outboxes.push(destination, Job::notice(text, None)).await;
+        };
+        let agent = match command {
+            Some("start" | "help") => return reply(self.help()).await,
+            Some("agents") => {
+                let current = self.chosen_agent(&choice_key).await;
+                return reply(self.agents_list(current.as_deref())).await;
+            }
+            Some("dm") => {
+                let (agent, body) = rest
+                    .split_once(char::is_whitespace)
+                    .map_or((rest, ""), |(agent, body)| (agent, body.trim()));
+                if agent.is_empty() {
+                    let usage = "Usage: /dm <agentId> <message>. /agents lists the agents.";
+                    return reply(usage.to_owned()).await;
+                }
+                let op = Op::Set {
+                    key: choice_key.clone(),
+                    value: agent.to_owned(),
+                    ttl: Some(DM_CHOICE_TTL),
+                    only_if_absent: false,
+                };
+                let store = self.shared.hub.store();
+                if self
+                    .store("dm choice", || store.one(op.clone()))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                if body.is_empty() {
+                    let name = self.shared.hub.display_name(agent, None);
+                    return reply(format!("Your messages now go to {name} ({agent}).")).await;
+                }
+                return self.to_agent(message, live, agent, body).await;
+            }
+            _ => self.chosen_agent(&choice_key).await,
+        };
+        let Some(agent) = agent else {
+            let text =
+                "No agent chosen yet: send /dm <agentId> <message>. /agents lists the agents.";
+            return reply(text.to_owned()).await;
+        };
+        self.to_agent(message, live, &agent, &text).await;
+    }
+
+    async fn chosen_agent(&self, choice_key: &str) -> Option<String> {
+        let store = self.shared.hub.store();
+        let chosen = self
+            .store("dm choice", || {
+                store.one(Op::Get {
+                    key: choice_key.to_owned(),
+                })
+            })
+            .await
+            .and_then(Reply::into_text);
+        chosen.or_else(|| self.shared.dm_agent.clone())
+    }
+
+    /// Publishes a person's DM as `agent.direct_message` on `pubsub:agent:{agent}`.
+    async fn to_agent(&self, message: &Message, live: bool, agent: &str, text: &str) {
+        let sender = ExternalId::new(Platform::Discord, message.author.id.to_string()).to_string();
+        if live && !self.allowed(Action::Message, &sender, message).await {
+            return;
+        }
+        if text.trim().is_empty() {
+            return self.ignored("empty_message");
+        }
+        let event = AgentEvent {
+            kind: AgentEventKind::DirectMessage,
+            data: AgentEventData {
+                from_agent: Some(sender),
+                content: Some(text.to_owned()),
+                channel_id: None,
+                action_required: None,
+            },
+            timestamp: message.timestamp.timestamp_millis(),
+        };
+        let hub = &self.shared.hub;
+        if self
+            .store("direct message", || hub.publish_to_agent(agent, &event))
+            .await
+            .is_some()
+        {
+            self.published("agent.direct_message");
+        }
+    }
+
+    fn help(&self) -> String {
+        let default = match &self.shared.dm_agent {
+            Some(agent) => format!(
+                " Until you pick one, your messages go to {}.",
+                self.shared.hub.display_name(agent, None)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "Write here to talk privately with an agent of the hub.{default}\n\
+             /agents lists the agents you can reach.\n\
+             /dm <agentId> <message> sends to that agent, and your next messages go there too."
+        )
+    }
+
+    fn agents_list(&self, current: Option<&str>) -> String {
+        let agents = self.shared.hub.agents();
+        let mut text = if agents.is_empty() {
+            "No agent directory is configured; ask the operator for agent ids.".to_owned()
+        } else {
+            let lines: Vec<String> = agents
+                .iter()
+                .map(|(id, profile)| match &profile.name {
+                    Some(name) => format!("• {name}: /dm {id}"),
+                    None => format!("• /dm {id}"),
+                })
+                .collect();
+            format!("Agents you can reach:\n{}", lines.join("\n"))
+        };
+        if let Some(current) = current {
+            text.push_str(&format!("\nYour messages go to {current}."));
+        }
+        text
+    }
+
+    // ----- edits, deletes, reactions, typing -----
+
+    async fn update(
+        &mut self,
+        update: Box<serenity::model::event::MessageUpdateEvent>,
+        attempt: u32,
+    ) {
+        // Discord also sends updates when link previews resolve; only a real edit has a new
+        // edited timestamp.
+        let (Some(content), Some(edited_at)) = (&update.content, update.edited_timestamp) else {
+            return self.ignored("not_an_edit");
+        };
+        if let Some(author) = &update.author {
+            let webhook = update.webhook_id.flatten().map(|id| id.get());
+            if self.shared.is_own(author.id.get(), webhook) {
+                return self.ignored("own_message");
+            }
+        }
+        let channel_id = update.channel_id.get();
+        let Place::Linked { links, .. } = self
+            .place(channel_id, update.guild_id.map(|id| id.get()))
+            .await
+        else {
+            return self.ignored("unlinked_channel");
+        };
+        let mentions = update.mentions.clone().unwrap_or_default();
+        let content = self
+            .render_update(content, &mentions, update.guild_id)
+            .await;
+        let mut any = false;
+        for link in &links {
+            let Some(hub_id) = self.hub_id(link, channel_id, update.id.get()).await else {
+                continue;
+            };
+            any = true;
+            let event = ChannelEvent::MessageEdit {
+                channel_id: link.hub_channel.clone(),
+                message_id: hub_id,
+                content: content.clone(),
+                edited_at: edited_at.timestamp_millis(),
+            };
+            self.publish(&event, link).await;
+        }
+        if !any && !self.defer(GatewayEvent::Update(update), attempt) {
+            self.ignored("unmapped_message");
+        }
+    }
+
+    async fn render_update(
+        &self,
+        content: &str,
+        mentions: &[User],
+        guild: Option<serenity::model::id::GuildId>,
+    ) -> String {
+        let mut names = MentionNames {
+            users: mentions
+                .iter()
+                .map(|user| {
+                    let name = format::display_name(None, user.global_name.as_deref(), &user.name);
+                    (user.id.get(), name)
+                })
+                .collect(),
+            ..MentionNames::default()
+        };
+        let roles = match guild {
+            Some(guild) if content.contains("<@&") => {
+                Some(self.shared.role_names(guild.get()).await)
+            }
+            _ => None,
+        };
+        names.roles = roles.as_deref();
+        format::render_mentions(content, &names)
+    }
+
+    async fn delete(&mut self, channel_id: u64, message_id: u64, guild: Option<u64>, attempt: u32) {
+        if self.shared.deleted_by_us(message_id) {
+            return self.ignored("own_message");
+        }
+        let Place::Linked { links, .. } = self.place(channel_id, guild).await else {
+            return self.ignored("unlinked_channel");
+        };
+        // A moderator deleting an agent's post removes only Discord's copy: the agent's hub
+        // message stays (the bridge marks its own posts).
+        let own_key = self.shared.key(&format!("own:{message_id}"));
+        let store = self.shared.hub.store();
+        let own = self
+            .store("own message lookup", || {
+                store.one(Op::Exists {
+                    key: own_key.clone(),
+                })
+            })
+            .await
+            .and_then(|reply| reply.as_int())
+            .unwrap_or(0)
+            > 0;
+        if own {
+            return self.ignored("own_message");
+        }
+        let mut any = false;
+        for link in &links {
+            let Some(hub_id) = self.hub_id(link, channel_id, message_id).await else {
+                continue;
+            };
+            any = true;
+            let event = ChannelEvent::MessageDelete {
+                channel_id: link.hub_channel.clone(),
+                message_id: hub_id,
+                deleted_at: now_millis(),
+            };
+            self.publish(&event, link).await;
+        }
+        if !any {
+            let event = GatewayEvent::Delete {
+                channel_id,
+                message_id,
+                guild_id: guild,
+            };
+            if !self.defer(event, attempt) {
+                self.ignored("unmapped_message");
+            }
+        }
+    }
+
+    async fn reaction(
+        &mut self,
+        reaction: Box<serenity::model::channel::Reaction>,
+        added: bool,
+        attempt: u32,
+    ) {
+        let Some(user) = reaction.user_id.map(|id| id.get()) else {
+            return self.ignored("anonymous_reaction");
+        };
+        if user == self.shared.bot_id() {
+            return self.ignored("own_reaction");
+        }
+        let channel_id = reaction.channel_id.get();
+        let guild = reaction.guild_id.map(|id| id.get());
+        let Place::Linked { links, .. } = self.place(channel_id, guild).await else {
+            return self.ignored("unlinked_channel");
+        };
+        let sender = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        if attempt == 0 {
+            let limiter = self.shared.hub.limiter();
+            let decision = self
+                .store("rate limit", || limiter.check(Action::Reaction, &sender))
+                .await;
+            if let Some(Decision::Rejected { .. }) = decision {
+                // People are told about messages; a reaction over the limit is only counted.
+                self.shared
+                    .hub
+                    .metrics()
+                    .rate_limit_rejections
+                    .get_or_create(&labels2(("action", "reaction"), ("direction", "inbound")))
+                    .inc();
+                return;
+            }
+        }
+        let emoji = format::hub_emoji(&reaction.emoji);
+        let mut any = false;
+        for link in &links {
+            let Some(hub_id) = self
+                .hub_id(link, channel_id, reaction.message_id.get())
+                .await
+            else {
+                continue;
+            };
+            any = true;
+            let channel_id = link.hub_channel.clone();
+            let event = if added {
+                ChannelEvent::ReactionAdd {
+                    channel_id,
+                    message_id: hub_id,
+                    emoji: emoji.clone(),
+                    agent_id: sender.clone(),
+                }
+            } else {
+                ChannelEvent::ReactionRemove {
+                    channel_id,
+                    message_id: hub_id,
+                    emoji: emoji.clone(),
+                    agent_id: sender.clone(),
+                }
+            };
+            self.publish(&event, link).await;
+        }
+        if !any && !self.defer(GatewayEvent::Reaction { reaction, added }, attempt) {
+            self.ignored("unmapped_message");
+        }
+    }
+
+    async fn typing(&mut self, typing: &serenity::model::event::TypingStartEvent) {
+        let user = typing.user_id.get();
+        if user == self.shared.bot_id() {
+            return self.ignored("own_typing");
+        }
+        let channel_id = typing.channel_id.get();
+        let guild = typing.guild_id.map(|id| id.get());
+        let Place::Linked { links, thread } = self.place(channel_id, guild).await else {
+            return self.ignored("unlinked_channel");
+        };
+        let agent_id = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        for link in &links {
+            let thread_id = match thread {
+                Some(thread) => {
+                    let key = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+                    let store = self.shared.hub.store();
+                    self.store("thread lookup", || store.one(Op::Get { key: key.clone() }))
+                        .await
+                        .and_then(Reply::into_text)
+                }
+                None => None,
+            };
+            let event = ChannelEvent::Typing {
+                channel_id: link.hub_channel.clone(),
+                agent_id: agent_id.clone(),
+                started: true,
+                thread_id,
+            };
+            self.publish(&event, link).await;
+        }
+    }
+
+    async fn hub_id(&self, link: &Link, chat: u64, message_id: u64) -> Option<String> {
+        let chat = link.chat(chat);
+        let message_id = message_id.to_string();
+        let map = &self.shared.map;
+        self.store("message lookup", || {
+            map.hub_id(Platform::Discord, &chat, &message_id)
+        })
+        .await
+        .flatten()
+    }
+
+    async fn publish(&self, event: &ChannelEvent, link: &Link) {
+        let hub = &self.shared.hub;
+        let origin = link.origin();
+        if self
+            .store("publish", || hub.publish(event, &origin))
+            .await
+            .is_some()
+        {
+            self.published(event.type_name());
+        }
+    }
+
+    // ----- catch-up -----
+
+    /// Publishes what was posted in the linked channels since the last seen message (a gap: the
+    /// service was down, or the gateway reconnected without resuming).
+    async fn catch_up(&mut self) {
+        for channel in self.shared.active_channels() {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(error) = self.catch_up_channel(channel).await {
+                tracing::warn!(%error, channel, "catch-up of a Discord channel failed; the next session start tries again");
+            }
+        }
+    }
+
+    async fn catch_up_channel(&mut self, channel: u64) -> Result<(), RestError> {
+        let key = self.shared.key(&format!("last_seen:{channel}"));
+        let store = self.shared.hub.store();
+        let Some(reply) = self
+            .store("last seen", || store.one(Op::Get { key: key.clone() }))
+            .await
+        else {
+            return Ok(());
+        };
+        let guild = self
+            .shared
+            .channel_info(channel)
+            .await
+            .ok()
+            .and_then(|i| i.guild_id);
+        let stored = reply.into_text().and_then(|text| text.parse::<u64>().ok());
+        let remembered = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&channel)
+            .copied();
+        let Some(mut cursor) = stored.max(remembered) else {
+            // The first start on this channel: what came before the bridge is history, not a
+            // gap. Start from the newest message (or the beginning of an empty channel).
+            let newest = self.fetch(channel, None, 1).await?;
+            let start = newest.first().map_or(0, |m| m.id.get());
+            let op = Op::Set {
+                key,
+                value: start.to_string(),
+                ttl: None,
+                only_if_absent: true,
+            };
+            self.store("last seen", || store.one(op.clone())).await;
+            return Ok(());
+        };
+        let mut caught_up = 0;
+        for _ in 0..MAX_PAGES {
+            let mut page = self.fetch(channel, Some(cursor), PAGE).await?;
+            page.sort_by_key(|message| message.id);
+            let full = page.len() >= PAGE;
+            for mut message in page {
+                cursor = cursor.max(message.id.get());
+                // REST messages leave the guild out; it decides DM vs guild.
+                message.guild_id = message.guild_id.or(guild.map(Into::into));
+                self.message(message, None).await;
+                caught_up += 1;
+            }
+            if !full {
+                if caught_up > 0 {
+                    tracing::info!(channel, messages = caught_up, "caught up a Discord channel");
+                }
+                return Ok(());
+            }
+        }
+        tracing::warn!(
+            channel,
+            messages = caught_up,
+            "catch-up stopped after {MAX_PAGES} pages; older missed messages are skipped"
+        );
+        Ok(())
+    }
+
+    /// Messages of a channel after `after` (oldest `limit`), or the newest `limit`; retries
+    /// rate limits and transient errors a few times.
+    async fn fetch(
+        &self,
+        channel: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Message>, RestError> {
+        let mut params = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after.to_string()));
+        }
+        let mut attempt = 0;
+        let values: Vec<Value> = loop {
+            let result = self
+                .shared
+                .rest
+                .json(
+                    LightMethod::Get,
+                    Route::ChannelMessages {
+                        channel_id: ChannelId::new(channel),
+                    },
+                    &params,
+                    None,
+                    &format!("get:messages:{channel}"),
+                )
+                .await;
+            attempt += 1;
+            let wait = match &result {
+                Err(RestError::RateLimited { retry_after, .. }) => *retry_after,
+                Err(RestError::Network(_)) => Duration::from_secs(attempt),
+                Err(RestError::Status { status, .. }) if *status >= 500 => {
+                    Duration::from_secs(attempt)
+                }
+                _ => break result?,
+            };
+            if attempt >= 5 {
+                break result?;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        };
+        Ok(values
+            .into_iter()
+            .filter_map(|value| {
+                // Through a string: serde_json's `from_value` misreads some of serenity's types.
+                match serde_json::from_str::<Message>(&value.to_string()) {
+                    Ok(message) => Some(message),
+                    Err(error) => {
+                        tracing::debug!(%error, channel, "unreadable message in a catch-up page");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// Handles messages that arrived together in creation order (see the module doc); everything
+/// else keeps its place relative to them.
+fn order(batch: &mut Vec<GatewayEvent>) {
+    let positions: Vec<usize> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, event)| matches!(event, GatewayEvent::Message(..)))
+        .map(|(index, _)| index)
+        .collect();
+    if positions.len() < 2 {
+        return;
+    }
+    // Take the messages out (from the back, so the positions stay valid), sort them, and put
+    // them back into the same slots (from the front, for the same reason).
+    let mut messages: Vec<GatewayEvent> = positions
+        .iter()
+        .rev()
+        .map(|index| batch.remove(*index))
+        .collect();
+    messages.reverse();
+    messages.sort_by_key(|event| match event {
+        GatewayEvent::Message(message, _) => message.id.get(),
+        _ => 0,
+    });
+    for (index, event) in positions.into_iter().zip(messages) {
+        batch.insert(index, event);
+    }
+}
+
+/// Attachments and stickers as content blocks.
+fn blocks(message: &Message) -> Option<Vec<ContentBlock>> {
+    let mut blocks = format::content_blocks(&message.attachments).unwrap_or_default();
+    for sticker in &message.sticker_items {
+        blocks.push(ContentBlock {
+            kind: "sticker".to_owned(),
+            name: Some(sticker.name.clone()),
+            size: None,
+            mime_type: None,
+            url: Some(format!(
+                "https://media.discordapp.net/stickers/{}.png",
+                sticker.id
+            )),
+        });
+    }
+    (!blocks.is_empty()).then_some(blocks)
+}
+
+/// The channel ids of `<#id>` mentions in a text.
+fn mentioned_channels(content: &str) -> Vec<u64> {
+    content
+        .split("<#")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('>')?.0.parse().ok())
+        .collect()
+}
+
+/// Splits `/command rest` (also `/command@bot rest`); `(None, text)` when it is not a command.
+fn split_command(text: &str) -> (Option<&str>, &str) {
+    let Some(command) = text.strip_prefix('/') else {
+        return (None, text);
+    };
+    let (word, rest) = command
+        .split_once(char::is_whitespace)
+        .map_or((command, ""), |(word, rest)| (word, rest.trim_start()));
+    let word = word.split('@').next().unwrap_or(word);
+    if word.is_empty() || !word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return (None, text);
+    }
+    (Some(word), rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_split() {
+        assert_eq!(
+            split_command("/dm backend-architect hello there"),
+            (Some("dm"), "backend-architect hello there")
+        );
+        assert_eq!(split_command("/dm"), (Some("dm"), ""));
+        assert_eq!(split_command("/agents@hub-bridge"), (Some("agents"), ""));
+        assert_eq!(split_command("hello /dm"), (None, "hello /dm"));
+        assert_eq!(split_command("/ not a command"), (None, "/ not a command"));
+        assert_eq!(
+            split_command("/usr/bin is a path"),
+            (None, "/usr/bin is a path")
+        );
+    }
+
+    fn message(id: u64) -> GatewayEvent {
+        let mut message = Message::default();
+        message.id = id.into();
+        GatewayEvent::Message(Box::new(message), Instant::now())
+    }
+
+    fn ids(batch: &[GatewayEvent]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|event| match event {
+                GatewayEvent::Message(message, _) => message.id.get(),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn messages_queued_together_are_handled_in_creation_order() {
+        let mut batch = vec![message(30), GatewayEvent::Resumed, message(10), message(20)];
+        order(&mut batch);
+        assert_eq!(ids(&batch), vec![10, 0, 20, 30]);
+        let mut single = vec![GatewayEvent::Resumed, message(5)];
+        order(&mut single);
+        assert_eq!(ids(&single), vec![0, 5]);
+    }
+
+    #[test]
+    fn channel_mentions_are_found() {
+        assert_eq!(mentioned_channels("see <#12> and <#x> <#34>"), vec![12, 34]);
+    }
+}

@@ -1,0 +1,375 @@
+//! Discord's REST API as the bridge calls it: serenity's routes, sent through the reqwest client
+//! that serenity's own `Http` uses (same token, same `api_url` proxy), but with the response
+//! headers read here.
+//!
+//! Why not `Http::send_message` and friends: `api_url` only works with serenity's ratelimiter
+//! disabled, and then serenity turns a 429 into an error that has lost both the `Retry-After`
+//! header and the body's `retry_after` (the body has no `code`, so it does not decode). So every
+//! request goes through [`Rest::call`], which paces itself by the `X-RateLimit-*` headers of the
+//! previous answer on the same route, honours a global 429 for every route, and returns a typed
+//! [`RestError::RateLimited`] carrying the wait Discord asked for.
+//!
+//! Webhook URLs embed a token: no URL ever appears in an error or a log line from here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hub_bridge_sdk::outbox::SendError;
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serenity::http::{Http, HttpBuilder, LightMethod, Route};
+
+/// How long one request may take before it counts as a transient failure.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest wait after a 429, so that a `retry_after` of 0 cannot cause a hot loop.
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(50);
+/// Added to a bucket's announced reset: the header is rounded to milliseconds, and a request
+/// that arrives a hair early earns a 429 (and counts as an invalid request).
+const RESET_MARGIN: Duration = Duration::from_millis(25);
+
+/// Why a REST call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RestError {
+    /// A 429: wait `retry_after`, then try again.
+    #[error("rate limited by Discord (retry after {retry_after:?}, global: {global})")]
+    RateLimited { retry_after: Duration, global: bool },
+    /// Any other unsuccessful status, with Discord's JSON error code when it sent one.
+    #[error("HTTP {status}, Discord code {code}: {message}")]
+    Status {
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    /// The request did not get an answer (connection refused, reset, timeout).
+    #[error("request failed: {0}")]
+    Network(String),
+    /// A successful answer whose body was not what the route returns.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+impl RestError {
+    /// Discord's JSON error code (`10008` Unknown Message, ...), when it sent one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            Self::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// Whether the message or channel the request named is gone (so deleting it again is done).
+    pub fn is_unknown_message(&self) -> bool {
+        matches!(self.code(), Some(10008))
+    }
+}
+
+impl From<RestError> for SendError {
+    fn from(error: RestError) -> Self {
+        match error {
+            RestError::RateLimited { retry_after, .. } => Self::RetryAfter(retry_after),
+            RestError::Network(_) => Self::Transient(error.to_string()),
+            RestError::Status { status, .. } if status >= 500 || status == 408 => {
+                Self::Transient(error.to_string())
+            }
+            // 4xx (403 Missing Access, 404 Unknown Channel, 400 50035 Invalid Form Body, ...)
+            // will fail the same way again; and a success we cannot read must not be re-sent.
+            RestError::Status { .. } | RestError::Decode(_) => Self::Permanent(error.to_string()),
+        }
+    }
+}
+
+/// What the last answer on a route said about its bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    remaining: u64,
+    reset_at: Instant,
+}
+
+/// The REST client.
+pub struct Rest {
+    http: Http,
+    client: reqwest::Client,
+    /// Route key -> bucket state. A std mutex: held for a map lookup only, never across an await.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    global_until: Mutex<Option<Instant>>,
+}
+
+impl Rest {
+    /// A client for `token` against `api_url` (`https://discord.com`, a proxy, or a fake).
+    pub fn new(token: &str, api_url: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            // Building fails only when the TLS backend cannot initialise, which is a broken build.
+            .unwrap_or_default();
+        let http = http_for(token, api_url, client.clone());
+        Self {
+            http,
+            client,
+            buckets: Mutex::new(HashMap::new()),
+            global_until: Mutex::new(None),
+        }
+    }
+
+    /// The serenity `Http` the gateway client is built on: the same reqwest client, token and
+    /// proxy as every REST call here.
+    pub fn gateway_http(&self, token: &str) -> Http {
+        let api_url = self.http.proxy.clone().unwrap_or_default();
+        http_for(token, &api_url, self.client.clone())
+    }
+
+    /// Sends one request and decodes the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: LightMethod,
+        route: Route<'_>,
+        params: &[(&'static str, String)],
+        body: Option<&Value>,
+        bucket: &str,
+    ) -> Result<T, RestError> {
+        let value = self
+            .call(method, route, params, body, bucket)
+            .await?
+            .unwrap_or(Value::Null);
+        serde_json::from_value(value).map_err(|error| RestError::Decode(error.to_string()))
+    }
+
+    /// Sends one request; `Ok(None)` for an answer without a body (204). `bucket` names the
+    /// rate-limit bucket the route belongs to (route and major parameter, e.g. `post:123`).
+    pub async fn call(
+        &self,
+        method: LightMethod,
+        route: Route<'_>,
+        params: &[(&'static str, String)],
+        body: Option<&Value>,
+        bucket: &str,
+    ) -> Result<Option<Value>, RestError> {
+        self.wait_for_bucket(bucket).await;
+        let mut url = route.path().into_owned();
+        if let Some(proxy) = self.http.proxy.as_deref() {
+            url = url.replace("https://discord.com", proxy.trim_end_matches('/'));
+        }
+        for (index, (name, value)) in params.iter().enumerate() {
+            url.push(if index == 0 { '?' } else { '&' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(value);
+        }
+        let mut request = self
+            .client
+            .request(method.reqwest_method(), url)
+            .header(USER_AGENT, serenity::constants::USER_AGENT)
+            .header(AUTHORIZATION, self.http.token());
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| RestError::Network(error.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.note_bucket(bucket, &headers);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| RestError::Network(error.without_url().to_string()))?;
+        let value: Option<Value> = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        if (200..300).contains(&status) {
+            if value.is_none() && !bytes.is_empty() {
+                return Err(RestError::Decode("the body is not JSON".to_owned()));
+            }
+            return Ok(value);
+        }
+        if status == 429 {
+            let (retry_after, global) = retry_after(&headers, value.as_ref());
+            if global {
+                let until = Instant::now() + retry_after;
+                *self
+                    .global_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(until);
+            }
+            return Err(RestError::RateLimited {
+                retry_after,
+                global,
+            });
+        }
+        let code = value
+            .as_ref()
+            .and_then(|v| v.get("code"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let message = value
+            .as_ref()
+            .and_then(|v| v.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_owned();
+        Err(RestError::Status {
+            status,
+            code,
+            message,
+        })
+    }
+
+    /// Waits while a global 429 lasts, then while this route's bucket is used up.
+    async fn wait_for_bucket(&self, bucket: &str) {
+        let now = Instant::now();
+        let global = *self
+            .global_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let own = self
+            .buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(bucket)
+            .filter(|state| state.remaining == 0)
+            .map(|state| state.reset_at);
+        let until = global.into_iter().chain(own).max();
+        if let Some(until) = until.filter(|until| *until > now) {
+            tokio::time::sleep(until - now).await;
+        }
+    }
+
+    /// Remembers what the answer said about the bucket, so the next request on it waits for
+    /// the reset instead of earning a 429.
+    fn note_bucket(&self, bucket: &str, headers: &HeaderMap) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let (Some(remaining), Some(reset_after)) = (
+            number("x-ratelimit-remaining"),
+            number("x-ratelimit-reset-after"),
+        ) else {
+            return;
+        };
+        let state = Bucket {
+            remaining: remaining.max(0.0) as u64,
+            reset_at: Instant::now() + secs(reset_after) + RESET_MARGIN,
+        };
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(bucket.to_owned(), state);
+    }
+}
+
+fn http_for(token: &str, api_url: &str, client: reqwest::Client) -> Http {
+    let mut builder = HttpBuilder::new(token).client(client);
+    if !api_url.is_empty() {
+        // The proxy only applies with serenity's ratelimiter off (PLATFORMS.md); this module
+        // paces requests itself instead.
+        builder = builder.proxy(api_url).ratelimiter_disabled(true);
+    }
+    builder.build()
+}
+
+/// The wait a 429 asks for: the body's `retry_after` (fractional seconds) when present, else
+/// the `Retry-After` header; and whether it is the global limit.
+fn retry_after(headers: &HeaderMap, body: Option<&Value>) -> (Duration, bool) {
+    let from_body = body
+        .and_then(|b| b.get("retry_after"))
+        .and_then(Value::as_f64);
+    let from_header = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let wait = from_body
+        .or(from_header)
+        .map_or(Duration::from_secs(1), secs);
+    let global = body
+        .and_then(|b| b.get("global"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || headers
+            .get("x-ratelimit-global")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        || headers
+            .get("x-ratelimit-scope")
+            .is_some_and(|v| v.as_bytes() == b"global");
+    (wait.max(MIN_RETRY_AFTER), global)
+}
+
+/// Seconds as Discord writes them (`0.5`) to a duration, clamped to something sane.
+fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value.clamp(0.0, 3600.0))
+}
+
+/// Shares one [`Rest`] between the gateway, the inbound processor and the outbox workers.
+pub type SharedRest = Arc<Rest>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_prefers_the_precise_body_value() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("1"));
+        let body = serde_json::json!({"message": "You are being rate limited.", "retry_after": 0.25, "global": false});
+        assert_eq!(
+            retry_after(&headers, Some(&body)),
+            (Duration::from_millis(250), false)
+        );
+        assert_eq!(retry_after(&headers, None), (Duration::from_secs(1), false));
+    }
+
+    #[test]
+    fn retry_after_detects_the_global_limit_and_never_returns_zero() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-global", HeaderValue::from_static("true"));
+        let body = serde_json::json!({"retry_after": 0.0});
+        assert_eq!(retry_after(&headers, Some(&body)), (MIN_RETRY_AFTER, true));
+    }
+
+    #[test]
+    fn errors_map_to_send_errors() {
+        let status = |status, code| RestError::Status {
+            status,
+            code,
+            message: "m".into(),
+        };
+        assert!(matches!(
+            SendError::from(status(403, 50001)),
+            SendError::Permanent(_)
+        ));
+        assert!(matches!(
+            SendError::from(status(400, 50035)),
+            SendError::Permanent(_)
+        ));
+        assert!(matches!(
+            SendError::from(status(502, 0)),
+            SendError::Transient(_)
+        ));
+        assert_eq!(
+            SendError::from(RestError::RateLimited {
+                retry_after: Duration::from_secs(2),
+                global: false
+            }),
+            SendError::RetryAfter(Duration::from_secs(2))
+        );
+    }
+}

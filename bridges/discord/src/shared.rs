@@ -1,0 +1,343 @@
+//! What the gateway side and the outbox workers of one run share: the REST client, the hub, the
+//! message map, the links, the bot's identity, and small caches of what Discord told us (channel
+//! kinds and parents, role names, DM channels). Also the bridge's own store keys.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hub_bridge_sdk::msgmap::MessageMap;
+use hub_bridge_sdk::HubHandle;
+use serde_json::Value;
+use serenity::http::{LightMethod, Route};
+use serenity::model::id::{ChannelId, GuildId};
+
+use crate::config::{DiscordConfig, WebhookRef};
+use crate::rest::{RestError, SharedRest};
+
+/// One `[[discord.links]]` entry, parsed.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub hub_channel: String,
+    pub discord_channel: u64,
+    pub webhook: Option<WebhookRef>,
+    /// The first link of its Discord channel in the config. Its map entries use the bare Discord
+    /// chat id; further links of the same Discord channel (N:M) get `{chat}/{hubChannel}`, so
+    /// one Discord message can be published once into each linked hub channel.
+    pub primary: bool,
+}
+
+impl Link {
+    /// The origin of everything published from this Discord channel (SPEC section 5, no echo).
+    pub fn origin(&self) -> String {
+        format!("discord:{}", self.discord_channel)
+    }
+
+    /// The chat id under which a message that lives in `discord_chat` (the linked channel, or
+    /// one of its threads) is kept in the message map for this link.
+    pub fn chat(&self, discord_chat: u64) -> String {
+        if self.primary {
+            discord_chat.to_string()
+        } else {
+            format!("{discord_chat}/{}", self.hub_channel)
+        }
+    }
+
+    /// The map chat of the linked channel itself.
+    pub fn home_chat(&self) -> String {
+        self.chat(self.discord_channel)
+    }
+}
+
+/// What the bridge needs to know about a Discord channel.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelInfo {
+    pub guild_id: Option<u64>,
+    /// The channel a thread belongs to.
+    pub parent_id: Option<u64>,
+    pub is_thread: bool,
+    pub name: Option<String>,
+}
+
+/// How long an id the bridge deleted itself is remembered, to ignore the gateway's echo.
+const OWN_DELETE_MEMORY: Duration = Duration::from_secs(300);
+
+/// The state of one run, shared by the inbound processor and the outbox workers.
+pub struct Shared {
+    pub rest: SharedRest,
+    pub hub: HubHandle,
+    pub map: MessageMap,
+    pub links: Vec<Arc<Link>>,
+    pub dm_agent: Option<String>,
+    bot_id: AtomicU64,
+    own_webhooks: HashSet<u64>,
+    // std mutexes: each is held for a map operation only, never across an await.
+    deleted_by_us: Mutex<HashMap<u64, Instant>>,
+    channels: Mutex<HashMap<u64, ChannelInfo>>,
+    roles: Mutex<HashMap<u64, Arc<HashMap<u64, String>>>>,
+    dm_channels: Mutex<HashMap<u64, u64>>,
+    stopped: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    pub fn new(config: &DiscordConfig, rest: SharedRest, hub: HubHandle) -> Self {
+        let mut seen = HashSet::new();
+        let links: Vec<Arc<Link>> = config
+            .links
+            .iter()
+            .filter_map(|link| {
+                let discord_channel = link.discord_channel.parse().ok()?;
+                Some(Arc::new(Link {
+                    hub_channel: link.channel.clone(),
+                    discord_channel,
+                    webhook: link.webhook(),
+                    primary: seen.insert(discord_channel),
+                }))
+            })
+            .collect();
+        let own_webhooks = links
+            .iter()
+            .filter_map(|link| link.webhook.as_ref().map(|hook| hook.id))
+            .collect();
+        Self {
+            map: MessageMap::new(&hub),
+            rest,
+            hub,
+            links,
+            dm_agent: config.dm_agent.clone(),
+            bot_id: AtomicU64::new(0),
+            own_webhooks,
+            deleted_by_us: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            roles: Mutex::new(HashMap::new()),
+            dm_channels: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn bot_id(&self) -> u64 {
+        self.bot_id.load(Ordering::Relaxed)
+    }
+
+    pub fn set_bot_id(&self, id: u64) {
+        self.bot_id.store(id, Ordering::Relaxed);
+    }
+
+    /// Whether a message came from the bridge itself (the bot, or one of the links' webhooks).
+    pub fn is_own(&self, author_id: u64, webhook_id: Option<u64>) -> bool {
+        author_id == self.bot_id() || webhook_id.is_some_and(|id| self.own_webhooks.contains(&id))
+    }
+
+    /// The configured link between a hub channel and a Discord channel, stopped or not.
+    pub fn link(&self, hub_channel: &str, discord_channel: u64) -> Option<Arc<Link>> {
+        self.links
+            .iter()
+            .find(|link| link.hub_channel == hub_channel && link.discord_channel == discord_channel)
+            .cloned()
+    }
+
+    /// The links of a Discord channel that still relay.
+    pub fn links_of(&self, discord_channel: u64) -> Vec<Arc<Link>> {
+        let stopped = lock(&self.stopped);
+        self.links
+            .iter()
+            .filter(|link| link.discord_channel == discord_channel)
+            .filter(|link| !stopped.contains(&stop_id(link)))
+            .cloned()
+            .collect()
+    }
+
+    /// The links of a hub channel that still relay.
+    pub fn links_for_hub(&self, hub_channel: &str) -> Vec<Arc<Link>> {
+        let stopped = lock(&self.stopped);
+        self.links
+            .iter()
+            .filter(|link| link.hub_channel == hub_channel)
+            .filter(|link| !stopped.contains(&stop_id(link)))
+            .cloned()
+            .collect()
+    }
+
+    /// Every distinct linked Discord channel that still relays.
+    pub fn active_channels(&self) -> Vec<u64> {
+        let stopped = lock(&self.stopped);
+        let mut channels: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|link| !stopped.contains(&stop_id(link)))
+            .map(|link| link.discord_channel)
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        channels
+    }
+
+    /// Stops a link (its hub channel was archived or deleted), here and for later runs.
+    pub async fn stop_link(&self, link: &Link) {
+        lock(&self.stopped).insert(stop_id(link));
+        let op = hub_bridge_sdk::Op::Set {
+            key: self.key(&format!("stopped:{}", stop_id(link))),
+            value: "1".to_owned(),
+            ttl: None,
+            only_if_absent: false,
+        };
+        if let Err(error) = self.hub.store().one(op).await {
+            tracing::warn!(%error, hub_channel = %link.hub_channel, "could not persist the stopped link; it stops for this run only");
+        }
+    }
+
+    /// Loads which links were stopped by earlier runs.
+    pub async fn load_stopped(&self) -> Result<(), hub_bridge_sdk::StoreError> {
+        let ops = self
+            .links
+            .iter()
+            .map(|link| hub_bridge_sdk::Op::Exists {
+                key: self.key(&format!("stopped:{}", stop_id(link))),
+            })
+            .collect();
+        let replies = self.hub.store().exec(ops).await?;
+        let mut stopped = lock(&self.stopped);
+        for (link, reply) in self.links.iter().zip(replies) {
+            if reply.as_int().unwrap_or(0) > 0 {
+                stopped.insert(stop_id(link));
+            }
+        }
+        Ok(())
+    }
+
+    /// A key of this bridge: `{prefix}bridge:discord:{rest}`.
+    pub fn key(&self, rest: &str) -> String {
+        self.hub.keys().bridge(&format!("discord:{rest}"))
+    }
+
+    /// Remembers that the bridge is deleting `message_id`, so the gateway's echo is ignored.
+    pub fn note_own_delete(&self, message_id: u64) {
+        let mut deleted = lock(&self.deleted_by_us);
+        let now = Instant::now();
+        deleted.retain(|_, at| now.duration_since(*at) < OWN_DELETE_MEMORY);
+        deleted.insert(message_id, now);
+    }
+
+    pub fn deleted_by_us(&self, message_id: u64) -> bool {
+        lock(&self.deleted_by_us).contains_key(&message_id)
+    }
+
+    /// What Discord says about a channel, cached (channels do not change kind or parent).
+    pub async fn channel_info(&self, channel_id: u64) -> Result<ChannelInfo, RestError> {
+        if let Some(info) = lock(&self.channels).get(&channel_id) {
+            return Ok(info.clone());
+        }
+        let value: Value = self
+            .rest
+            .json(
+                LightMethod::Get,
+                Route::Channel {
+                    channel_id: ChannelId::new(channel_id),
+                },
+                &[],
+                None,
+                "get:channel",
+            )
+            .await?;
+        let id = |field: &str| {
+            value
+                .get(field)
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let kind = value.get("type").and_then(Value::as_u64).unwrap_or(0);
+        let info = ChannelInfo {
+            guild_id: id("guild_id"),
+            parent_id: id("parent_id"),
+            // 10, 11, 12: announcement, public and private threads.
+            is_thread: matches!(kind, 10..=12),
+            name: value.get("name").and_then(Value::as_str).map(str::to_owned),
+        };
+        lock(&self.channels).insert(channel_id, info.clone());
+        Ok(info)
+    }
+
+    /// Remembers what a gateway event told about a channel's guild, saving a lookup.
+    pub fn note_guild(&self, channel_id: u64, guild_id: Option<u64>) {
+        let mut channels = lock(&self.channels);
+        if let Some(info) = channels.get_mut(&channel_id) {
+            if info.guild_id.is_none() {
+                info.guild_id = guild_id;
+            }
+        }
+    }
+
+    /// The guild's role names, fetched once per run; empty when Discord will not say.
+    pub async fn role_names(&self, guild_id: u64) -> Arc<HashMap<u64, String>> {
+        if let Some(roles) = lock(&self.roles).get(&guild_id) {
+            return roles.clone();
+        }
+        let fetched: Result<Vec<Value>, RestError> = self
+            .rest
+            .json(
+                LightMethod::Get,
+                Route::GuildRoles {
+                    guild_id: GuildId::new(guild_id),
+                },
+                &[],
+                None,
+                "get:roles",
+            )
+            .await;
+        let roles: HashMap<u64, String> = match fetched {
+            Ok(roles) => roles
+                .iter()
+                .filter_map(|role| {
+                    let id = role.get("id")?.as_str()?.parse().ok()?;
+                    Some((id, role.get("name")?.as_str()?.to_owned()))
+                })
+                .collect(),
+            Err(error) => {
+                tracing::debug!(%error, guild_id, "role names unavailable; role mentions show as @role");
+                HashMap::new()
+            }
+        };
+        let roles = Arc::new(roles);
+        lock(&self.roles).insert(guild_id, roles.clone());
+        roles
+    }
+
+    /// The DM channel with a user, opened once and cached.
+    pub async fn dm_channel(&self, user_id: u64) -> Result<u64, RestError> {
+        if let Some(channel) = lock(&self.dm_channels).get(&user_id) {
+            return Ok(*channel);
+        }
+        let body = serde_json::json!({ "recipient_id": user_id.to_string() });
+        let value: Value = self
+            .rest
+            .json(
+                LightMethod::Post,
+                Route::UserMeDmChannels,
+                &[],
+                Some(&body),
+                "post:dm",
+            )
+            .await?;
+        let channel = value
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| RestError::Decode("DM channel without an id".to_owned()))?;
+        lock(&self.dm_channels).insert(user_id, channel);
+        Ok(channel)
+    }
+
+    /// Remembers the DM channel a user wrote from.
+    pub fn note_dm_channel(&self, user_id: u64, channel_id: u64) {
+        lock(&self.dm_channels).insert(user_id, channel_id);
+    }
+}
+
+fn stop_id(link: &Link) -> String {
+    format!("{}:{}", link.hub_channel, link.discord_channel)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
