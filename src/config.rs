@@ -119,7 +119,8 @@ fn key_part(key: &str) -> String {
 impl Config {
     /// Loads `path`, then the `HUB_` environment on top, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed("HUB_").split("__"))
+        // HUB_LOG is the log filter, read by main, not a config key.
+        Self::load_with_env(path, Env::prefixed("HUB_").ignore(&["log"]).split("__"))
     }
 
     fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {

@@ -98,6 +98,21 @@ fn tokens_never_appear_in_config_errors() {
 }
 
 #[test]
+fn the_log_filter_variable_is_not_a_config_key() {
+    let output = with_config("", |path| {
+        let mut command = Command::new(BIN);
+        command.args(["check", "--config", path.to_str().unwrap()]);
+        command.env("HUB_LOG", "debug").output().unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn version_and_help_work() {
     let version = hub_bridge(&["--version"], &[]);
     assert!(version.status.success());

@@ -1,4 +1,5 @@
-//! The `[telegram]` config section.
+//! The `[telegram]` config section: the bot token, where the Bot API is, which chats mirror which
+//! hub channels, where private messages go, and how fast the bridge may send.
 
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
 use serde::Deserialize;
@@ -22,6 +23,16 @@ pub struct TelegramConfig {
     /// getUpdates long-poll timeout in seconds (default 10; must stay below the HTTP client's 17 s).
     #[serde(default = "default_poll_timeout")]
     pub poll_timeout_secs: u32,
+    /// Messages the bridge sends to one chat per second (default 1, Telegram's per-chat limit).
+    #[serde(default = "default_chat_sends_per_sec")]
+    pub chat_sends_per_sec: u32,
+    /// Messages the bridge sends to one group per minute (default 20, Telegram's group limit).
+    #[serde(default = "default_group_sends_per_min")]
+    pub group_sends_per_min: u32,
+    /// Messages the bridge sends to all chats together per second (default 30, Telegram's bot
+    /// limit).
+    #[serde(default = "default_sends_per_sec")]
+    pub sends_per_sec: u32,
 }
 
 /// One `[[telegram.links]]` entry.
@@ -42,6 +53,18 @@ fn default_poll_timeout() -> u32 {
     10
 }
 
+fn default_chat_sends_per_sec() -> u32 {
+    1
+}
+
+fn default_group_sends_per_min() -> u32 {
+    20
+}
+
+fn default_sends_per_sec() -> u32 {
+    30
+}
+
 impl TelegramConfig {
     /// Cross-field checks; the key in the issue is relative to `[telegram]`.
     pub fn validate(&self) -> Result<(), ConfigIssue> {
@@ -52,6 +75,18 @@ impl TelegramConfig {
                 "poll_timeout_secs",
                 "must be between 1 and 16 seconds (the HTTP client gives up after 17)",
             ));
+        }
+        for (key, value) in [
+            ("chat_sends_per_sec", self.chat_sends_per_sec),
+            ("group_sends_per_min", self.group_sends_per_min),
+            ("sends_per_sec", self.sends_per_sec),
+        ] {
+            if value == 0 {
+                return Err(ConfigIssue::new(
+                    key,
+                    "must be at least 1 (Telegram has no unlimited rate)",
+                ));
+            }
         }
         for (index, link) in self.links.iter().enumerate() {
             if link.channel.trim().is_empty() {

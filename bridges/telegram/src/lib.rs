@@ -1,7 +1,19 @@
-//! The telegram bridge of hub-bridge: relays between hub channels and Telegram chats.
+//! The Telegram bridge of hub-bridge: relays between hub channels and Telegram chats through the
+//! Bot API (teloxide), with its own getUpdates loop for exactly-once inbound publishing and one
+//! paced, ordered outbox per chat for everything sent.
+//!
+//! Telegram does not tell bots about deleted messages or about people typing, so those two never
+//! travel from Telegram to the hub.
 
 mod bridge;
 pub mod config;
+mod errors;
+mod inbound;
+mod links;
+mod outbound;
+mod pacing;
+mod render;
+mod typing;
 
 pub use bridge::TelegramBridge;
 pub use config::*;

@@ -1,0 +1,1079 @@
+//! Telegram -> hub: the bridge's own getUpdates loop and the mapping of each update onto hub
+//! events (SPEC sections 5 and 6).
+//!
+//! Delivery is at least once on Telegram's side and exactly once on the hub's: the update offset
+//! is stored under `{prefix}bridge:telegram:offset` and advanced only after an update's events are
+//! published, and every publish claims a key in the same atomic step (the platform message id for
+//! messages, the update id otherwise), so an update delivered again after a crash publishes
+//! nothing new. While the store is unreachable the update is retried, never skipped.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_bridge_sdk::event::{
+    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, ChannelMessage,
+    ContentBlock, Envelope, Member,
+};
+use hub_bridge_sdk::health::Component;
+use hub_bridge_sdk::limits::{Action, Decision};
+use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::{BridgeError, ExternalId, Op, Platform, Source, StoreError};
+use teloxide::prelude::*;
+use teloxide::types::{
+    AllowedUpdate, ChatMemberUpdated, MessageReactionUpdated, ReactionType, UpdateKind, User,
+};
+use teloxide::{ApiError, RequestError};
+
+use crate::bridge::Shared;
+use crate::outbound::{origin, thread_of_key, Job};
+use crate::render::human_size;
+
+/// How long an update's publish claims are kept: Telegram forgets updates after 24 hours.
+const CLAIM_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+/// How long a person's `/dm` choice is remembered.
+const DM_CHOICE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The update kinds the bridge asks for; reactions and member changes are only sent on request.
+const ALLOWED: [AllowedUpdate; 5] = [
+    AllowedUpdate::Message,
+    AllowedUpdate::EditedMessage,
+    AllowedUpdate::MessageReaction,
+    AllowedUpdate::ChatMember,
+    AllowedUpdate::MyChatMember,
+];
+
+/// Polls Telegram and publishes what arrives, until the bridge stops. Returns an error only for
+/// what a restart cannot cure (a rejected token).
+pub async fn run(
+    shared: Arc<Shared>,
+    outboxes: Outboxes<Job>,
+    status: Component,
+) -> Result<(), BridgeError> {
+    let inbound = Inbound {
+        shared: &shared,
+        outboxes: &outboxes,
+    };
+    let offset_key = shared.hub.keys().bridge("telegram:offset");
+    let Some(mut offset) = inbound.load_offset(&offset_key, &status).await else {
+        return Ok(());
+    };
+    let ready = format!("polling Telegram as @{}", shared.me_username);
+    status.ready(&ready);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut request = shared
+            .bot
+            .get_updates()
+            .timeout(shared.config.poll_timeout_secs)
+            .allowed_updates(ALLOWED);
+        if let Some(offset) = offset {
+            request = request.offset(offset);
+        }
+        let polled = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            polled = request.into_future() => polled,
+        };
+        let updates = match polled {
+            Ok(updates) => updates,
+            Err(error) => {
+                let wait = match &error {
+                    RequestError::Api(ApiError::InvalidToken) => {
+                        return Err(BridgeError::Unauthorized {
+                            platform: "telegram",
+                            detail: "getUpdates: the bot token was rejected".to_owned(),
+                        });
+                    }
+                    RequestError::RetryAfter(wait) => wait.duration(),
+                    RequestError::Api(ApiError::CantGetUpdates) => {
+                        // A webhook and getUpdates exclude each other; this bridge polls.
+                        tracing::warn!("a webhook is set for this bot; deleting it to poll");
+                        if let Err(error) = shared.bot.delete_webhook().await {
+                            tracing::warn!(error = %shared.redactor.describe(&error), "could not delete the webhook");
+                        }
+                        backoff
+                    }
+                    _ => backoff,
+                };
+                let detail = shared.redactor.describe(&error);
+                tracing::warn!(error = %detail, retry_in = ?wait, "getUpdates failed");
+                status.not_ready(&format!("Telegram getUpdates failing: {detail}"));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if !inbound.sleep(wait).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        status.ready(&ready);
+        let Some(last) = updates.last().map(|update| update.id.0) else {
+            continue;
+        };
+        for update in &updates {
+            if !inbound.handle_until_done(update, &status, &ready).await {
+                return Ok(());
+            }
+        }
+        // Telegram forgets everything below the offset, so it moves only now that every update
+        // of the batch is published.
+        let next = i32::try_from(last.saturating_add(1)).unwrap_or(i32::MAX);
+        offset = Some(next);
+        let stored = shared
+            .hub
+            .store()
+            .one(Op::Set {
+                key: offset_key.clone(),
+                value: next.to_string(),
+                ttl: None,
+                only_if_absent: false,
+            })
+            .await;
+        if let Err(error) = stored {
+            // The claims keep a redelivery from publishing twice; the next batch stores it.
+            tracing::warn!(%error, "could not store the Telegram offset");
+        }
+        shared.pacer.prune();
+    }
+}
+
+struct Inbound<'a> {
+    shared: &'a Shared,
+    outboxes: &'a Outboxes<Job>,
+}
+
+impl Inbound<'_> {
+    /// Sleeps unless the bridge stops first; false when it stopped.
+    async fn sleep(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// The stored offset (`None` before the first update ever); waits for the store. `None` from
+    /// the outer option means the bridge stopped meanwhile.
+    async fn load_offset(&self, key: &str, status: &Component) -> Option<Option<i32>> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self
+                .shared
+                .hub
+                .store()
+                .one(Op::Get {
+                    key: key.to_owned(),
+                })
+                .await
+            {
+                Ok(reply) => return Some(reply.into_text().and_then(|text| text.parse().ok())),
+                Err(error) => {
+                    status.not_ready(&format!("waiting for the store: {error}"));
+                    if !self.sleep(backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.
+    async fn handle_until_done(&self, update: &Update, status: &Component, ready: &str) -> bool {
+        let mut backoff = Duration::from_millis(250);
+        let mut failing = false;
+        loop {
+            match self.handle(update).await {
+                Ok(()) => {
+                    if failing {
+                        status.ready(ready);
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, update = update.id.0, "store unavailable; the update waits unacknowledged");
+                    }
+                    failing = true;
+                    status.not_ready(&format!("Telegram updates waiting for the store: {error}"));
+                    if !self.sleep(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, update: &Update) -> Result<(), StoreError> {
+        let update_id = update.id.0;
+        match &update.kind {
+            UpdateKind::Message(message) => self.message(update_id, message).await,
+            UpdateKind::EditedMessage(message) => self.edit(update_id, message).await,
+            UpdateKind::MessageReaction(reaction) => self.reaction(update_id, reaction).await,
+            UpdateKind::ChatMember(change) => self.member_change(change).await,
+            UpdateKind::MyChatMember(change) => {
+                let chat = change.chat.id.0;
+                if self.shared.links.is_linked(chat) && !change.new_chat_member.kind.is_present() {
+                    // Relays to this chat will be dead-lettered from now on; say why once here.
+                    tracing::warn!(chat, "the bot was removed from a linked chat");
+                }
+                self.ignored("bot_membership");
+                Ok(())
+            }
+            UpdateKind::Error(_) => {
+                tracing::debug!(update_id, "unreadable update skipped");
+                self.ignored("unreadable_update");
+                Ok(())
+            }
+            _ => {
+                self.ignored("unsupported_update");
+                Ok(())
+            }
+        }
+    }
+
+    fn ignored(&self, reason: &'static str) {
+        self.shared
+            .hub
+            .metrics()
+            .ignored
+            .get_or_create(&labels2(("bridge", "telegram"), ("reason", reason)))
+            .inc();
+    }
+
+    fn count_published(&self, type_name: &str) {
+        self.shared
+            .hub
+            .metrics()
+            .published
+            .get_or_create(&labels2(
+                ("bridge", "telegram"),
+                ("type", type_name.to_owned()),
+            ))
+            .inc();
+    }
+
+    /// The hub channels a group message goes to, or `None` (counted) when it goes nowhere.
+    fn channels_for<'m>(&self, message: &'m Message) -> Option<(&'m User, Vec<String>)> {
+        let Some(from) = message.from.as_ref() else {
+            // Channel posts and anonymous admins speak as a chat, not as a person.
+            self.ignored("no_sender");
+            return None;
+        };
+        if from.id.0 == self.shared.me_id {
+            self.ignored("own_message");
+            return None;
+        }
+        let chat = message.chat.id.0;
+        if !self.shared.links.is_linked(chat) {
+            self.ignored("unlinked_chat");
+            return None;
+        }
+        let channels = self.shared.links.channels_of(chat);
+        if channels.is_empty() {
+            self.ignored("stopped_link");
+            return None;
+        }
+        Some((from, channels))
+    }
+
+    async fn message(&self, update_id: u32, message: &Message) -> Result<(), StoreError> {
+        if message.chat.is_private() {
+            if let Some(from) = message
+                .from
+                .as_ref()
+                .filter(|from| from.id.0 != self.shared.me_id)
+            {
+                return self.private_message(update_id, message, from).await;
+            }
+            self.ignored("own_message");
+            return Ok(());
+        }
+        let Some((from, channels)) = self.channels_for(message) else {
+            return Ok(());
+        };
+        let chat = message.chat.id.0;
+        if let Some(members) = message.new_chat_members() {
+            let date = message.date.timestamp();
+            for member in members.iter().filter(|m| m.id.0 != self.shared.me_id) {
+                self.membership(chat, &channels, member, true, date).await?;
+            }
+            return Ok(());
+        }
+        if let Some(member) = message.left_chat_member() {
+            if member.id.0 != self.shared.me_id {
+                let date = message.date.timestamp();
+                self.membership(chat, &channels, member, false, date)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let Some((content, blocks)) = describe(message) else {
+            self.ignored("unsupported_message");
+            return Ok(());
+        };
+        let chat_key = chat.to_string();
+        let message_key = message.id.0.to_string();
+        let map = &self.shared.map;
+        if map
+            .hub_id(Platform::Telegram, &chat_key, &message_key)
+            .await?
+            .is_some()
+        {
+            // Delivered again after a crash: it was published already.
+            return Ok(());
+        }
+        let sender = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        if !self
+            .within_limit(Action::Message, &sender, chat, from)
+            .await?
+        {
+            return Ok(());
+        }
+
+        let parent = match message.reply_to_message() {
+            Some(parent) => {
+                map.hub_id(Platform::Telegram, &chat_key, &parent.id.0.to_string())
+                    .await?
+            }
+            None => None,
+        };
+        let thread = match &parent {
+            Some(parent) => self
+                .shared
+                .hub
+                .store()
+                .one(Op::Get {
+                    key: thread_of_key(self.shared, parent),
+                })
+                .await?
+                .into_text(),
+            None => None,
+        };
+        let date_ms = message.date.timestamp_millis();
+        // Telegram dates have second precision; within that second, arrival order breaks ties.
+        let timestamp = now_millis().clamp(date_ms, date_ms + 999);
+        let hub_message = ChannelMessage {
+            id: uuid::Uuid::new_v4().to_string(),
+            content,
+            sender_id: sender,
+            timestamp,
+            thread_id: thread.clone(),
+            parent_message_id: parent,
+            edited: None,
+            reactions: None,
+            author_type: Some("external".to_owned()),
+            author_name: Some(display_name(from)),
+            external_platform: Some(Platform::Telegram.as_str().to_owned()),
+            external_source_id: Some(format!("{chat}:{}", message.id.0)),
+            content_blocks: (!blocks.is_empty()).then_some(blocks),
+        };
+        let origin = origin(chat);
+        let event_for = |channel: &str, message: ChannelMessage| ChannelEvent::Message {
+            channel_id: channel.to_owned(),
+            message,
+        };
+        let published = map
+            .publish_once(
+                Platform::Telegram,
+                &chat_key,
+                &message_key,
+                &hub_message.id,
+                &event_for(&channels[0], hub_message.clone()),
+                &origin,
+            )
+            .await?;
+        let mut hub_message = hub_message;
+        if published {
+            self.count_published("channel.message");
+        } else if let Some(existing) = map
+            .hub_id(Platform::Telegram, &chat_key, &message_key)
+            .await?
+        {
+            hub_message.id = existing;
+        }
+        let mut ops = Vec::new();
+        for (index, channel) in channels.iter().enumerate().skip(1) {
+            let event = event_for(channel, hub_message.clone());
+            ops.push(self.publish_once_op(update_id, index, &hub_message.id, &event, &origin));
+        }
+        if let Some(thread) = thread {
+            ops.push(Op::Set {
+                key: thread_of_key(self.shared, &hub_message.id),
+                value: thread,
+                ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
+                only_if_absent: false,
+            });
+        }
+        self.exec_publishes(ops, "channel.message").await
+    }
+
+    /// Runs publish-once ops (and others), counting those that published.
+    async fn exec_publishes(&self, ops: Vec<Op>, type_name: &str) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let publishes: Vec<bool> = ops
+            .iter()
+            .map(|op| matches!(op, Op::PublishOnce { .. }))
+            .collect();
+        let replies = self.shared.hub.store().exec(ops).await?;
+        for (reply, is_publish) in replies.iter().zip(publishes) {
+            if is_publish && reply.as_int() == Some(1) {
+                self.count_published(type_name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `event` unless this update's `index`-th event was published before.
+    fn publish_once_op(
+        &self,
+        update_id: u32,
+        index: usize,
+        claim_value: &str,
+        event: &ChannelEvent,
+        origin: &str,
+    ) -> Op {
+        self.claimed_publish(
+            format!("telegram:update:{update_id}:{index}"),
+            claim_value,
+            Source::Channel(event.channel_id().to_owned()).channel_name(),
+            Envelope::new(event, now_millis())
+                .with_origin(origin)
+                .to_json(),
+        )
+    }
+
+    fn claimed_publish(&self, claim: String, value: &str, channel: String, payload: String) -> Op {
+        Op::PublishOnce {
+            claim_key: self.shared.hub.keys().bridge(&claim),
+            claim_value: value.to_owned(),
+            ttl: CLAIM_TTL,
+            channel,
+            payload,
+        }
+    }
+
+    /// Counts the action against the person's limit; over it, tells them once per window.
+    async fn within_limit(
+        &self,
+        action: Action,
+        sender: &str,
+        chat: i64,
+        from: &User,
+    ) -> Result<bool, StoreError> {
+        let decision = self.shared.hub.limiter().check(action, sender).await?;
+        let Decision::Rejected {
+            limit,
+            first_in_window,
+        } = decision
+        else {
+            return Ok(true);
+        };
+        self.shared
+            .hub
+            .metrics()
+            .rate_limit_rejections
+            .get_or_create(&labels2(
+                ("action", action.as_str()),
+                ("direction", "inbound"),
+            ))
+            .inc();
+        if first_in_window {
+            let what = match action {
+                Action::Reaction => "reactions",
+                _ => "messages",
+            };
+            let text = format!(
+                "⏳ {}, you are sending {what} too fast: the hub takes {limit} per minute. What you \
+                 send in the next minute is not relayed.",
+                from.first_name
+            );
+            self.outboxes
+                .push(&chat.to_string(), Job::notice(&text, "rate_limit.notice"))
+                .await;
+        }
+        Ok(false)
+    }
+
+    async fn membership(
+        &self,
+        chat: i64,
+        channels: &[String],
+        member: &User,
+        joined: bool,
+        date: i64,
+    ) -> Result<(), StoreError> {
+        let agent_id = ExternalId::new(Platform::Telegram, member.id.0.to_string()).to_string();
+        let verb = if joined { "join" } else { "leave" };
+        let origin = origin(chat);
+        let ops = channels
+            .iter()
+            .map(|channel| {
+                let event = if joined {
+                    ChannelEvent::MemberJoin {
+                        channel_id: channel.clone(),
+                        member: Member {
+                            agent_id: agent_id.clone(),
+                            joined_at: date * 1000,
+                            role: "member".to_owned(),
+                        },
+                    }
+                } else {
+                    ChannelEvent::MemberLeave {
+                        channel_id: channel.clone(),
+                        agent_id: agent_id.clone(),
+                        left_at: Some(date * 1000),
+                    }
+                };
+                // Telegram reports one change both as a service message and as a chat_member
+                // update with the same date: one claim covers both.
+                self.claimed_publish(
+                    format!(
+                        "telegram:member:{channel}:{chat}:{}:{verb}:{date}",
+                        member.id.0
+                    ),
+                    &agent_id,
+                    Source::Channel(channel.clone()).channel_name(),
+                    Envelope::new(&event, now_millis())
+                        .with_origin(&origin)
+                        .to_json(),
+                )
+            })
+            .collect();
+        let type_name = if joined {
+            "channel.member.join"
+        } else {
+            "channel.member.leave"
+        };
+        self.exec_publishes(ops, type_name).await
+    }
+
+    async fn member_change(&self, change: &ChatMemberUpdated) -> Result<(), StoreError> {
+        let chat = change.chat.id.0;
+        let member = &change.new_chat_member.user;
+        if member.id.0 == self.shared.me_id {
+            self.ignored("bot_membership");
+            return Ok(());
+        }
+        if !self.shared.links.is_linked(chat) {
+            self.ignored("unlinked_chat");
+            return Ok(());
+        }
+        let was = change.old_chat_member.kind.is_present();
+        let is = change.new_chat_member.kind.is_present();
+        if was == is {
+            self.ignored("member_status_change");
+            return Ok(());
+        }
+        let channels = self.shared.links.channels_of(chat);
+        self.membership(chat, &channels, member, is, change.date.timestamp())
+            .await
+    }
+
+    async fn edit(&self, update_id: u32, message: &Message) -> Result<(), StoreError> {
+        if message.chat.is_private() {
+            self.ignored("private_edit");
+            return Ok(());
+        }
+        let Some((_, channels)) = self.channels_for(message) else {
+            return Ok(());
+        };
+        let chat = message.chat.id.0;
+        let Some((content, _)) = describe(message) else {
+            self.ignored("unsupported_message");
+            return Ok(());
+        };
+        let Some(hub_id) = self
+            .shared
+            .map
+            .hub_id(
+                Platform::Telegram,
+                &chat.to_string(),
+                &message.id.0.to_string(),
+            )
+            .await?
+        else {
+            self.ignored("edit_of_unknown_message");
+            return Ok(());
+        };
+        let edited_at = message
+            .edit_date()
+            .map_or_else(now_millis, |date| date.timestamp_millis());
+        let origin = origin(chat);
+        let ops = channels
+            .iter()
+            .enumerate()
+            .map(|(index, channel)| {
+                let event = ChannelEvent::MessageEdit {
+                    channel_id: channel.clone(),
+                    message_id: hub_id.clone(),
+                    content: content.clone(),
+                    edited_at,
+                };
+                self.publish_once_op(update_id, index, &hub_id, &event, &origin)
+            })
+            .collect();
+        self.exec_publishes(ops, "channel.message.edit").await
+    }
+
+    async fn reaction(
+        &self,
+        update_id: u32,
+        reaction: &MessageReactionUpdated,
+    ) -> Result<(), StoreError> {
+        let Some(user) = reaction.user() else {
+            self.ignored("anonymous_reaction");
+            return Ok(());
+        };
+        if user.id.0 == self.shared.me_id {
+            self.ignored("own_message");
+            return Ok(());
+        }
+        let chat = reaction.chat.id.0;
+        if !self.shared.links.is_linked(chat) {
+            self.ignored("unlinked_chat");
+            return Ok(());
+        }
+        let channels = self.shared.links.channels_of(chat);
+        if channels.is_empty() {
+            self.ignored("stopped_link");
+            return Ok(());
+        }
+        let Some(hub_id) = self
+            .shared
+            .map
+            .hub_id(
+                Platform::Telegram,
+                &chat.to_string(),
+                &reaction.message_id.0.to_string(),
+            )
+            .await?
+        else {
+            self.ignored("reaction_to_unknown_message");
+            return Ok(());
+        };
+        let old = emojis(&reaction.old_reaction);
+        let new = emojis(&reaction.new_reaction);
+        let added: Vec<&String> = new.iter().filter(|e| !old.contains(e)).collect();
+        let removed: Vec<&String> = old.iter().filter(|e| !new.contains(e)).collect();
+        if added.is_empty() && removed.is_empty() {
+            self.ignored("reaction_unchanged");
+            return Ok(());
+        }
+        let sender = ExternalId::new(Platform::Telegram, user.id.0.to_string()).to_string();
+        if !self
+            .within_limit(Action::Reaction, &sender, chat, user)
+            .await?
+        {
+            return Ok(());
+        }
+        let origin = origin(chat);
+        let mut add_ops = Vec::new();
+        let mut remove_ops = Vec::new();
+        let mut index = 0;
+        for channel in &channels {
+            for (emoji, add) in added
+                .iter()
+                .map(|e| (*e, true))
+                .chain(removed.iter().map(|e| (*e, false)))
+            {
+                let (channel_id, message_id, emoji, agent_id) = (
+                    channel.clone(),
+                    hub_id.clone(),
+                    emoji.clone(),
+                    sender.clone(),
+                );
+                let event = if add {
+                    ChannelEvent::ReactionAdd {
+                        channel_id,
+                        message_id,
+                        emoji,
+                        agent_id,
+                    }
+                } else {
+                    ChannelEvent::ReactionRemove {
+                        channel_id,
+                        message_id,
+                        emoji,
+                        agent_id,
+                    }
+                };
+                let op = self.publish_once_op(update_id, index, &hub_id, &event, &origin);
+                index += 1;
+                if add {
+                    add_ops.push(op);
+                } else {
+                    remove_ops.push(op);
+                }
+            }
+        }
+        self.exec_publishes(remove_ops, "channel.reaction.remove")
+            .await?;
+        self.exec_publishes(add_ops, "channel.reaction.add").await
+    }
+
+    /// A private message to the bot: a command, or a direct message to an agent.
+    async fn private_message(
+        &self,
+        update_id: u32,
+        message: &Message,
+        from: &User,
+    ) -> Result<(), StoreError> {
+        let chat = message.chat.id.0;
+        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        let choice_key = self
+            .shared
+            .hub
+            .keys()
+            .bridge(&format!("telegram:dm:{}", from.id.0));
+        let Some((text, _)) = describe(message) else {
+            self.ignored("unsupported_message");
+            return Ok(());
+        };
+        let (command, rest) = split_command(&text);
+        let reply = |text: String| async move {
+            self.outboxes
+                .push(&chat.to_string(), Job::notice(&text, "telegram.command"))
+                .await;
+        };
+        match command {
+            Some("start" | "help") => {
+                reply(self.help()).await;
+                return Ok(());
+            }
+            Some("agents") => {
+                let current = self.chosen_agent(&choice_key).await?;
+                reply(self.agents_list(current.as_deref())).await;
+                return Ok(());
+            }
+            Some("dm") => {
+                let (agent, text) = match rest.split_once(char::is_whitespace) {
+                    Some((agent, text)) => (agent, text.trim()),
+                    None => (rest, ""),
+                };
+                if agent.is_empty() {
+                    reply("Usage: /dm <agentId> <message>. /agents lists the agents.".to_owned())
+                        .await;
+                    return Ok(());
+                }
+                self.shared
+                    .hub
+                    .store()
+                    .one(Op::Set {
+                        key: choice_key,
+                        value: agent.to_owned(),
+                        ttl: Some(DM_CHOICE_TTL),
+                        only_if_absent: false,
+                    })
+                    .await?;
+                if text.is_empty() {
+                    let name = self.shared.hub.display_name(agent, None);
+                    reply(format!("Your messages now go to {name} ({agent}).")).await;
+                    return Ok(());
+                }
+                return self
+                    .direct_message(update_id, chat, from, &person, agent, text)
+                    .await;
+            }
+            _ => {}
+        }
+        let Some(agent) = self.chosen_agent(&choice_key).await? else {
+            reply(
+                "No agent chosen yet: send /dm <agentId> <message>. /agents lists the agents."
+                    .to_owned(),
+            )
+            .await;
+            return Ok(());
+        };
+        self.direct_message(update_id, chat, from, &person, &agent, &text)
+            .await
+    }
+
+    async fn chosen_agent(&self, choice_key: &str) -> Result<Option<String>, StoreError> {
+        let chosen = self
+            .shared
+            .hub
+            .store()
+            .one(Op::Get {
+                key: choice_key.to_owned(),
+            })
+            .await?
+            .into_text();
+        Ok(chosen.or_else(|| self.shared.config.dm_agent.clone()))
+    }
+
+    async fn direct_message(
+        &self,
+        update_id: u32,
+        chat: i64,
+        from: &User,
+        person: &str,
+        agent: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        if !self
+            .within_limit(Action::Message, person, chat, from)
+            .await?
+        {
+            return Ok(());
+        }
+        let event = AgentEvent {
+            kind: AgentEventKind::DirectMessage,
+            data: AgentEventData {
+                from_agent: Some(person.to_owned()),
+                content: Some(text.to_owned()),
+                channel_id: None,
+                action_required: None,
+            },
+            timestamp: now_millis(),
+        };
+        let op = self.claimed_publish(
+            format!("telegram:update:{update_id}:0"),
+            agent,
+            Source::Agent(agent.to_owned()).channel_name(),
+            event.to_json(),
+        );
+        self.exec_publishes(vec![op], "agent.direct_message").await
+    }
+
+    fn help(&self) -> String {
+        let default = match &self.shared.config.dm_agent {
+            Some(agent) => format!(
+                " Until you pick one, your messages go to {}.",
+                self.shared.hub.display_name(agent, None)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "Write here to talk privately with an agent of the hub.{default}\n\
+             /agents lists the agents you can reach.\n\
+             /dm <agentId> <message> sends to that agent, and your next messages go there too."
+        )
+    }
+
+    fn agents_list(&self, current: Option<&str>) -> String {
+        let agents = self.shared.hub.agents();
+        let mut text = if agents.is_empty() {
+            "No agent directory is configured; ask the operator for agent ids.".to_owned()
+        } else {
+            let lines: Vec<String> = agents
+                .iter()
+                .map(|(id, profile)| {
+                    let avatar = profile
+                        .avatar
+                        .as_deref()
+                        .map(|a| format!("{a} "))
+                        .unwrap_or_default();
+                    match &profile.name {
+                        Some(name) => format!("• {avatar}{name}: /dm {id}"),
+                        None => format!("• {avatar}/dm {id}"),
+                    }
+                })
+                .collect();
+            format!("Agents you can reach:\n{}", lines.join("\n"))
+        };
+        if let Some(current) = current {
+            text.push_str(&format!("\nYour messages go to {current}."));
+        }
+        text
+    }
+}
+
+/// `First Last (@username)`: how a person is named in the hub.
+pub fn display_name(user: &User) -> String {
+    let mut name = user.first_name.clone();
+    if let Some(last) = user.last_name.as_deref().filter(|l| !l.is_empty()) {
+        name.push(' ');
+        name.push_str(last);
+    }
+    if let Some(username) = user.username.as_deref() {
+        name.push_str(&format!(" (@{username})"));
+    }
+    name
+}
+
+/// Splits `/cmd@bot rest` into `("cmd", "rest")`; no command for ordinary text.
+fn split_command(text: &str) -> (Option<&str>, &str) {
+    let Some(stripped) = text.strip_prefix('/') else {
+        return (None, text);
+    };
+    let (word, rest) = stripped
+        .split_once(char::is_whitespace)
+        .unwrap_or((stripped, ""));
+    let command = word.split('@').next().unwrap_or(word);
+    (Some(command), rest.trim())
+}
+
+fn emojis(reactions: &[ReactionType]) -> Vec<String> {
+    reactions
+        .iter()
+        .filter_map(|reaction| match reaction {
+            ReactionType::Emoji { emoji } => Some(emoji.clone()),
+            ReactionType::CustomEmoji { custom_emoji_id } => {
+                Some(format!("custom:{}", custom_emoji_id.0))
+            }
+            ReactionType::Paid => None,
+        })
+        .collect()
+}
+
+/// The hub content of a message and its attachments: the text, or what the media is (with the
+/// caption). Attachments carry name, size and type, never a file URL (it would embed the token).
+pub fn describe(message: &Message) -> Option<(String, Vec<ContentBlock>)> {
+    if let Some(text) = message.text() {
+        return Some((text.to_owned(), Vec::new()));
+    }
+    let block = |kind: &str, name: String, size: u32, mime: Option<String>| ContentBlock {
+        kind: kind.to_owned(),
+        name: Some(name),
+        // teloxide fills in u32::MAX when Telegram leaves the size out.
+        size: (size != u32::MAX).then_some(u64::from(size)),
+        mime_type: mime,
+        url: None,
+    };
+    let (label, block) = if let Some(sizes) = message.photo() {
+        let largest = sizes.iter().max_by_key(|size| size.width * size.height)?;
+        (
+            "[photo]".to_owned(),
+            block(
+                "image",
+                "photo.jpg".to_owned(),
+                largest.file.size,
+                Some("image/jpeg".to_owned()),
+            ),
+        )
+    } else if let Some(sticker) = message.sticker() {
+        let mime = if sticker.flags.is_animated {
+            "application/x-tgsticker"
+        } else if sticker.flags.is_video {
+            "video/webm"
+        } else {
+            "image/webp"
+        };
+        let emoji = sticker.emoji.clone().unwrap_or_default();
+        let label = if emoji.is_empty() {
+            "[sticker]".to_owned()
+        } else {
+            format!("[sticker {emoji}]")
+        };
+        let name = sticker
+            .set_name
+            .clone()
+            .unwrap_or_else(|| "sticker".to_owned());
+        (
+            label,
+            block("sticker", name, sticker.file.size, Some(mime.to_owned())),
+        )
+    } else if let Some(voice) = message.voice() {
+        (
+            format!("[voice message, {} s]", voice.duration.seconds()),
+            block(
+                "audio",
+                "voice.ogg".to_owned(),
+                voice.file.size,
+                voice.mime_type.as_ref().map(ToString::to_string),
+            ),
+        )
+    } else if let Some(audio) = message.audio() {
+        let name = audio
+            .file_name
+            .clone()
+            .or_else(|| audio.title.clone())
+            .unwrap_or_else(|| "audio".to_owned());
+        (
+            format!("[audio: {name}]"),
+            block(
+                "audio",
+                name,
+                audio.file.size,
+                audio.mime_type.as_ref().map(ToString::to_string),
+            ),
+        )
+    } else if let Some(video) = message.video() {
+        let name = video
+            .file_name
+            .clone()
+            .unwrap_or_else(|| "video.mp4".to_owned());
+        (
+            "[video]".to_owned(),
+            block(
+                "video",
+                name,
+                video.file.size,
+                video.mime_type.as_ref().map(ToString::to_string),
+            ),
+        )
+    } else if let Some(animation) = message.animation() {
+        let name = animation
+            .file_name
+            .clone()
+            .unwrap_or_else(|| "animation.mp4".to_owned());
+        (
+            "[GIF]".to_owned(),
+            block(
+                "video",
+                name,
+                animation.file.size,
+                animation.mime_type.as_ref().map(ToString::to_string),
+            ),
+        )
+    } else if let Some(note) = message.video_note() {
+        (
+            format!("[video message, {} s]", note.duration.seconds()),
+            block("video", "video_note.mp4".to_owned(), note.file.size, None),
+        )
+    } else if let Some(document) = message.document() {
+        let name = document
+            .file_name
+            .clone()
+            .unwrap_or_else(|| "file".to_owned());
+        let size = human_size(u64::from(document.file.size));
+        (
+            format!("[file: {name}, {size}]"),
+            block(
+                "file",
+                name,
+                document.file.size,
+                document.mime_type.as_ref().map(ToString::to_string),
+            ),
+        )
+    } else {
+        return None;
+    };
+    let content = match message.caption() {
+        Some(caption) if !caption.is_empty() => format!("{label} {caption}"),
+        _ => label,
+    };
+    Some((content, vec![block]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_split_from_their_arguments() {
+        assert_eq!(
+            split_command("/dm ba hello there"),
+            (Some("dm"), "ba hello there")
+        );
+        assert_eq!(split_command("/agents@hub_bot"), (Some("agents"), ""));
+        assert_eq!(split_command("hello /dm"), (None, "hello /dm"));
+    }
+
+    #[test]
+    fn people_are_named_with_their_username() {
+        let user: User = serde_json::from_str(
+            r#"{"id":1,"is_bot":false,"first_name":"Alice","last_name":"Liddell","username":"alice"}"#,
+        )
+        .unwrap();
+        assert_eq!(display_name(&user), "Alice Liddell (@alice)");
+        let user: User =
+            serde_json::from_str(r#"{"id":1,"is_bot":false,"first_name":"Bob"}"#).unwrap();
+        assert_eq!(display_name(&user), "Bob");
+    }
+}
