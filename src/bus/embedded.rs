@@ -481,7 +481,11 @@ impl State {
 
 /// `LREM` semantics: `count` > 0 removes from the head, < 0 from the tail, 0 removes all.
 fn remove_from_list(list: &mut VecDeque<String>, count: i64, value: &str) -> i64 {
-    let limit = if count == 0 { usize::MAX } else { usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX) };
+    let limit = if count == 0 {
+        usize::MAX
+    } else {
+        usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX)
+    };
     let mut positions: Vec<usize> = list
         .iter()
         .enumerate()
