@@ -353,10 +353,10 @@ async fn replies_mentions_and_attachments_are_mapped() {
     let expected = format!("hi @Ada and @Ada, see #channel-{CHANNEL}");
     h.hub_message(&expected).await;
 
+    h.fake.add_role(GUILD, 1500000000000000001, "Moderators");
     let role = UserMessage::new(CHANNEL, Some(GUILD), bob(), "ping <@&1500000000000000001>");
     h.fake.post_user_message(role);
-    // The fake has no role list: the name Discord would give is unknown, never the raw id.
-    h.hub_message("ping @role").await;
+    h.hub_message("ping @Moderators").await;
 
     let file = UserMessage::new(CHANNEL, Some(GUILD), ada(), "look")
         .attachment("cat.png", "image/png", 1234)

@@ -307,6 +307,16 @@ impl FakeDiscord {
         self.shared.mutate(|st| st.users.insert(user.id, user));
     }
 
+    /// Adds a role to a guild, as `GET /guilds/{id}/roles` lists it.
+    pub fn add_role(&self, guild_id: u64, role_id: u64, name: &str) {
+        self.shared.mutate(|st| {
+            st.roles
+                .entry(guild_id)
+                .or_default()
+                .push((role_id, name.to_owned()))
+        });
+    }
+
     /// The DM channel with `user`, created on first use as `POST /users/@me/channels` does.
     pub fn dm_channel(&self, user: &UserRef) -> u64 {
         self.shared.mutate(|st| {
@@ -649,6 +659,8 @@ struct St {
     /// Each channel's live messages, oldest first.
     messages: HashMap<u64, Vec<Stored>>,
     users: HashMap<u64, UserRef>,
+    /// Each guild's roles: id and name.
+    roles: HashMap<u64, Vec<(u64, String)>>,
     webhooks: HashMap<u64, Webhook>,
     requests: Vec<Request>,
     failures: Vec<(Matcher, Failure)>,
@@ -1252,6 +1264,25 @@ impl St {
                     },
                 }),
             ),
+            ("GET", ["guilds", guild, "roles"]) => {
+                let roles = id(guild)
+                    .and_then(|guild| self.roles.get(&guild))
+                    .map(|roles| {
+                        roles
+                            .iter()
+                            .enumerate()
+                            .map(|(position, (role, name))| {
+                                json!({
+                                    "id": role.to_string(), "name": name, "color": 0,
+                                    "hoist": false, "position": position, "permissions": "0",
+                                    "managed": false, "mentionable": true, "flags": 0,
+                                })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                Reply::json(200, Value::Array(roles))
+            }
             ("GET", ["users", "@me"]) => {
                 let mut me = user_json(&self.bot);
                 me["verified"] = json!(true);
