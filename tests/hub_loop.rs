@@ -718,3 +718,51 @@ async fn a_full_bridge_queue_is_counted_and_never_stalls_the_hub() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_runs_a_bridge_and_another_takes_over_when_it_stops() {
+    let redis = RedisServer::start();
+    let start = async |recorder: &RecordingBridge| {
+        let mut config = Config::default();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.redis.url = Some(Secret::new(redis.url()));
+        start_with(config, vec![Box::new(recorder.clone())])
+            .await
+            .unwrap()
+    };
+    let bridge_ready = |running: &Running| {
+        running
+            .health
+            .snapshot()
+            .get("recorder")
+            .is_some_and(|state| state.ready)
+    };
+    let (first_recorder, second_recorder) =
+        (RecordingBridge::default(), RecordingBridge::default());
+    let first = start(&first_recorder).await;
+    let deadline = Instant::now() + WAIT;
+    while !bridge_ready(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never ran the bridge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = start(&second_recorder).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!bridge_ready(&second), "two instances run the same bridge");
+    let standby = second.health.snapshot()["recorder"].detail.clone();
+    assert!(standby.contains("standby"), "{standby}");
+
+    first.stop().await;
+    let stopped = Instant::now();
+    while !bridge_ready(&second) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(12),
+            "the standby never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("took over {:?} after the holder stopped", stopped.elapsed());
+    second.stop().await;
+}
