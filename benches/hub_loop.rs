@@ -1,1 +1,539 @@
-fn main() {}
+//! Hub-loop load tool (SPEC section 8): `cargo bench --bench hub_loop [-- --events N
+//! --latency-secs S --rate R]`. It starts a private `redis-server`, measures the physical floor on
+//! it, then runs the service in this process against it and prints both side by side.
+//!
+//! Floor, measured before the service subscribes (every pattern taxes every PUBLISH): raw PUBLISH
+//! throughput to a channel nobody reads (`redis-benchmark -c 50` when installed, redis-rs with 50
+//! connections one command at a time, redis-rs pipelined), and PUBLISH -> PSUBSCRIBE latency of a
+//! bare redis-rs RESP3 subscriber at a steady rate. Hub: `start_with` with one probe bridge. The
+//! hub loop hands every routed event to every bridge, so the probe sees each event once the loop
+//! has written its state keys and routed it. The load mixes presence, typing start and stop, agent
+//! messages (a rate-limit check each; `limits.message = 0`, unlimited, so none is withheld and the
+//! count is exact) and `external:telegram:*` people's messages (presence touch, members set).
+//! Throughput is closed-loop: at most [`IN_FLIGHT`] events are unprocessed at any time, so no queue
+//! overflows and the loop always has a full batch waiting; it runs from the first PUBLISH to the
+//! last event the probe receives. Latency is open-loop at `--rate` events/s; each payload carries
+//! its publish time (nanoseconds on this process' monotonic clock) in the envelope `timestamp`.
+//! Speed is measured, not asserted: a missed target is printed, never failed.
+
+#[allow(dead_code)] // Only start, url, port and kill-on-drop are used here.
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use hub_bridge::config::Config;
+use hub_bridge::service::start_with;
+use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::metrics::label;
+use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushKind};
+use redis_server::RedisServer;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Unprocessed events allowed in the throughput run: below the bridge queue (10,000) and the
+/// subscriber queue (65,536), so nothing is dropped; 16 hub batches (512), so the loop never idles.
+const IN_FLIGHT: u64 = 8_192;
+/// PUBLISHes per pipeline of the load generator (many agents publishing at once).
+const PIPELINE: u64 = 500;
+/// Connections of the unpipelined raw floor, as `redis-benchmark` uses by default.
+const CLIENTS: u64 = 50;
+const CHANNELS: u64 = 20;
+const AGENTS: u64 = 100;
+const PEOPLE: u64 = 1_000;
+/// Marks the tool's own events, telling them apart from the hub's follow-ups (joins, transitions).
+const ORIGIN: &str = "bench";
+
+fn main() -> Result<()> {
+    let args = Args::parse()?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split(' ').next().unwrap_or("?");
+    let (events, secs, rate) = (args.events, args.latency_secs, args.rate);
+    println!("hub_loop: {events} events; latency {secs} s at {rate}/s; load average {load}");
+    let server = RedisServer::start();
+    // The SPEC's machine has 2 cores; the load generator runs on the main thread (`block_on`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&server, &args))?;
+    report.print();
+    drop(runtime);
+    drop(server); // Kills redis-server.
+    Ok(())
+}
+
+struct Args {
+    events: u64,
+    latency_secs: u64,
+    rate: u64,
+}
+
+impl Args {
+    /// `--events`, `--latency-secs`, `--rate`; anything else (`cargo bench` adds `--bench`) is
+    /// ignored.
+    fn parse() -> Result<Self> {
+        let args: Vec<String> = std::env::args().collect();
+        let get = |name: &str, default: u64| -> Result<u64> {
+            match args.iter().position(|arg| arg == name) {
+                Some(i) => Ok(args.get(i + 1).ok_or(format!("{name} N"))?.parse()?),
+                None => Ok(default),
+            }
+        };
+        let (events, latency_secs) = (get("--events", 200_000)?, get("--latency-secs", 10)?);
+        let rate = get("--rate", 1_000)?.max(1);
+        let events = events.max(1_000);
+        Ok(Self {
+            events,
+            latency_secs,
+            rate,
+        })
+    }
+}
+
+/// Nanoseconds since the tool started: the clock both ends of every latency sample read.
+fn nanos(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn now_ns() -> u64 {
+    nanos(Instant::now())
+}
+
+/// What the probe bridge saw; atomics, because the load generator reads them as it goes.
+#[derive(Default)]
+struct Probe {
+    routed: AtomicU64,
+    follow_ups: AtomicU64,
+    last_ns: AtomicU64,
+    recording: AtomicBool,
+    /// Per event: (publish -> probe, publish -> the hub's subscriber read), while recording.
+    samples: Mutex<Vec<(u64, u64)>>,
+}
+
+struct ProbeBridge(Arc<Probe>);
+
+impl Bridge for ProbeBridge {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, BridgeError>> {
+        Box::pin(async { Ok("probe".to_owned()) })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
+        Box::pin(async move {
+            ctx.status.ready("probing");
+            let probe = &self.0;
+            loop {
+                let delivery = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    Some(delivery) = ctx.deliveries.recv() => delivery,
+                };
+                let now = now_ns();
+                let inbound = &delivery.inbound;
+                if inbound.origin.as_deref() != Some(ORIGIN) {
+                    probe.follow_ups.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if probe.recording.load(Ordering::Relaxed) {
+                    let sent = inbound.timestamp.unwrap_or(0).unsigned_abs();
+                    let read = nanos(delivery.received_at).saturating_sub(sent);
+                    let mut samples = probe.samples.lock().unwrap_or_else(PoisonError::into_inner);
+                    samples.push((now.saturating_sub(sent), read));
+                }
+                probe.last_ns.store(now, Ordering::Relaxed);
+                probe.routed.fetch_add(1, Ordering::Release);
+            }
+        })
+    }
+}
+
+/// Event `seq` of the mix as (pub/sub channel, envelope). Agents stay in one channel each, so
+/// after the first pass only people's first messages cause follow-ups.
+fn hub_event(seq: u64, sent_ns: u64) -> (String, String) {
+    let k = seq / 5;
+    let channel = format!("bench-{}", k % CHANNELS);
+    let agent = format!("agent-{}", k % AGENTS);
+    let message = |from: &str| {
+        format!(
+            r#"{{"type":"channel.message","channelId":"{channel}","message":{{"id":"m{seq}","content":"Deploy finished, 3 services updated.","senderId":"{from}","timestamp":1708554000000}}}}"#
+        )
+    };
+    let typing = |started| {
+        format!(
+            r#"{{"type":"channel.typing","channelId":"{channel}","agentId":"{agent}","started":{started}}}"#
+        )
+    };
+    let event = match seq % 5 {
+        0 => format!(
+            r#"{{"type":"channel.presence","channelId":"{channel}","presence":{{"agentId":"{agent}","status":"online","lastSeen":1708554000000}}}}"#
+        ),
+        1 => typing(true),
+        2 => typing(false),
+        3 => message(&agent),
+        _ => message(&format!("external:telegram:{}", k % PEOPLE)),
+    };
+    let payload = format!(
+        r#"{{"event":{event},"timestamp":{sent_ns},"channelId":"{channel}","origin":"{ORIGIN}"}}"#
+    );
+    (format!("pubsub:channel:{channel}"), payload)
+}
+
+/// A floor payload as long as a hub message event, its publish time first.
+fn floor_event(sent_ns: u64) -> (String, String) {
+    let size = hub_event(3, sent_ns).1.len();
+    ("floor:bench".to_owned(), format!("{sent_ns:<size$}"))
+}
+
+/// Publishes `count` events at `rate`/s, one PUBLISH each, stamped just before it is sent.
+async fn publish_paced(
+    conn: &mut MultiplexedConnection,
+    rate: u64,
+    count: u64,
+    event: impl Fn(u64, u64) -> (String, String),
+) -> Result<()> {
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    // A late tick must not become a burst: a burst is the publisher's doing, not the load's.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for seq in 0..count {
+        ticker.tick().await;
+        let (channel, payload) = event(seq, now_ns());
+        let publish = redis::cmd("PUBLISH").arg(channel).arg(payload).clone();
+        publish.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// `redis-benchmark -c 50` PUBLISH rate, when it is installed.
+async fn redis_benchmark(port: u16, requests: u64) -> Option<f64> {
+    let (port, clients, requests) = (port.to_string(), CLIENTS.to_string(), requests.to_string());
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-p", &port, "-c", &clients, "-n", &requests, "--csv"])
+        .args(["PUBLISH", "floor:nobody", &floor_event(0).1])
+        .output()
+        .await
+        .ok()?;
+    // CSV: a header line, then `"PUBLISH ...","<requests per second>",...`.
+    let csv = String::from_utf8_lossy(&output.stdout);
+    csv.lines().nth(1)?.split("\",\"").nth(1)?.parse().ok()
+}
+
+async fn raw_publish_pipelined(client: &redis::Client, count: u64) -> Result<f64> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let payload = floor_event(0).1;
+    let started = Instant::now();
+    for _ in 0..count / 1_000 {
+        let mut pipe = redis::pipe();
+        for _ in 0..1_000 {
+            pipe.cmd("PUBLISH").arg("floor:nobody").arg(&payload);
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    Ok((count / 1_000 * 1_000) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn raw_publish_concurrent(client: &redis::Client, count: u64) -> Result<f64> {
+    let publish = redis::cmd("PUBLISH")
+        .arg("floor:nobody")
+        .arg(floor_event(0).1)
+        .clone();
+    let mut connections = Vec::new();
+    for _ in 0..CLIENTS {
+        connections.push(client.get_multiplexed_async_connection().await?);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in connections {
+        let publish = publish.clone();
+        tasks.spawn(async move {
+            for _ in 0..count / CLIENTS {
+                publish.query_async::<()>(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok((count / CLIENTS * CLIENTS) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// PUBLISH -> a bare RESP3 PSUBSCRIBE subscriber, timed in a task as the probe bridge is.
+async fn raw_latency(url: &str, args: &Args) -> Result<Vec<u64>> {
+    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let config = AsyncConnectionConfig::new().set_push_sender(sender);
+    let mut subscriber = redis::Client::open(format!("{url}/?protocol=resp3"))?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    subscriber.psubscribe("floor:*").await?;
+    let count = args.rate * args.latency_secs;
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while samples.len() < count as usize {
+            let Some(push) = pushes.recv().await else {
+                break;
+            };
+            let now = now_ns();
+            if let (PushKind::PMessage, [_, _, redis::Value::BulkString(payload)]) =
+                (push.kind, push.data.as_slice())
+            {
+                let stamp = String::from_utf8_lossy(payload);
+                let sent: u64 = stamp.trim_end().parse().unwrap_or(now);
+                samples.push(now.saturating_sub(sent));
+            }
+        }
+        samples
+    });
+    let mut publisher = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    publish_paced(&mut publisher, args.rate, count, |_, at| floor_event(at)).await?;
+    let samples = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
+    Ok(warm(samples, args.rate))
+}
+
+/// Drops the first half second of samples: connection warm-up, first allocations.
+fn warm<T>(mut samples: Vec<T>, rate: u64) -> Vec<T> {
+    let skip = (rate as usize / 2).min(samples.len() / 2);
+    samples.drain(..skip);
+    samples
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|line| line.strip_prefix("VmRSS:"));
+    let kb = kb.and_then(|kb| kb.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    kb.unwrap_or(f64::NAN) / 1024.0
+}
+
+/// Waits until `done` holds, checking every millisecond; false after `limit`.
+async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+#[derive(Default)]
+struct Report {
+    bench_publish: Option<f64>,
+    raw_concurrent: f64,
+    raw_pipelined: f64,
+    raw_latency: Vec<u64>,
+    hub_events: u64,
+    hub_rate: f64,
+    follow_ups: u64,
+    dropped: u64,
+    /// Per event: (publish -> probe, publish -> the hub's subscriber read).
+    hub_latency: Vec<(u64, u64)>,
+    rss: [f64; 3],
+}
+
+async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
+    let (url, count) = (server.url(), args.rate * args.latency_secs);
+    let client = redis::Client::open(url.as_str())?;
+    eprintln!("floor: raw PUBLISH throughput, then latency");
+    let mut report = Report {
+        bench_publish: redis_benchmark(server.port(), args.events).await,
+        raw_concurrent: raw_publish_concurrent(&client, args.events).await?,
+        raw_pipelined: raw_publish_pipelined(&client, args.events * 5).await?,
+        raw_latency: raw_latency(&url, args).await?,
+        ..Report::default()
+    };
+
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse()?;
+    config.redis.url = Some(Secret::new(url.as_str()));
+    config.limits.message = 0;
+    let probe = Arc::new(Probe::default());
+    report.rss[0] = rss_mb();
+    let running = start_with(config, vec![Box::new(ProbeBridge(probe.clone()))]).await?;
+    if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {
+        return Err(format!("service never ready: {:?}", running.health.snapshot()).into());
+    }
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // One event through the whole path: the subscription is live before anything is timed.
+    publish_paced(&mut conn, 1_000, 1, hub_event).await?;
+    let routed = || probe.routed.load(Ordering::Acquire);
+    if !wait_for(Duration::from_secs(10), || routed() == 1).await {
+        return Err("the probe bridge never saw the first event".into());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report.rss[1] = rss_mb();
+
+    eprintln!("hub: throughput");
+    let (base, started, mut sent) = (routed(), now_ns(), 0);
+    while sent < args.events {
+        while sent - (routed() - base) > IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut pipe = redis::pipe();
+        for seq in sent..(sent + PIPELINE).min(args.events) {
+            let (channel, payload) = hub_event(seq, now_ns());
+            pipe.cmd("PUBLISH").arg(channel).arg(payload);
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        sent = (sent + PIPELINE).min(args.events);
+    }
+    wait_for(Duration::from_secs(30), || routed() - base == args.events).await;
+    report.hub_events = routed() - base;
+    let last = probe.last_ns.load(Ordering::Relaxed);
+    report.hub_rate = report.hub_events as f64 / (last.saturating_sub(started).max(1) as f64 / 1e9);
+    report.follow_ups = probe.follow_ups.load(Ordering::Relaxed);
+
+    eprintln!("hub: latency");
+    let base = routed();
+    probe.recording.store(true, Ordering::Relaxed);
+    // The mix goes on where the throughput run stopped: state is warm, as in steady service.
+    let next = |seq, at| hub_event(args.events + seq, at);
+    publish_paced(&mut conn, args.rate, count, next).await?;
+    wait_for(Duration::from_secs(10), || routed() - base == count).await;
+    probe.recording.store(false, Ordering::Relaxed);
+    let samples =
+        std::mem::take(&mut *probe.samples.lock().unwrap_or_else(PoisonError::into_inner));
+    report.hub_latency = warm(samples, args.rate);
+
+    let metrics = &running.metrics;
+    let overflow = metrics
+        .bridge_queue_overflow
+        .get_or_create(&label("bridge", "probe"))
+        .get();
+    report.dropped = metrics.subscriber_overflow.get() + overflow;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report.rss[2] = rss_mb();
+    running.stop().await;
+    Ok(report)
+}
+
+/// The `p`th percentile in milliseconds (nearest rank).
+fn pct(samples: impl Iterator<Item = u64>, p: f64) -> f64 {
+    let mut sorted: Vec<u64> = samples.collect();
+    sorted.sort_unstable();
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return f64::NAN;
+    };
+    sorted[((p / 100.0) * last as f64).round() as usize] as f64 / 1e6
+}
+
+fn verdict(met: bool) -> &'static str {
+    ["MISSED", "met"][usize::from(met)]
+}
+
+impl Report {
+    fn print(&self) {
+        // The SPEC names redis-benchmark's rate; redis-rs' stands in when it is not installed.
+        let floor = self.bench_publish.unwrap_or(self.raw_concurrent);
+        let rate = self.hub_rate;
+        let (met, within) = (verdict(rate >= 50_000.0), verdict(rate * 2.0 >= floor));
+        let mut rows = vec![
+            "metric|measured|floor|target|verdict".to_owned(),
+            format!("hub throughput (state events/s)|{rate:.0}/s|{floor:.0}/s|>= 50000/s|{met}"),
+            format!(
+                "  hub / raw PUBLISH|{:.2}x|1.00x|>= 0.50x (within 2x)|{within}",
+                rate / floor
+            ),
+        ];
+        if let Some(bench) = self.bench_publish {
+            rows.push(format!(
+                "raw PUBLISH, redis-benchmark -c 50|{bench:.0}/s|-|-|floor"
+            ));
+        }
+        let (concurrent, pipelined) = (self.raw_concurrent, self.raw_pipelined);
+        rows.push(format!(
+            "raw PUBLISH, redis-rs 50 conns|{concurrent:.0}/s|-|-|floor"
+        ));
+        rows.push(format!(
+            "raw PUBLISH, redis-rs pipelined|{pipelined:.0}/s|-|-|floor"
+        ));
+        let targets = [("p50", 50.0, Some(1.0)), ("p90", 90.0, None)];
+        for (name, p, target) in targets
+            .into_iter()
+            .chain([("p99", 99.0, Some(5.0)), ("max", 100.0, None)])
+        {
+            let hub = pct(self.hub_latency.iter().map(|s| s.0), p);
+            let raw = pct(self.raw_latency.iter().copied(), p);
+            let added = hub - raw;
+            let (target, verdict) = match target {
+                Some(t) => (
+                    format!("added <= {t} ms"),
+                    format!("{} (added {added:.3} ms)", verdict(added <= t)),
+                ),
+                None => ("-".to_owned(), format!("added {added:.3} ms")),
+            };
+            rows.push(format!(
+                "publish->processed {name}|{hub:.3} ms|{raw:.3} ms|{target}|{verdict}"
+            ));
+        }
+        let [before, idle, after] = self.rss;
+        let service = format!(
+            "{} (service +{:.1} MB)",
+            verdict(idle <= 30.0),
+            idle - before
+        );
+        rows.push(format!(
+            "RSS idle (whole process)|{idle:.1} MB|{before:.1} MB|<= 30 MB|{service}"
+        ));
+        rows.push(format!(
+            "RSS after the load|{after:.1} MB|{idle:.1} MB|-|+{:.1} MB",
+            after - idle
+        ));
+        print_table(&rows);
+
+        println!(
+            "\nthroughput: {} bench events, 1/5 each: presence, typing start, typing stop, agent \
+             message (with its rate-limit check), person message; plus {} follow-ups the hub \
+             published and read back; {} dropped",
+            self.hub_events, self.follow_ups, self.dropped
+        );
+        let leg = |f: fn(&(u64, u64)) -> u64| {
+            let at = |p| pct(self.hub_latency.iter().map(f), p);
+            format!("{:.3}/{:.3} ms", at(50.0), at(99.0))
+        };
+        println!(
+            "latency p50/p99 split: publish -> hub subscriber {}; subscriber -> probe bridge \
+             (hub queue, parse, state pipeline round trip, route) {}; {} samples",
+            leg(|s| s.1),
+            leg(|s| s.0.saturating_sub(s.1)),
+            self.hub_latency.len()
+        );
+    }
+}
+
+/// Prints `|`-separated rows as a Markdown table, the first row as the header.
+fn print_table(rows: &[String]) {
+    let rows: Vec<Vec<&str>> = rows.iter().map(|row| row.split('|').collect()).collect();
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[&str]| {
+        let cells: Vec<_> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+    };
+    println!();
+    for (i, row) in rows.iter().enumerate() {
+        line(row);
+        if i == 0 {
+            line(&widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
+        }
+    }
+}

@@ -54,6 +54,29 @@ const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// Every script, so they can be loaded again when Redis forgets them (after a restart).
+const SCRIPTS: [&str; 6] = [
+    INCR_WINDOW,
+    TOUCH_PRESENCE,
+    MERGE_JSON,
+    PUBLISH_ONCE,
+    RENEW_LEASE,
+    RELEASE_LEASE,
+];
+
+/// The SHA1 of a script, computed once: pipelines send `EVALSHA` rather than the script text
+/// (which Redis would hash again on every call).
+fn sha(script: &'static str) -> &'static str {
+    static HASHES: std::sync::LazyLock<std::collections::HashMap<&'static str, String>> =
+        std::sync::LazyLock::new(|| {
+            SCRIPTS
+                .iter()
+                .map(|code| (*code, redis::Script::new(code).get_hash().to_owned()))
+                .collect()
+        });
+    HASHES.get(script).map_or("", String::as_str)
+}
+
 /// Why the Redis bus could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("redis.url is not a usable Redis URL: {0}")]
@@ -256,10 +279,9 @@ fn route_push(
     metrics: &Metrics,
 ) {
     let received_at = Instant::now();
-    let (channel, payload) = match (push.kind, push.data.as_slice()) {
-        (PushKind::Message, [channel, payload]) | (PushKind::PMessage, [_, channel, payload]) => {
-            (channel, payload)
-        }
+    let mut data = push.data;
+    match (push.kind, data.len()) {
+        (PushKind::Message, 2) | (PushKind::PMessage, 3) => {}
         (PushKind::Disconnection, _) => {
             let _ = control.send(Control::Disconnected);
             return;
@@ -269,8 +291,10 @@ fn route_push(
             return;
         }
         _ => return,
-    };
-    let (Some(channel), Some(payload)) = (bytes(channel), bytes(payload)) else {
+    }
+    // The last two items are the channel and the payload; moved out, not copied.
+    let (Some(payload), Some(channel)) = (data.pop().and_then(bytes), data.pop().and_then(bytes))
+    else {
         return;
     };
     let message = BusMessage {
@@ -286,10 +310,10 @@ fn route_push(
     }
 }
 
-fn bytes(value: &redis::Value) -> Option<Vec<u8>> {
+fn bytes(value: redis::Value) -> Option<Vec<u8>> {
     match value {
-        redis::Value::BulkString(bytes) => Some(bytes.clone()),
-        redis::Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(text) => Some(text.into_bytes()),
         _ => None,
     }
 }
@@ -356,7 +380,20 @@ impl Store for RedisStore {
                 .map(|op| add_to_pipeline(&mut pipe, op))
                 .collect();
             let mut connection = self.manager();
-            let values: Vec<redis::Value> = match pipe.query_async(&mut connection).await {
+            let mut result = pipe.query_async(&mut connection).await;
+            if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            {
+                // Redis restarted (or was flushed) and forgot the scripts: load them, try again.
+                let mut load = redis::pipe();
+                for script in SCRIPTS {
+                    load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+                }
+                result = match load.query_async::<()>(&mut connection).await {
+                    Ok(()) => pipe.query_async(&mut connection).await,
+                    Err(error) => Err(error),
+                };
+            }
+            let values: Vec<redis::Value> = match result {
                 Ok(values) => values,
                 Err(error) => {
                     if error.is_timeout() {
@@ -447,8 +484,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             pipe.cmd("SMEMBERS").arg(key);
         }
         Op::IncrWindow { key, window } => {
-            pipe.cmd("EVAL")
-                .arg(INCR_WINDOW)
+            pipe.cmd("EVALSHA")
+                .arg(sha(INCR_WINDOW))
                 .arg(1)
                 .arg(key)
                 .arg(millis(*window));
@@ -459,8 +496,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
                 .find(|(field, _)| field == "lastSeen")
                 .map_or("0", |(_, value)| value.as_str());
             let cmd = pipe
-                .cmd("EVAL")
-                .arg(TOUCH_PRESENCE)
+                .cmd("EVALSHA")
+                .arg(sha(TOUCH_PRESENCE))
                 .arg(1)
                 .arg(key)
                 .arg(millis(*ttl))
@@ -470,8 +507,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             }
         }
         Op::MergeJson { key, patch, ttl } => {
-            pipe.cmd("EVAL")
-                .arg(MERGE_JSON)
+            pipe.cmd("EVALSHA")
+                .arg(sha(MERGE_JSON))
                 .arg(1)
                 .arg(key)
                 .arg(patch)
@@ -494,16 +531,16 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
         }
         Op::RenewLease { key, owner, ttl } => {
-            pipe.cmd("EVAL")
-                .arg(RENEW_LEASE)
+            pipe.cmd("EVALSHA")
+                .arg(sha(RENEW_LEASE))
                 .arg(1)
                 .arg(key)
                 .arg(owner)
                 .arg(millis(*ttl));
         }
         Op::ReleaseLease { key, owner } => {
-            pipe.cmd("EVAL")
-                .arg(RELEASE_LEASE)
+            pipe.cmd("EVALSHA")
+                .arg(sha(RELEASE_LEASE))
                 .arg(1)
                 .arg(key)
                 .arg(owner);
@@ -518,8 +555,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             channel,
             payload,
         } => {
-            pipe.cmd("EVAL")
-                .arg(PUBLISH_ONCE)
+            pipe.cmd("EVALSHA")
+                .arg(sha(PUBLISH_ONCE))
                 .arg(1)
                 .arg(claim_key)
                 .arg(claim_value)

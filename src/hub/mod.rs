@@ -271,7 +271,9 @@ impl HubLoop {
             }
             _ => return None,
         };
-        (!ExternalId::is_external(sender)).then(|| (action, sender.to_owned()))
+        // Unlimited senders (limit 0) cost no round-trip work at all.
+        let limited = !ExternalId::is_external(sender) && self.limiter.limit(action, sender) > 0;
+        limited.then(|| (action, sender.to_owned()))
     }
 
     fn route(&self, parsed: Parsed) {
