@@ -30,6 +30,10 @@ use hub_bridge::service::start_with;
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::metrics::label;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
+
+// The same allocator as the `hub-bridge` binary, so the numbers are the service's as deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushKind};
 use redis_server::RedisServer;

@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use hub_bridge::config::Config;
 use tracing_subscriber::EnvFilter;
 
+// Payloads are allocated by the Redis subscriber's thread and freed by the hub loop's:
+// mimalloc handles that cross-thread pattern far better than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bridges a Redis-backed chat hub for AI agents to Telegram and Discord.
 #[derive(Parser)]
 #[command(version, about)]
