@@ -19,10 +19,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hub_bridge_sdk::event::{
-    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, ChannelMessage,
-    ContentBlock, Thread,
-};
+use hub_bridge_sdk::dm::{self, Private, PrivateChats};
+use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::outbox::Outboxes;
@@ -51,8 +49,6 @@ const MAX_PAGES: usize = 50;
 /// Thread mappings live this long without use.
 const THREAD_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a person's `/dm` choice is remembered (as in the Telegram bridge).
-const DM_CHOICE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The newest message id handled per linked Discord channel.
 pub type Cursors = Arc<Mutex<HashMap<u64, u64>>>;
@@ -597,69 +593,27 @@ impl Inbound {
         let user = message.author.id.get();
         self.shared.note_dm_channel(user, message.channel_id.get());
         let destination = format!("dm:{user}");
-        let choice_key = self.shared.key(&format!("dm:{user}"));
         let text = format::hub_text(message.content.trim(), blocks(message).as_deref());
-        let (command, rest) = split_command(&text);
-        let outboxes = &self.outboxes;
-        let destination = &destination;
-        let reply = |text: String| async move {
-            outboxes.push(destination, Job::notice(text, None)).await;
-        };
-        let agent = match command {
-            Some("start" | "help") => return reply(self.help()).await,
-            Some("agents") => {
-                let current = self.chosen_agent(&choice_key).await;
-                return reply(self.agents_list(current.as_deref())).await;
-            }
-            Some("dm") => {
-                let (agent, body) = rest
-                    .split_once(char::is_whitespace)
-                    .map_or((rest, ""), |(agent, body)| (agent, body.trim()));
-                if agent.is_empty() {
-                    let usage = "Usage: /dm <agentId> <message>. /agents lists the agents.";
-                    return reply(usage.to_owned()).await;
-                }
-                let op = Op::Set {
-                    key: choice_key.clone(),
-                    value: agent.to_owned(),
-                    ttl: Some(DM_CHOICE_TTL),
-                    only_if_absent: false,
-                };
-                let store = self.shared.hub.store();
-                if self
-                    .store("dm choice", || store.one(op.clone()))
-                    .await
-                    .is_none()
-                {
-                    return;
-                }
-                if body.is_empty() {
-                    let name = self.shared.hub.display_name(agent, None);
-                    return reply(format!("Your messages now go to {name} ({agent}).")).await;
-                }
-                return self.to_agent(message, live, agent, body).await;
-            }
-            _ => self.chosen_agent(&choice_key).await,
-        };
-        let Some(agent) = agent else {
-            let text =
-                "No agent chosen yet: send /dm <agentId> <message>. /agents lists the agents.";
-            return reply(text.to_owned()).await;
-        };
-        self.to_agent(message, live, &agent, &text).await;
-    }
-
-    async fn chosen_agent(&self, choice_key: &str) -> Option<String> {
-        let store = self.shared.hub.store();
-        let chosen = self
-            .store("dm choice", || {
-                store.one(Op::Get {
-                    key: choice_key.to_owned(),
-                })
-            })
+        let private = PrivateChats::new(
+            self.shared.hub.clone(),
+            Platform::Discord,
+            self.shared.dm_agent.clone(),
+        );
+        let user_id = user.to_string();
+        let Some(request) = self
+            .store("dm choice", || private.read(&user_id, &text))
             .await
-            .and_then(Reply::into_text);
-        chosen.or_else(|| self.shared.dm_agent.clone())
+        else {
+            return;
+        };
+        match request {
+            Private::Reply(answer) => {
+                self.outboxes
+                    .push(&destination, Job::notice(answer, None))
+                    .await;
+            }
+            Private::Send { agent, text } => self.to_agent(message, live, &agent, text).await,
+        }
     }
 
     /// Publishes a person's DM as `agent.direct_message` on `pubsub:agent:{agent}`.
@@ -671,16 +625,8 @@ impl Inbound {
         if text.trim().is_empty() {
             return self.ignored("empty_message");
         }
-        let event = AgentEvent {
-            kind: AgentEventKind::DirectMessage,
-            data: AgentEventData {
-                from_agent: Some(sender),
-                content: Some(text.to_owned()),
-                channel_id: None,
-                action_required: None,
-            },
-            timestamp: message.timestamp.timestamp_millis(),
-        };
+        let from = ExternalId::new(Platform::Discord, message.author.id.to_string());
+        let event = dm::direct_message(&from, text, message.timestamp.timestamp_millis());
         let hub = &self.shared.hub;
         if self
             .store("direct message", || hub.publish_to_agent(agent, &event))
@@ -689,41 +635,6 @@ impl Inbound {
         {
             self.published("agent.direct_message");
         }
-    }
-
-    fn help(&self) -> String {
-        let default = match &self.shared.dm_agent {
-            Some(agent) => format!(
-                " Until you pick one, your messages go to {}.",
-                self.shared.hub.display_name(agent, None)
-            ),
-            None => String::new(),
-        };
-        format!(
-            "Write here to talk privately with an agent of the hub.{default}\n\
-             /agents lists the agents you can reach.\n\
-             /dm <agentId> <message> sends to that agent, and your next messages go there too."
-        )
-    }
-
-    fn agents_list(&self, current: Option<&str>) -> String {
-        let agents = self.shared.hub.agents();
-        let mut text = if agents.is_empty() {
-            "No agent directory is configured; ask the operator for agent ids.".to_owned()
-        } else {
-            let lines: Vec<String> = agents
-                .iter()
-                .map(|(id, profile)| match &profile.name {
-                    Some(name) => format!("• {name}: /dm {id}"),
-                    None => format!("• /dm {id}"),
-                })
-                .collect();
-            format!("Agents you can reach:\n{}", lines.join("\n"))
-        };
-        if let Some(current) = current {
-            text.push_str(&format!("\nYour messages go to {current}."));
-        }
-        text
     }
 
     // ----- edits, deletes, reactions, typing -----
@@ -1165,40 +1076,9 @@ fn mentioned_channels(content: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Splits `/command rest` (also `/command@bot rest`); `(None, text)` when it is not a command.
-fn split_command(text: &str) -> (Option<&str>, &str) {
-    let Some(command) = text.strip_prefix('/') else {
-        return (None, text);
-    };
-    let (word, rest) = command
-        .split_once(char::is_whitespace)
-        .map_or((command, ""), |(word, rest)| (word, rest.trim_start()));
-    let word = word.split('@').next().unwrap_or(word);
-    if word.is_empty() || !word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return (None, text);
-    }
-    (Some(word), rest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_split() {
-        assert_eq!(
-            split_command("/dm backend-architect hello there"),
-            (Some("dm"), "backend-architect hello there")
-        );
-        assert_eq!(split_command("/dm"), (Some("dm"), ""));
-        assert_eq!(split_command("/agents@hub-bridge"), (Some("agents"), ""));
-        assert_eq!(split_command("hello /dm"), (None, "hello /dm"));
-        assert_eq!(split_command("/ not a command"), (None, "/ not a command"));
-        assert_eq!(
-            split_command("/usr/bin is a path"),
-            (None, "/usr/bin is a path")
-        );
-    }
 
     fn message(id: u64) -> GatewayEvent {
         let mut message = Message::default();

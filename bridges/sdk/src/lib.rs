@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod dm;
 pub mod event;
 pub mod health;
 pub mod ids;

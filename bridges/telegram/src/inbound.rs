@@ -11,9 +11,9 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{
-    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, ChannelMessage,
-    ContentBlock, Envelope, Member,
+    now_millis, ChannelEvent, ChannelMessage, ContentBlock, Envelope, Member,
 };
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
@@ -32,8 +32,6 @@ use crate::render::human_size;
 
 /// How long an update's publish claims are kept: Telegram forgets updates after 24 hours.
 const CLAIM_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
-/// How long a person's `/dm` choice is remembered.
-const DM_CHOICE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The update kinds the bridge asks for; reactions and member changes are only sent on request.
@@ -724,86 +722,26 @@ impl Inbound<'_> {
         from: &User,
     ) -> Result<(), StoreError> {
         let chat = message.chat.id.0;
-        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
-        let choice_key = self
-            .shared
-            .hub
-            .keys()
-            .bridge(&format!("telegram:dm:{}", from.id.0));
         let Some((text, _)) = describe(message) else {
             self.ignored("unsupported_message");
             return Ok(());
         };
-        let (command, rest) = split_command(&text);
-        let reply = |text: String| async move {
-            self.outboxes
-                .push(&chat.to_string(), Job::notice(&text, "telegram.command"))
-                .await;
-        };
-        match command {
-            Some("start" | "help") => {
-                reply(self.help()).await;
-                return Ok(());
+        let private = PrivateChats::new(
+            self.shared.hub.clone(),
+            Platform::Telegram,
+            self.shared.config.dm_agent.clone(),
+        );
+        match private.read(&from.id.0.to_string(), &text).await? {
+            Private::Reply(answer) => {
+                let notice = Job::notice(&answer, "telegram.command");
+                self.outboxes.push(&chat.to_string(), notice).await;
+                Ok(())
             }
-            Some("agents") => {
-                let current = self.chosen_agent(&choice_key).await?;
-                reply(self.agents_list(current.as_deref())).await;
-                return Ok(());
+            Private::Send { agent, text } => {
+                self.direct_message(update_id, chat, from, &agent, text)
+                    .await
             }
-            Some("dm") => {
-                let (agent, text) = match rest.split_once(char::is_whitespace) {
-                    Some((agent, text)) => (agent, text.trim()),
-                    None => (rest, ""),
-                };
-                if agent.is_empty() {
-                    reply("Usage: /dm <agentId> <message>. /agents lists the agents.".to_owned())
-                        .await;
-                    return Ok(());
-                }
-                self.shared
-                    .hub
-                    .store()
-                    .one(Op::Set {
-                        key: choice_key,
-                        value: agent.to_owned(),
-                        ttl: Some(DM_CHOICE_TTL),
-                        only_if_absent: false,
-                    })
-                    .await?;
-                if text.is_empty() {
-                    let name = self.shared.hub.display_name(agent, None);
-                    reply(format!("Your messages now go to {name} ({agent}).")).await;
-                    return Ok(());
-                }
-                return self
-                    .direct_message(update_id, chat, from, &person, agent, text)
-                    .await;
-            }
-            _ => {}
         }
-        let Some(agent) = self.chosen_agent(&choice_key).await? else {
-            reply(
-                "No agent chosen yet: send /dm <agentId> <message>. /agents lists the agents."
-                    .to_owned(),
-            )
-            .await;
-            return Ok(());
-        };
-        self.direct_message(update_id, chat, from, &person, &agent, &text)
-            .await
-    }
-
-    async fn chosen_agent(&self, choice_key: &str) -> Result<Option<String>, StoreError> {
-        let chosen = self
-            .shared
-            .hub
-            .store()
-            .one(Op::Get {
-                key: choice_key.to_owned(),
-            })
-            .await?
-            .into_text();
-        Ok(chosen.or_else(|| self.shared.config.dm_agent.clone()))
     }
 
     async fn direct_message(
@@ -811,26 +749,17 @@ impl Inbound<'_> {
         update_id: u32,
         chat: i64,
         from: &User,
-        person: &str,
         agent: &str,
         text: &str,
     ) -> Result<(), StoreError> {
+        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string());
         if !self
-            .within_limit(Action::Message, person, chat, from)
+            .within_limit(Action::Message, &person.to_string(), chat, from)
             .await?
         {
             return Ok(());
         }
-        let event = AgentEvent {
-            kind: AgentEventKind::DirectMessage,
-            data: AgentEventData {
-                from_agent: Some(person.to_owned()),
-                content: Some(text.to_owned()),
-                channel_id: None,
-                action_required: None,
-            },
-            timestamp: now_millis(),
-        };
+        let event = dm::direct_message(&person, text, now_millis());
         let op = self.claimed_publish(
             format!("telegram:update:{update_id}:0"),
             agent,
@@ -838,48 +767,6 @@ impl Inbound<'_> {
             event.to_json(),
         );
         self.exec_publishes(vec![op], "agent.direct_message").await
-    }
-
-    fn help(&self) -> String {
-        let default = match &self.shared.config.dm_agent {
-            Some(agent) => format!(
-                " Until you pick one, your messages go to {}.",
-                self.shared.hub.display_name(agent, None)
-            ),
-            None => String::new(),
-        };
-        format!(
-            "Write here to talk privately with an agent of the hub.{default}\n\
-             /agents lists the agents you can reach.\n\
-             /dm <agentId> <message> sends to that agent, and your next messages go there too."
-        )
-    }
-
-    fn agents_list(&self, current: Option<&str>) -> String {
-        let agents = self.shared.hub.agents();
-        let mut text = if agents.is_empty() {
-            "No agent directory is configured; ask the operator for agent ids.".to_owned()
-        } else {
-            let lines: Vec<String> = agents
-                .iter()
-                .map(|(id, profile)| {
-                    let avatar = profile
-                        .avatar
-                        .as_deref()
-                        .map(|a| format!("{a} "))
-                        .unwrap_or_default();
-                    match &profile.name {
-                        Some(name) => format!("• {avatar}{name}: /dm {id}"),
-                        None => format!("• {avatar}/dm {id}"),
-                    }
-                })
-                .collect();
-            format!("Agents you can reach:\n{}", lines.join("\n"))
-        };
-        if let Some(current) = current {
-            text.push_str(&format!("\nYour messages go to {current}."));
-        }
-        text
     }
 }
 
@@ -894,18 +781,6 @@ pub fn display_name(user: &User) -> String {
         name.push_str(&format!(" (@{username})"));
     }
     name
-}
-
-/// Splits `/cmd@bot rest` into `("cmd", "rest")`; no command for ordinary text.
-fn split_command(text: &str) -> (Option<&str>, &str) {
-    let Some(stripped) = text.strip_prefix('/') else {
-        return (None, text);
-    };
-    let (word, rest) = stripped
-        .split_once(char::is_whitespace)
-        .unwrap_or((stripped, ""));
-    let command = word.split('@').next().unwrap_or(word);
-    (Some(command), rest.trim())
 }
 
 fn emojis(reactions: &[ReactionType]) -> Vec<String> {
@@ -1054,16 +929,6 @@ pub fn describe(message: &Message) -> Option<(String, Vec<ContentBlock>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_are_split_from_their_arguments() {
-        assert_eq!(
-            split_command("/dm ba hello there"),
-            (Some("dm"), "ba hello there")
-        );
-        assert_eq!(split_command("/agents@hub_bot"), (Some("agents"), ""));
-        assert_eq!(split_command("hello /dm"), (None, "hello /dm"));
-    }
 
     #[test]
     fn people_are_named_with_their_username() {
