@@ -51,7 +51,8 @@ struct Parsed {
     source: Source,
     inbound: Inbound,
     received_at: Instant,
-    /// Index of this event's rate-limit op in the batch, with the limit, when it has one.
+    /// When the event is an agent's relayable action: the index of its rate-limit op in the
+    /// batch, the action, and the agent.
     rate_check: Option<(usize, Action, String)>,
 }
 
