@@ -15,6 +15,14 @@
 //! last event the probe receives. Latency is open-loop at `--rate` events/s; each payload carries
 //! its publish time (nanoseconds on this process' monotonic clock) in the envelope `timestamp`.
 //! Speed is measured, not asserted: a missed target is printed, never failed.
+//!
+//! Telegram relay latency (SPEC section 8, first bullet; `--telegram-secs`): the service with only
+//! the Telegram bridge, against the same redis-server and the fake Bot API of the end-to-end tests,
+//! both in this process. Hub -> platform is agent PUBLISH -> the fake's handler receiving the
+//! `sendMessage`; platform -> hub is inject -> the `channel.message` on a PSUBSCRIBE subscriber.
+//! The floors: the raw PUBLISH -> subscriber latency above plus one leg of a plain reqwest getMe
+//! round trip to the same fake (request leg outbound, response leg inbound). The fake shares the
+//! runtime's 2 worker threads with the service and the load generator.
 
 #[allow(dead_code)] // Only start, url, port and kill-on-drop are used here.
 #[path = "../tests/support/redis_server.rs"]
@@ -37,6 +45,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushKind};
 use redis_server::RedisServer;
+
+// Only the server, inject, the update builders and the call record are used here.
+#[allow(dead_code)]
+#[path = "../tests/support/fake_telegram.rs"]
+mod fake_telegram;
+
+use fake_telegram::{ChatRef, FakeTelegram, UserRef};
+use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
@@ -76,11 +92,12 @@ struct Args {
     events: u64,
     latency_secs: u64,
     rate: u64,
+    telegram_secs: u64,
 }
 
 impl Args {
-    /// `--events`, `--latency-secs`, `--rate`; anything else (`cargo bench` adds `--bench`) is
-    /// ignored.
+    /// `--events`, `--latency-secs`, `--rate`, `--telegram-secs`; anything else (`cargo bench` adds
+    /// `--bench`) is ignored.
     fn parse() -> Result<Self> {
         let args: Vec<String> = std::env::args().collect();
         let get = |name: &str, default: u64| -> Result<u64> {
@@ -96,6 +113,7 @@ impl Args {
             events,
             latency_secs,
             rate,
+            telegram_secs: get("--telegram-secs", 5)?.max(1),
         })
     }
 }
@@ -344,6 +362,7 @@ struct Report {
     /// Per event: (publish -> probe, publish -> the hub's subscriber read).
     hub_latency: Vec<(u64, u64)>,
     rss: [f64; 3],
+    telegram: Telegram,
 }
 
 async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
@@ -419,7 +438,234 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.rss[2] = rss_mb();
     running.stop().await;
+
+    report.telegram = telegram(&url, args).await?;
     Ok(report)
+}
+
+/// Chats linked 1:1 to hub channels `tg-{i}`; the load is spread over them, so each sees
+/// rate / TG_CHATS sends a second, and a person's message is not relayed to a second chat.
+const TG_CHATS: u64 = 8;
+const TG_TOKEN: &str = "123456:BENCH-token";
+
+/// Telegram relay latencies (ns) and how many events never arrived.
+#[derive(Default)]
+struct Telegram {
+    /// Per plain getMe: (send -> the fake's handler, the handler -> the response read).
+    http: Vec<(u64, u64)>,
+    /// Agent PUBLISH -> the fake receives its `sendMessage`.
+    outbound: Vec<u64>,
+    /// Inject into the fake -> the person's `channel.message` on a hub subscriber.
+    inbound: Vec<u64>,
+    lost: (u64, u64),
+}
+
+fn ticker(rate: u64) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// An agent's `channel.message` in the clients' envelope; the content carries its sequence
+/// number and publish time, which the fake's recorded `sendMessage` text gives back.
+fn agent_message(seq: u64, sent_ns: u64) -> (String, String) {
+    let (channel, agent) = (format!("tg-{}", seq % TG_CHATS), format!("agent-{seq}"));
+    let event = format!(
+        r#"{{"type":"channel.message","channelId":"{channel}","message":{{"id":"tg-m{seq}","content":"bench outbound {seq} at {sent_ns}","senderId":"{agent}","timestamp":1708554000000}}}}"#
+    );
+    let payload = format!(
+        r#"{{"event":{event},"timestamp":1708554000000,"channelId":"{channel}","senderId":"{agent}"}}"#
+    );
+    (format!("pubsub:channel:{channel}"), payload)
+}
+
+/// The sequence number of a person's message the bridge published (`bench inbound {seq}`).
+fn inbound_seq(payload: &[u8]) -> Option<u64> {
+    let json: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let event = &json["event"];
+    if event["type"] != "channel.message" {
+        return None; // The hub's follow-ups: joins, presence.
+    }
+    let content = event["message"]["content"].as_str()?;
+    content.strip_prefix("bench inbound ")?.parse().ok()
+}
+
+/// The HTTP floor: getMe at `rate` on one kept-alive reqwest client, before the bridge polls.
+async fn http_floor(tg: &FakeTelegram, rate: u64, count: u64) -> Result<Vec<(u64, u64)>> {
+    let (client, mut ticker) = (reqwest::Client::new(), ticker(rate));
+    let url = format!("{}/bot{}/getMe", tg.api_url(), tg.token());
+    let mut times = Vec::new();
+    for _ in 0..count {
+        ticker.tick().await;
+        let sent = now_ns();
+        client.post(&url).send().await?.bytes().await?;
+        times.push((sent, now_ns()));
+    }
+    // One call at a time, so the fake recorded them in this order.
+    let calls = tg.calls_of("getMe");
+    let legs = times.iter().zip(&calls).map(|(&(sent, read), call)| {
+        let at = nanos(call.at);
+        (at.saturating_sub(sent), read.saturating_sub(at))
+    });
+    Ok(warm(legs.collect(), rate))
+}
+
+async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
+    let (rate, count) = (args.rate, args.rate * args.telegram_secs);
+    let tg = FakeTelegram::start(TG_TOKEN).await;
+    eprintln!("telegram: HTTP floor");
+    let mut report = Telegram {
+        http: http_floor(&tg, rate, count).await?,
+        ..Telegram::default()
+    };
+    let chats: Vec<ChatRef> = (0..TG_CHATS as i64)
+        .map(|i| ChatRef::supergroup(-1_001_000_000_000 - i, "bench"))
+        .collect();
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse()?;
+    config.redis.url = Some(Secret::new(url));
+    config.limits.message = 0; // Neither agents nor people are rate limited.
+    config.telegram = Some(TelegramConfig {
+        token: Secret::new(TG_TOKEN),
+        api_url: tg.api_url(),
+        links: (chats.iter().enumerate())
+            .map(|(i, chat)| TelegramLink {
+                channel: format!("tg-{i}"),
+                chat: chat.id,
+            })
+            .collect(),
+        dm_agent: None,
+        poll_timeout_secs: 10,
+        // Pacing far above the load (Telegram's real limits are 1/s per chat, 20/min per group,
+        // 30/s per bot): this measures the relay, not the pacer's waits.
+        chat_sends_per_sec: 10_000,
+        group_sends_per_min: 1_000_000,
+        sends_per_sec: 100_000,
+    });
+    let running = hub_bridge::service::start(config).await?;
+    if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {
+        return Err(format!("telegram: never ready: {:?}", running.health.snapshot()).into());
+    }
+    // The subscriber is up before anything is timed; timestamps are taken before parsing.
+    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let push_config = AsyncConnectionConfig::new().set_push_sender(sender);
+    let mut subscriber = redis::Client::open(format!("{url}/?protocol=resp3"))?
+        .get_multiplexed_async_connection_with_config(&push_config)
+        .await?;
+    subscriber.psubscribe("pubsub:channel:tg-*").await?;
+    let arrivals: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let receiver = tokio::spawn({
+        let arrivals = arrivals.clone();
+        async move {
+            while let Some(push) = pushes.recv().await {
+                let now = now_ns();
+                if let (PushKind::PMessage, [_, _, redis::Value::BulkString(payload)]) =
+                    (push.kind, push.data.as_slice())
+                {
+                    if let Some(seq) = inbound_seq(payload) {
+                        arrivals
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((seq, now));
+                    }
+                }
+            }
+        }
+    });
+
+    eprintln!("telegram: hub -> platform");
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    publish_paced(&mut conn, rate, count, agent_message).await?;
+    let sends = || {
+        let calls = tg.calls_of("sendMessage");
+        calls.into_iter().filter(|call| call.status == 200)
+    };
+    // Every 100 ms, not wait_for's 1 ms: calls_of clones the whole call record.
+    for _ in 0..100 {
+        if sends().count() as u64 >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The rendered text may add the agent's name and markup around the content.
+    let mut outbound: Vec<(u64, u64)> = sends()
+        .filter_map(|call| {
+            let text = call.body["text"].as_str()?;
+            let mut words = text.split("bench outbound ").nth(1)?.split_whitespace();
+            let seq: u64 = words.next()?.parse().ok()?;
+            let sent: u64 = words.nth(1)?.parse().ok()?;
+            Some((seq, nanos(call.at).saturating_sub(sent)))
+        })
+        .collect();
+    outbound.sort_unstable();
+    outbound.dedup_by_key(|sample| sample.0);
+    report.lost.0 = count - outbound.len() as u64;
+    report.outbound = warm(outbound.into_iter().map(|s| s.1).collect(), rate);
+
+    // getUpdates is a long poll that the fake answers as soon as an update is injected, so this is
+    // the bridge's loop, not a poll interval: the fake's wake-up and answer, HTTP, teloxide's
+    // parse, the bridge's mapping, its publish_once script on Redis, and Redis pub/sub to the
+    // subscriber; plus, for an update injected between two polls, the next getUpdates request.
+    eprintln!("telegram: platform -> hub");
+    let people: Vec<UserRef> = (0..TG_CHATS as i64)
+        .map(|i| UserRef::new(7_000 + i, "Person"))
+        .collect();
+    let (mut ticker, mut injected) = (ticker(rate), Vec::new());
+    for seq in 0..count {
+        ticker.tick().await;
+        let i = (seq % TG_CHATS) as usize;
+        let update = tg.text_message(&chats[i], &people[i], &format!("bench inbound {seq}"));
+        injected.push(now_ns());
+        tg.inject(update);
+    }
+    let arrived = || {
+        arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64
+    };
+    wait_for(Duration::from_secs(10), || arrived() >= count).await;
+    receiver.abort();
+    let mut inbound = std::mem::take(&mut *arrivals.lock().unwrap_or_else(PoisonError::into_inner));
+    inbound.sort_unstable();
+    inbound.dedup_by_key(|sample| sample.0);
+    report.lost.1 = count - inbound.len() as u64;
+    let latency = |(seq, at): (u64, u64)| at.saturating_sub(injected[seq as usize]);
+    report.inbound = warm(inbound.into_iter().map(latency).collect(), rate);
+    running.stop().await;
+    Ok(report)
+}
+
+/// p50, p99 and max rows of a relay against SPEC section 8's targets; the floor at each percentile
+/// is the sum of the floors' same percentiles.
+fn relay_rows(rows: &mut Vec<String>, name: &str, samples: &[u64], floors: [&[u64]; 2]) {
+    for (p, target) in [(50.0, Some(1.0)), (99.0, Some(5.0)), (100.0, None)] {
+        let measured = pct(samples.iter().copied(), p);
+        let floor: f64 = floors.iter().map(|f| pct(f.iter().copied(), p)).sum();
+        let added = measured - floor;
+        let (target, verdict) = match target {
+            Some(t) => (
+                format!("added <= {t} ms"),
+                format!("{} (added {added:.3} ms)", verdict(added <= t)),
+            ),
+            None => ("-".to_owned(), format!("added {added:.3} ms")),
+        };
+        let p = if p == 100.0 {
+            "max".into()
+        } else {
+            format!("p{p}")
+        };
+        rows.push(format!(
+            "{name} {p}|{measured:.3} ms|{floor:.3} ms|{target}|{verdict}"
+        ));
+    }
+}
+
+fn p50_p99(samples: &[u64]) -> String {
+    let at = |p| pct(samples.iter().copied(), p);
+    format!("{:.3}/{:.3} ms", at(50.0), at(99.0))
 }
 
 /// The `p`th percentile in milliseconds (nearest rank).
@@ -494,6 +740,25 @@ impl Report {
             "RSS after the load|{after:.1} MB|{idle:.1} MB|-|+{:.1} MB",
             after - idle
         ));
+        let (tg, raw) = (&self.telegram, &self.raw_latency[..]);
+        let (request, response): (Vec<u64>, Vec<u64>) = tg.http.iter().copied().unzip();
+        let round_trip: Vec<u64> = tg.http.iter().map(|(a, b)| a + b).collect();
+        let round_trip = p50_p99(&round_trip);
+        rows.push(format!(
+            "raw HTTP getMe round trip p50/p99|{round_trip}|-|-|floor"
+        ));
+        relay_rows(
+            &mut rows,
+            "publish->sendMessage",
+            &tg.outbound,
+            [raw, &request],
+        );
+        relay_rows(
+            &mut rows,
+            "update->hub subscriber",
+            &tg.inbound,
+            [raw, &response],
+        );
         print_table(&rows);
 
         println!(
@@ -512,6 +777,18 @@ impl Report {
             leg(|s| s.1),
             leg(|s| s.0.saturating_sub(s.1)),
             self.hub_latency.len()
+        );
+        println!(
+            "telegram ({} chats, pacing limits far above the load): floors are raw PUBLISH -> \
+             subscriber plus one leg of the getMe round trip, request {} p50/p99 outbound, \
+             response {} inbound; {}/{} samples; lost {}/{}",
+            TG_CHATS,
+            p50_p99(&request),
+            p50_p99(&response),
+            tg.outbound.len(),
+            tg.inbound.len(),
+            tg.lost.0,
+            tg.lost.1
         );
     }
 }
