@@ -40,6 +40,8 @@ use crate::rest::RestError;
 use crate::shared::{Link, Shared};
 
 /// How often an event whose message is not mapped yet is retried, and how far apart.
+/// Times the event processor yields to serenity's other handler tasks before it sorts a batch.
+const STRAGGLER_YIELDS: usize = 4;
 const DEFER_ATTEMPTS: u32 = 10;
 const DEFER_STEP: Duration = Duration::from_millis(100);
 /// Messages fetched per catch-up request (Discord's maximum).
@@ -107,6 +109,16 @@ impl Inbound {
                 received = events.recv_many(&mut batch, 64) => {
                     if received == 0 {
                         return;
+                    }
+                    // Serenity runs each handler call in a task of its own, so events that
+                    // arrived together can reach this queue out of order. Let the other handler
+                    // tasks hand theirs over first (a few yields: microseconds, not a delay),
+                    // then put the messages back in id order.
+                    for _ in 0..STRAGGLER_YIELDS {
+                        tokio::task::yield_now().await;
+                        while let Ok(event) = events.try_recv() {
+                            batch.push(event);
+                        }
                     }
                     order(&mut batch);
                     for event in batch.drain(..) {
