@@ -797,6 +797,115 @@ async fn thread_messages_reply_to_the_mapped_parent() {
     h.stop().await;
 }
 
+/// A supergroup with topics, linked to CHANNEL in the forum test.
+const FORUM: i64 = -1_007_777_777_777;
+
+fn forum() -> ChatRef {
+    ChatRef::supergroup(FORUM, "Hub forum").forum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_forum_chat_a_thread_becomes_a_topic_elsewhere_replies() {
+    let h = Harness::start(|config| telegram(config).links.push(link(CHANNEL, FORUM))).await;
+    h.tg.know_chat(&forum());
+    let thread_create = |id: &str, parent: &str| {
+        json!({"type": "thread.create", "channelId": CHANNEL, "thread": {
+            "id": id, "parentMessageId": parent, "createdBy": AGENT, "createdAt": now(),
+            "replyCount": 0}})
+    };
+    let thread_message = |thread: &str, id: &str, content: &str| {
+        json!({"type": "thread.message", "channelId": CHANNEL, "threadId": thread, "message": {
+            "id": id, "content": content, "senderId": AGENT, "timestamp": now(),
+            "threadId": thread}})
+    };
+    h.agent_says(CHANNEL, AGENT, "m-parent", "Shall we **ship**\nv2?")
+        .await;
+    let parent = h.shown(GROUP, "Shall we ship").await;
+    let parent_forum = h.shown(FORUM, "Shall we ship").await;
+    h.channel_event(CHANNEL, thread_create("t-7", "m-parent"))
+        .await;
+    h.channel_event(CHANNEL, thread_message("t-7", "m-in-7", "Threaded answer"))
+        .await;
+
+    // The forum chat gets a topic named after the parent, and the answer goes there.
+    let created = h.tg.wait_for("createForumTopic", 1, WAIT).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(chat_of(&created[0]), FORUM);
+    assert_eq!(created[0].body["name"], "Shall we ship v2?");
+    let topic = created[0].response["message_thread_id"].as_i64().unwrap() as i32;
+    assert_eq!(
+        created[0].response,
+        json!({"message_thread_id": topic, "name": "Shall we ship v2?", "icon_color": 7322096})
+    );
+    let answer = h.shown(FORUM, "Threaded answer").await;
+    assert_eq!(answer.thread_id, Some(topic));
+    assert_eq!(answer.reply_to, None);
+    let sent = calls_to(&h.tg, "sendMessage", FORUM);
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.body["message_thread_id"], topic);
+    assert!(sent.body.get("reply_parameters").is_none(), "{}", sent.body);
+    assert_eq!(sent.response["message_thread_id"], topic);
+
+    // The other chats are not forums: they reply to the parent as before.
+    for (chat, parent_id) in [
+        (GROUP, parent.message_id),
+        (OTHER, h.shown(OTHER, "Shall we ship").await.message_id),
+    ] {
+        let reply = h.shown(chat, "Threaded answer").await;
+        assert_eq!(reply.reply_to, Some(parent_id), "in {chat}");
+        assert_eq!(reply.thread_id, None, "in {chat}");
+        let sent = calls_to(&h.tg, "sendMessage", chat);
+        assert!(sent.last().unwrap().body.get("message_thread_id").is_none());
+    }
+
+    // A channel.message with the threadId goes to the topic too.
+    h.channel_event(
+        CHANNEL,
+        json!({"type": "channel.message", "channelId": CHANNEL, "message": {
+            "id": "m-in-7b", "content": "Also in the thread", "senderId": AGENT,
+            "timestamp": now(), "threadId": "t-7"}}),
+    )
+    .await;
+    let also = h.shown(FORUM, "Also in the thread").await;
+    assert_eq!((also.thread_id, also.reply_to), (Some(topic), None));
+
+    // A person's message in the topic comes back to the hub in the thread.
+    let update =
+        h.tg.text_message(&forum(), &alice(), "from the topic")
+            .thread(topic);
+    let update_id = update.message_id();
+    h.tg.inject(update);
+    let event = h.published_message(FORUM, update_id).await;
+    assert_eq!(event["message"]["threadId"], "t-7");
+    assert!(event["message"].get("parentMessageId").is_none());
+
+    // Without the right to manage topics the thread falls back to replies, and nothing is lost.
+    h.tg.fail_next(
+        "createForumTopic",
+        Failure::BadRequest("not enough rights to create a topic".into()),
+    );
+    h.channel_event(CHANNEL, thread_create("t-8", "m-parent"))
+        .await;
+    h.channel_event(CHANNEL, thread_message("t-8", "m-in-8", "Fallback answer"))
+        .await;
+    let fallback = h.shown(FORUM, "Fallback answer").await;
+    assert_eq!(fallback.reply_to, Some(parent_forum.message_id));
+    assert_eq!(fallback.thread_id, None);
+    let attempts = h.tg.calls_of("createForumTopic");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[1].status, 400);
+
+    // Whether a chat is a forum was asked once per chat.
+    for chat in [FORUM, GROUP, OTHER] {
+        assert_eq!(
+            calls_to(&h.tg, "getChat", chat).len(),
+            1,
+            "getChat of {chat}"
+        );
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiving_a_channel_sends_a_notice_and_stops_the_link() {
     let h = Harness::start(|_| {}).await;

@@ -406,6 +406,8 @@ struct ChatLog {
     /// Messages of other users that were injected, for reply echoes, deletes and reactions.
     injected: HashMap<i32, Value>,
     reactions: HashMap<i32, Vec<String>>,
+    /// Forum topics created with createForumTopic, by `message_thread_id`.
+    topics: HashSet<i32>,
 }
 
 impl ChatLog {
@@ -990,6 +992,7 @@ impl State {
                     | "setmessagereaction"
                     | "sendchataction"
                     | "getchat"
+                    | "createforumtopic"
             );
             return if needs_chat {
                 Err(bad("Bad Request: chat_id is empty"))
@@ -1032,6 +1035,7 @@ impl State {
                 Ok(true.into())
             }
             "setmessagereaction" => self.set_reaction(chat, p),
+            "createforumtopic" => self.create_forum_topic(chat, p),
             "getchat" => {
                 let mut info = self.chat_json(chat);
                 merge(
@@ -1098,6 +1102,7 @@ impl State {
     }
 
     fn send_message(&mut self, bot: &UserRef, chat: i64, p: &Map<String, Value>) -> Answer {
+        self.check_topic(chat, p)?;
         let text = str_param(p, "text").unwrap_or_default();
         let parse_mode = str_param(p, "parse_mode");
         let plain = check_text(&text, parse_mode.as_deref(), false)?;
@@ -1473,4 +1478,53 @@ fn now_unix() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forum topics
+// ---------------------------------------------------------------------------------------------
+
+/// `ForumTopic.icon_color` Telegram picks when none is asked for (0x6FB9F0, blue).
+const TOPIC_ICON_COLOR: u32 = 7_322_096;
+
+impl FakeTelegram {
+    /// Tells the fake about a chat before any update shows it, so that getChat and the chat in
+    /// sent messages describe it (a forum, for instance) as Telegram would.
+    pub fn know_chat(&self, chat: &ChatRef) {
+        self.shared.lock().chats.entry(chat.id).or_default().chat = Some(chat.json.clone());
+    }
+}
+
+impl State {
+    /// createForumTopic: only in forums, with a 1-128 char name; the topic's id is the id of the
+    /// service message that opens it, as in Telegram.
+    fn create_forum_topic(&mut self, chat: i64, p: &Map<String, Value>) -> Answer {
+        if self.chat_json(chat)["is_forum"] != true {
+            return Err(bad("Bad Request: the chat is not a forum"));
+        }
+        let name = str_param(p, "name").unwrap_or_default();
+        if name.is_empty() || name.encode_utf16().count() > 128 {
+            return Err(bad("Bad Request: TOPIC_NAME_INVALID"));
+        }
+        let log = self.chats.entry(chat).or_default();
+        log.last_message_id += 1;
+        let thread_id = log.last_message_id;
+        log.topics.insert(thread_id);
+        Ok(json!({"message_thread_id": thread_id, "name": name, "icon_color": TOPIC_ICON_COLOR}))
+    }
+
+    /// In a forum, `message_thread_id` must name a topic.
+    fn check_topic(&self, chat: i64, p: &Map<String, Value>) -> Result<(), ApiErr> {
+        let Some(thread) = int_param(p, "message_thread_id") else {
+            return Ok(());
+        };
+        let known = self
+            .chats
+            .get(&chat)
+            .is_some_and(|log| log.topics.contains(&(thread as i32)));
+        if self.chat_json(chat)["is_forum"] == true && !known {
+            return Err(bad("Bad Request: message thread not found"));
+        }
+        Ok(())
+    }
 }

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::TelegramConfig;
 use crate::errors::{is_unauthorized, Redactor};
+use crate::forums::Forums;
 use crate::links::Links;
 use crate::outbound::{dispatch, Courier};
 use crate::pacing::{Limits, Pacer};
@@ -46,6 +47,7 @@ pub(crate) struct Shared {
     pub redactor: Redactor,
     pub pacer: Pacer,
     pub typing: Typing,
+    pub forums: Forums,
     /// Cancelled when the run ends.
     pub shutdown: CancellationToken,
 }
@@ -110,6 +112,7 @@ impl TelegramBridge {
                 per_group_per_min: self.config.group_sends_per_min,
                 global_per_sec: self.config.sends_per_sec,
             }),
+            forums: Forums::default(),
             shutdown: shutdown.clone(),
         });
         let courier = Arc::new(Courier {

@@ -27,6 +27,7 @@ use teloxide::types::{
 use teloxide::{ApiError, RequestError};
 
 use crate::bridge::Shared;
+use crate::forums::topic_thread_key;
 use crate::outbound::{origin, thread_of_key, Job};
 use crate::render::human_size;
 
@@ -349,6 +350,20 @@ impl Inbound<'_> {
                 .await?
                 .into_text(),
             None => None,
+        };
+        // A message in a forum topic the bridge opened for a hub thread is in that thread.
+        let thread = match (thread, message.thread_id) {
+            (Some(thread), _) => Some(thread),
+            (None, Some(topic)) if message.is_topic_message => self
+                .shared
+                .hub
+                .store()
+                .one(Op::Get {
+                    key: topic_thread_key(self.shared, chat, topic.0 .0),
+                })
+                .await?
+                .into_text(),
+            (None, _) => None,
         };
         let date_ms = message.date.timestamp_millis();
         // Telegram dates have second precision; within that second, arrival order breaks ties.

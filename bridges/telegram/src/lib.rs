@@ -8,6 +8,7 @@
 mod bridge;
 pub mod config;
 mod errors;
+mod forums;
 mod inbound;
 mod links;
 mod outbound;

@@ -18,11 +18,12 @@ use hub_bridge_sdk::outbox::{Deliver, Outboxes, SendError};
 use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, HubEvent, Op, Platform, Source};
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
-use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters};
+use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId};
 use teloxide::RequestError;
 
 use crate::bridge::Shared;
 use crate::errors::{classify, is_already_deleted, is_not_modified, is_parse_error};
+use crate::forums::{topic_key, topic_name, topic_thread_key};
 use crate::render::{self, Author, Part};
 
 /// How long the bridge remembers a message's author and a thread's root (as long as the map).
@@ -74,6 +75,14 @@ enum Action {
     },
     /// A notice from the bridge itself (plain text).
     Notice { parts: Vec<Part>, sent: usize },
+    /// Opens a forum topic for a hub thread if the chat is a forum; queued before the thread's
+    /// messages, which then go to the topic instead of replying to the parent.
+    Topic {
+        thread_id: String,
+        parent: String,
+        /// The topic once created, so that a retry does not create a second one.
+        topic: Option<i32>,
+    },
 }
 
 /// How a relayed message looks apart from its text: the header and the attachments. Kept in the
@@ -84,6 +93,9 @@ struct Look {
     author: Option<Author>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     blocks: Vec<ContentBlock>,
+    /// The name of a forum topic opened on this message: an excerpt of its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic_name: Option<String>,
 }
 
 /// A message to send.
@@ -169,6 +181,7 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
                     look: Look {
                         author: Some(author(shared, &from, None)),
                         blocks: Vec::new(),
+                        topic_name: None,
                     },
                     content: event.data.content.clone().unwrap_or_default(),
                     reply_to: None,
@@ -245,7 +258,8 @@ async fn channel_event(
             }
         }
         ChannelEvent::ThreadCreate { thread, .. } => {
-            // Nothing to show yet: remember where the thread hangs, so its messages reply there.
+            // Nothing to show yet: remember where the thread hangs, so its messages reply there,
+            // and open a topic in forum chats, ahead of the thread's messages.
             let ops = vec![
                 Op::Set {
                     key: thread_root_key(shared, &thread.id),
@@ -262,6 +276,20 @@ async fn channel_event(
             ];
             if let Err(error) = shared.hub.store().exec(ops).await {
                 tracing::warn!(%error, thread = %thread.id, "could not record a thread; its messages will not be replies");
+            }
+            for &chat in &chats {
+                let action = Action::Topic {
+                    thread_id: thread.id.clone(),
+                    parent: thread.parent_message_id.clone(),
+                    topic: None,
+                };
+                jobs.push((
+                    chat,
+                    Job {
+                        relay: relay(Some(&thread.created_by)),
+                        action,
+                    },
+                ));
             }
         }
         ChannelEvent::MessageEdit {
@@ -388,6 +416,7 @@ fn send_job(
                     message.author_name.as_deref(),
                 )),
                 blocks: message.content_blocks.clone().unwrap_or_default(),
+                topic_name: Some(topic_name(Some(&message.content))),
             },
             content: message.content.clone(),
             reply_to: message.parent_message_id.clone(),
@@ -485,11 +514,16 @@ impl Deliver<Job> for Courier {
                 }
                 Action::Notice { parts, sent } => {
                     while *sent < parts.len() {
-                        self.send_part(chat, &parts[*sent], None).await?;
+                        self.send_part(chat, &parts[*sent], None, None).await?;
                         *sent += 1;
                     }
                     Ok(())
                 }
+                Action::Topic {
+                    thread_id,
+                    parent,
+                    topic,
+                } => self.open_topic(chat, thread_id, parent, topic).await,
             };
             if result.is_ok() {
                 self.shared
@@ -546,14 +580,21 @@ impl Courier {
         );
         let parts = render::message(look.author.as_ref(), content, &look.blocks);
         if sent.len() < parts.len() {
-            let reply_to = if sent.is_empty() {
+            // In a forum topic every part goes to the topic, and none replies to the parent.
+            let topic = match thread_id {
+                Some(thread_id) => self.topic(chat, thread_id).await?,
+                None => None,
+            };
+            let reply_to = if sent.is_empty() && topic.is_none() {
                 self.reply_target(chat, reply_to, thread_id).await?
             } else {
                 None
             };
             while sent.len() < parts.len() {
                 let reply = if sent.is_empty() { reply_to } else { None };
-                let message = self.send_part(chat, &parts[sent.len()], reply).await?;
+                let message = self
+                    .send_part(chat, &parts[sent.len()], reply, topic)
+                    .await?;
                 sent.push(message.id.0);
             }
         }
@@ -623,24 +664,109 @@ impl Courier {
         Ok(parts.first().and_then(|id| id.parse().ok()))
     }
 
-    /// Sends one part, paced; HTML that Telegram refuses is sent again as plain text.
+    /// The forum topic that shows a hub thread in `chat`, if one was opened.
+    async fn topic(&self, chat: i64, thread_id: &str) -> Result<Option<i32>, SendError> {
+        Ok(self
+            .shared
+            .hub
+            .store()
+            .one(Op::Get {
+                key: topic_key(&self.shared, chat, thread_id),
+            })
+            .await
+            .map_err(unavailable)?
+            .into_text()
+            .and_then(|id| id.parse().ok()))
+    }
+
+    /// Opens a forum topic for a hub thread when `chat` is a forum, named after the parent
+    /// message. Elsewhere, or when Telegram refuses for good (the bot may not manage topics), it
+    /// does nothing and the thread's messages reply to the parent instead.
+    async fn open_topic(
+        &self,
+        chat: i64,
+        thread_id: &str,
+        parent: &str,
+        topic: &mut Option<i32>,
+    ) -> Result<(), SendError> {
+        if topic.is_none() {
+            let shared = &self.shared;
+            match shared.forums.is_forum(&shared.bot, chat).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(error) => return self.topic_refused(chat, &error),
+            }
+            let name = topic_name(self.look(parent).await?.topic_name.as_deref());
+            match shared.bot.create_forum_topic(ChatId(chat), name).await {
+                Ok(created) => *topic = Some(created.thread_id.0 .0),
+                Err(error) => return self.topic_refused(chat, &error),
+            }
+        }
+        let Some(topic) = *topic else {
+            return Ok(());
+        };
+        let set = |key: String, value: String| Op::Set {
+            key,
+            value,
+            ttl: Some(KEEP),
+            only_if_absent: false,
+        };
+        let ops = vec![
+            set(topic_key(&self.shared, chat, thread_id), topic.to_string()),
+            set(
+                topic_thread_key(&self.shared, chat, topic),
+                thread_id.to_owned(),
+            ),
+        ];
+        self.shared
+            .hub
+            .store()
+            .exec(ops)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// A failed getChat or createForumTopic: retried when it may pass later; otherwise the thread
+    /// falls back to replies, which is logged once per chat.
+    fn topic_refused(&self, chat: i64, error: &RequestError) -> Result<(), SendError> {
+        match classify(error, &self.shared.redactor) {
+            SendError::Permanent(reason) => {
+                if self.shared.forums.first_warning(chat) {
+                    tracing::warn!(chat, %reason, "could not open a forum topic; threads in this chat reply to their parent message instead");
+                }
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+
+    /// Sends one part, paced, replying to `reply_to` and in forum topic `topic`; HTML that
+    /// Telegram refuses is sent again as plain text.
     async fn send_part(
         &self,
         chat: i64,
         part: &Part,
         reply_to: Option<i32>,
+        topic: Option<i32>,
     ) -> Result<Message, SendError> {
+        let place = |mut request: <Bot as Requester>::SendMessage| {
+            if let Some(id) = reply_to {
+                request = request.reply_parameters(
+                    ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
+                );
+            }
+            if let Some(id) = topic {
+                request = request.message_thread_id(ThreadId(MessageId(id)));
+            }
+            request
+        };
         let html = self
             .request(chat, |bot| {
-                let mut request = bot
-                    .send_message(ChatId(chat), part.html.clone())
-                    .parse_mode(ParseMode::Html);
-                if let Some(id) = reply_to {
-                    request = request.reply_parameters(
-                        ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
-                    );
-                }
-                request
+                place(
+                    bot.send_message(ChatId(chat), part.html.clone())
+                        .parse_mode(ParseMode::Html),
+                )
             })
             .await?;
         match html {
@@ -649,13 +775,7 @@ impl Courier {
                 self.count_plain_fallback(&error);
                 let plain = self
                     .request(chat, |bot| {
-                        let mut request = bot.send_message(ChatId(chat), part.plain.clone());
-                        if let Some(id) = reply_to {
-                            request = request.reply_parameters(
-                                ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
-                            );
-                        }
-                        request
+                        place(bot.send_message(ChatId(chat), part.plain.clone()))
                     })
                     .await?;
                 plain.map_err(|error| classify(&error, &self.shared.redactor))
@@ -717,18 +837,7 @@ impl Courier {
                 self.ignored("edit_of_unknown_message");
                 return Ok(());
             }
-            let look: Look = self
-                .shared
-                .hub
-                .store()
-                .one(Op::Get {
-                    key: look_key(&self.shared, hub_message_id),
-                })
-                .await
-                .map_err(unavailable)?
-                .into_text()
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .unwrap_or_default();
+            let look = self.look(hub_message_id).await?;
             *progress = Some(EditProgress {
                 new: render::message(look.author.as_ref(), content, &look.blocks),
                 old,
@@ -748,7 +857,7 @@ impl Courier {
                     state.ids.push(old_id.clone());
                 }
                 (None, Some(part)) => {
-                    let message = self.send_part(chat, part, None).await?;
+                    let message = self.send_part(chat, part, None, None).await?;
                     state.ids.push(message.id.0.to_string());
                 }
                 (Some(old_id), None) => {
@@ -764,6 +873,22 @@ impl Courier {
             .record_parts(Platform::Telegram, hub_message_id, &chat_key, &state.ids)
             .await
             .map_err(unavailable)
+    }
+
+    /// How a relayed message looks (the default for a message never relayed).
+    async fn look(&self, hub_message_id: &str) -> Result<Look, SendError> {
+        Ok(self
+            .shared
+            .hub
+            .store()
+            .one(Op::Get {
+                key: look_key(&self.shared, hub_message_id),
+            })
+            .await
+            .map_err(unavailable)?
+            .into_text()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
     }
 
     async fn edit_part(&self, chat: i64, id: i32, part: &Part) -> Result<(), SendError> {
