@@ -869,6 +869,36 @@ async fn in_a_forum_chat_a_thread_becomes_a_topic_elsewhere_replies() {
     let also = h.shown(FORUM, "Also in the thread").await;
     assert_eq!((also.thread_id, also.reply_to), (Some(topic), None));
 
+    // An edit that grows the answer past one message: the added part goes to the topic too.
+    let grown = format!(
+        "Threaded answer, grown:\n\n{}",
+        "more words here ".repeat(400)
+    );
+    h.channel_event(
+        CHANNEL,
+        json!({"type": "channel.message.edit", "channelId": CHANNEL, "messageId": "m-in-7",
+            "content": grown, "editedAt": now()}),
+    )
+    .await;
+    let grown_parts = |tg: &FakeTelegram| {
+        tg.messages_in(FORUM)
+            .into_iter()
+            .filter(|m| m.plain.contains("more words here"))
+            .collect::<Vec<_>>()
+    };
+    h.tg.wait_until("the grown answer's second part", WAIT, |tg| {
+        grown_parts(tg).len() >= 2
+    })
+    .await;
+    for part in grown_parts(&h.tg) {
+        assert_eq!(
+            (part.thread_id, part.reply_to),
+            (Some(topic), None),
+            "{}",
+            part.plain
+        );
+    }
+
     // A person's message in the topic comes back to the hub in the thread.
     let update =
         h.tg.text_message(&forum(), &alice(), "from the topic")

@@ -96,6 +96,9 @@ struct Look {
     /// The name of a forum topic opened on this message: an excerpt of its text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topic_name: Option<String>,
+    /// The hub thread the message belongs to, so parts an edit adds go to its forum topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thread_id: Option<String>,
 }
 
 /// A message to send.
@@ -122,6 +125,9 @@ struct EditProgress {
     /// The Telegram messages that show it after the edit, so far.
     ids: Vec<String>,
     step: usize,
+    /// The forum topic of the message's thread, where parts the edit adds go.
+    #[serde(default)]
+    topic: Option<i32>,
 }
 
 impl Job {
@@ -182,6 +188,7 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
                         author: Some(author(shared, &from, None)),
                         blocks: Vec::new(),
                         topic_name: None,
+                        thread_id: None,
                     },
                     content: event.data.content.clone().unwrap_or_default(),
                     reply_to: None,
@@ -405,6 +412,7 @@ fn send_job(
     message: &ChannelMessage,
     thread_id: Option<String>,
 ) -> Job {
+    let thread_id = thread_id.or_else(|| message.thread_id.clone());
     Job {
         relay,
         action: Action::Send(Outgoing {
@@ -417,10 +425,11 @@ fn send_job(
                 )),
                 blocks: message.content_blocks.clone().unwrap_or_default(),
                 topic_name: Some(topic_name(Some(&message.content))),
+                thread_id: thread_id.clone(),
             },
             content: message.content.clone(),
             reply_to: message.parent_message_id.clone(),
-            thread_id: thread_id.or_else(|| message.thread_id.clone()),
+            thread_id,
             sent: Vec::new(),
         }),
     }
@@ -838,11 +847,16 @@ impl Courier {
                 return Ok(());
             }
             let look = self.look(hub_message_id).await?;
+            let topic = match &look.thread_id {
+                Some(thread_id) => self.topic(chat, thread_id).await?,
+                None => None,
+            };
             *progress = Some(EditProgress {
                 new: render::message(look.author.as_ref(), content, &look.blocks),
                 old,
                 ids: Vec::new(),
                 step: 0,
+                topic,
             });
         }
         let Some(state) = progress.as_mut() else {
@@ -857,7 +871,7 @@ impl Courier {
                     state.ids.push(old_id.clone());
                 }
                 (None, Some(part)) => {
-                    let message = self.send_part(chat, part, None, None).await?;
+                    let message = self.send_part(chat, part, None, state.topic).await?;
                     state.ids.push(message.id.0.to_string());
                 }
                 (Some(old_id), None) => {
