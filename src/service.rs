@@ -2,6 +2,7 @@
 //! endpoints, all under one cancellation token with a bounded drain on shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,9 +137,11 @@ pub async fn start_with(
     let mut queues = Vec::new();
     for bridge in bridges {
         let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
+        let active = Arc::new(AtomicBool::new(false));
         queues.push(BridgeQueue {
             name: bridge.name(),
             sender,
+            active: active.clone(),
         });
         let ctx = BridgeContext {
             deliveries,
@@ -151,6 +154,7 @@ pub async fn start_with(
             ctx,
             instance_id.clone(),
             shutdown.clone(),
+            active,
         ));
     }
 

@@ -2,6 +2,8 @@
 //! store, a transient failure restarts the bridge with capped backoff, and a fatal one (bad
 //! credentials) stops it instead of looping.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::{Bridge, BridgeContext, Keys, Op, Reply, Store};
@@ -89,17 +91,22 @@ impl<'a> Lease<'a> {
 
 /// Runs one bridge until `shutdown`, holding its lease while it runs.
 #[tracing::instrument(name = "bridge", skip_all, fields(bridge = bridge.name()))]
+///
+/// `active` is true while this instance holds the lease, so the hub loop hands events only to
+/// bridges that will relay them (a standby instance's queue would otherwise fill up and overflow).
 pub async fn supervise(
     bridge: Box<dyn Bridge>,
     mut ctx: BridgeContext,
     instance_id: String,
     shutdown: CancellationToken,
+    active: Arc<AtomicBool>,
 ) {
     let store = ctx.hub.store_arc();
     let lease = Lease::new(store.as_ref(), ctx.hub.keys(), bridge.name(), &instance_id);
     let mut delay = Duration::from_secs(1);
     while !shutdown.is_cancelled() {
         if !lease.try_acquire().await {
+            active.store(false, Ordering::Relaxed);
             ctx.status
                 .not_ready("standby: another instance holds this bridge's lease");
             tokio::select! {
@@ -107,6 +114,7 @@ pub async fn supervise(
                 _ = tokio::time::sleep(LEASE_RETRY_EVERY) => continue,
             }
         }
+        active.store(true, Ordering::Relaxed);
         tracing::info!("bridge starting");
         let run_token = shutdown.child_token();
         ctx.shutdown = run_token.clone();
@@ -119,6 +127,7 @@ pub async fn supervise(
                 result = &mut run => result,
                 _ = lease.keep() => {
                     tracing::warn!("lease lost; stopping this bridge here");
+                    active.store(false, Ordering::Relaxed);
                     run_token.cancel();
                     let _ = run.await;
                     status.not_ready("standby: lease lost to another instance");
@@ -135,6 +144,7 @@ pub async fn supervise(
             Err(error) if error.is_fatal() => {
                 tracing::error!(%error, "bridge stopped for good");
                 status.not_ready(&format!("stopped: {error}"));
+                active.store(false, Ordering::Relaxed);
                 lease.release().await;
                 return;
             }
@@ -152,5 +162,6 @@ pub async fn supervise(
         }
         delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
+    active.store(false, Ordering::Relaxed);
     lease.release().await;
 }

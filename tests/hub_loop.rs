@@ -743,6 +743,8 @@ async fn one_instance_runs_a_bridge_and_another_takes_over_when_it_stops() {
         let mut config = Config::default();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.redis.url = Some(Secret::new(redis.url()));
+        config.hub.bridge_queue = 4;
+        config.hub.presence_ttl_secs = 1;
         start_with(config, vec![Box::new(recorder.clone())])
             .await
             .unwrap()
@@ -770,6 +772,58 @@ async fn one_instance_runs_a_bridge_and_another_takes_over_when_it_stops() {
     assert!(!bridge_ready(&second), "two instances run the same bridge");
     let standby = second.health.snapshot()["recorder"].detail.clone();
     assert!(standby.contains("standby"), "{standby}");
+
+    // Both hub loops see every event; only the active instance relays and counts it. Ten
+    // messages are within the agent's limit of 10 only if no instance counts them twice.
+    let mut events = first
+        .bus
+        .subscribe(1024, &TaskTracker::new(), CancellationToken::new());
+    let store = first.bus.store();
+    let deadline = Instant::now() + WAIT;
+    for n in 0..10 {
+        let event = json!({"event": message_event("agent", &format!("m{n}")), "timestamp": 1, "channelId": "C"});
+        store
+            .publish("pubsub:channel:C".into(), event.to_string())
+            .await
+            .unwrap();
+        while first_recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| *t == "channel.message")
+            .count()
+            <= n
+        {
+            assert!(Instant::now() < deadline, "message {n} was not relayed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(
+        second_recorder.seen.lock().unwrap().is_empty(),
+        "the standby was handed events"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", second.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("bridge_queue_overflow_total{"),
+        "{metrics}"
+    );
+
+    // The agent's presence expires unrefreshed: both hub loops notice, one announces it. (Usually
+    // the first announcement reaches the other loop before its own sweep; the claim behind the
+    // announcement covers two sweeps within the same millisecond, which this cannot force.)
+    let mut offline = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until.into(), events.recv()).await {
+        let value: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        offline += usize::from(is_presence(&value, "agent", "offline"));
+    }
+    assert_eq!(offline, 1, "offline announced {offline} times");
 
     first.stop().await;
     let stopped = Instant::now();

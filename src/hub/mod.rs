@@ -8,6 +8,7 @@
 pub mod state;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,15 @@ pub const BATCH: usize = 512;
 pub struct BridgeQueue {
     pub name: &'static str,
     pub sender: mpsc::Sender<Arc<Delivery>>,
+    /// Whether this instance runs the bridge now (holds its lease); a standby bridge gets
+    /// nothing, since another instance relays for it.
+    pub active: Arc<AtomicBool>,
+}
+
+impl BridgeQueue {
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
 }
 
 /// The hub loop and what it needs.
@@ -244,7 +254,9 @@ impl HubLoop {
     /// The rate-limited action of an agent's event that bridges would relay (SPEC section 4).
     /// People's events were limited by their bridge on the way in.
     fn outbound_action(&self, parsed: &Parsed) -> Option<(Action, String)> {
-        if self.bridges.is_empty() {
+        // Counted only where a bridge will relay it, so a standby instance does not use up the
+        // agent's allowance.
+        if !self.bridges.iter().any(BridgeQueue::is_active) {
             return None;
         }
         let (action, sender) = match &parsed.inbound.event {
@@ -283,7 +295,7 @@ impl HubLoop {
             inbound: parsed.inbound,
             received_at: parsed.received_at,
         });
-        for bridge in &self.bridges {
+        for bridge in self.bridges.iter().filter(|bridge| bridge.is_active()) {
             match bridge.sender.try_send(delivery.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -367,7 +379,7 @@ impl HubLoop {
                 }
                 Some(-2) => {
                     self.presence_deadlines.remove(&who);
-                    publishes.push(presence_op(who.0, who.1, PresenceStatus::Offline));
+                    publishes.push(self.offline_once_op(who.0, who.1));
                 }
                 _ => {
                     self.presence_deadlines.remove(&who);
@@ -382,9 +394,36 @@ impl HubLoop {
     }
 }
 
+impl HubLoop {
+    /// The offline transition, published once however many instances saw the expiry: every
+    /// instance's hub loop tracks the same presences, and the first to publish claims it.
+    fn offline_once_op(&self, channel_id: String, agent_id: String) -> Op {
+        let claim_key = self
+            .keys
+            .bridge(&format!("offline:{channel_id}:{agent_id}"));
+        let event = presence_event(channel_id, agent_id, PresenceStatus::Offline);
+        Op::PublishOnce {
+            claim_key,
+            claim_value: "offline".to_owned(),
+            // Instances sweep within a second of each other; a later real offline (after the
+            // agent came back) must not be swallowed, so the claim is short.
+            ttl: OFFLINE_CLAIM,
+            channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
+            payload: Envelope::new(&event, now_millis()).to_json(),
+        }
+    }
+}
+
+/// How long an offline transition's claim lasts.
+const OFFLINE_CLAIM: Duration = Duration::from_secs(5);
+
 /// Publishes a presence transition the hub loop observed.
 fn presence_op(channel_id: String, agent_id: String, status: PresenceStatus) -> Op {
-    let event = ChannelEvent::Presence {
+    channel_publish_op(&presence_event(channel_id, agent_id, status))
+}
+
+fn presence_event(channel_id: String, agent_id: String, status: PresenceStatus) -> ChannelEvent {
+    ChannelEvent::Presence {
         channel_id,
         presence: Presence {
             agent_id,
@@ -393,8 +432,7 @@ fn presence_op(channel_id: String, agent_id: String, status: PresenceStatus) -> 
             avatar: None,
             last_seen: now_millis(),
         },
-    };
-    channel_publish_op(&event)
+    }
 }
 
 fn member_join_op(channel_id: String, agent_id: String) -> Op {
