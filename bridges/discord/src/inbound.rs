@@ -560,7 +560,7 @@ impl Inbound {
         }
         let roles = match message.guild_id {
             Some(guild) if content.contains("<@&") => {
-                Some(self.shared.role_names(guild.get()).await)
+                Some(self.shared.role_names(guild.get(), content).await)
             }
             _ => None,
         };
@@ -715,7 +715,7 @@ impl Inbound {
         };
         let roles = match guild {
             Some(guild) if content.contains("<@&") => {
-                Some(self.shared.role_names(guild.get()).await)
+                Some(self.shared.role_names(guild.get(), content).await)
             }
             _ => None,
         };

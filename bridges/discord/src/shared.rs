@@ -75,7 +75,8 @@ pub struct Shared {
     // std mutexes: each is held for a map operation only, never across an await.
     deleted_by_us: Mutex<HashMap<u64, Instant>>,
     channels: Mutex<HashMap<u64, ChannelInfo>>,
-    roles: Mutex<HashMap<u64, Arc<HashMap<u64, String>>>>,
+    /// Each guild's role names, and when they were fetched.
+    roles: Mutex<HashMap<u64, (Instant, Arc<HashMap<u64, String>>)>>,
     dm_channels: Mutex<HashMap<u64, u64>>,
     stopped: Mutex<HashSet<String>>,
 }
@@ -268,10 +269,21 @@ impl Shared {
         }
     }
 
-    /// The guild's role names, fetched once per run; empty when Discord will not say.
-    pub async fn role_names(&self, guild_id: u64) -> Arc<HashMap<u64, String>> {
-        if let Some(roles) = lock(&self.roles).get(&guild_id) {
-            return roles.clone();
+    /// The names of the guild's roles mentioned in `content` (`<@&id>`). Fetched on first use and
+    /// again when a mentioned role is unknown (it may be new), at most once a minute per guild;
+    /// empty when Discord will not say.
+    pub async fn role_names(&self, guild_id: u64, content: &str) -> Arc<HashMap<u64, String>> {
+        const REFRESH_AFTER: Duration = Duration::from_secs(60);
+        let mentioned: Vec<u64> = content
+            .split("<@&")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('>')?.0.parse().ok())
+            .collect();
+        if let Some((fetched_at, roles)) = lock(&self.roles).get(&guild_id) {
+            let known = mentioned.iter().all(|role| roles.contains_key(role));
+            if known || fetched_at.elapsed() < REFRESH_AFTER {
+                return roles.clone();
+            }
         }
         let fetched: Result<Vec<Value>, RestError> = self
             .rest
@@ -299,7 +311,7 @@ impl Shared {
             }
         };
         let roles = Arc::new(roles);
-        lock(&self.roles).insert(guild_id, roles.clone());
+        lock(&self.roles).insert(guild_id, (Instant::now(), roles.clone()));
         roles
     }
 
