@@ -63,6 +63,9 @@ pub struct ChannelInfo {
 /// How long an id the bridge deleted itself is remembered, to ignore the gateway's echo.
 const OWN_DELETE_MEMORY: Duration = Duration::from_secs(300);
 
+/// A guild's role names by role id.
+pub type RoleNames = Arc<HashMap<u64, String>>;
+
 /// The state of one run, shared by the inbound processor and the outbox workers.
 pub struct Shared {
     pub rest: SharedRest,
@@ -76,7 +79,7 @@ pub struct Shared {
     deleted_by_us: Mutex<HashMap<u64, Instant>>,
     channels: Mutex<HashMap<u64, ChannelInfo>>,
     /// Each guild's role names, and when they were fetched.
-    roles: Mutex<HashMap<u64, (Instant, Arc<HashMap<u64, String>>)>>,
+    roles: Mutex<HashMap<u64, (Instant, RoleNames)>>,
     dm_channels: Mutex<HashMap<u64, u64>>,
     stopped: Mutex<HashSet<String>>,
 }
@@ -272,7 +275,7 @@ impl Shared {
     /// The names of the guild's roles mentioned in `content` (`<@&id>`). Fetched on first use and
     /// again when a mentioned role is unknown (it may be new), at most once a minute per guild;
     /// empty when Discord will not say.
-    pub async fn role_names(&self, guild_id: u64, content: &str) -> Arc<HashMap<u64, String>> {
+    pub async fn role_names(&self, guild_id: u64, content: &str) -> RoleNames {
         const REFRESH_AFTER: Duration = Duration::from_secs(60);
         let mentioned: Vec<u64> = content
             .split("<@&")
