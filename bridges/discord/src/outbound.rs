@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use serenity::http::{LightMethod, Route};
 use serenity::model::id::{ChannelId, MessageId, WebhookId};
 
+use crate::config::WebhookRef;
 use crate::format::{self, Header};
 use crate::rest::RestError;
 use crate::shared::{Link, Shared};
@@ -519,10 +520,6 @@ impl DiscordDeliver {
             let content = &plan.parts[index];
             let id = match &link.webhook {
                 Some(hook) => {
-                    let mut params = vec![("wait", "true".to_owned())];
-                    if let Some(thread) = plan.thread {
-                        params.push(("thread_id", thread.to_string()));
-                    }
                     let mut body = json!({
                         "content": content,
                         "username": sanitize_webhook_username(&post.name),
@@ -531,22 +528,7 @@ impl DiscordDeliver {
                     if let Some(avatar) = &post.avatar_url {
                         body["avatar_url"] = json!(avatar);
                     }
-                    let route = Route::WebhookWithToken {
-                        webhook_id: WebhookId::new(hook.id),
-                        token: hook.token.expose(),
-                    };
-                    let answer = self
-                        .shared
-                        .rest
-                        .call(
-                            LightMethod::Post,
-                            route,
-                            &params,
-                            Some(&body),
-                            &format!("webhook:{}", hook.id),
-                        )
-                        .await?;
-                    message_id(answer.as_ref())?
+                    self.webhook_post(hook, plan.thread, &body).await?
                 }
                 None => {
                     let mut body = json!({
@@ -668,6 +650,33 @@ impl DiscordDeliver {
         if let Err(error) = mapped.and(marked.map(drop)) {
             tracing::warn!(%error, hub_message = hub_id, "could not map a Discord post");
         }
+    }
+
+    /// Executes the link's webhook (in `thread` when given) and returns the new message's id.
+    async fn webhook_post(
+        &self,
+        hook: &WebhookRef,
+        thread: Option<u64>,
+        body: &Value,
+    ) -> Result<u64, SendError> {
+        let mut params = vec![("wait", "true".to_owned())];
+        params.extend(thread_param(thread));
+        let route = Route::WebhookWithToken {
+            webhook_id: WebhookId::new(hook.id),
+            token: hook.token.expose(),
+        };
+        let answer = self
+            .shared
+            .rest
+            .call(
+                LightMethod::Post,
+                route,
+                &params,
+                Some(body),
+                &format!("webhook:{}", hook.id),
+            )
+            .await?;
+        message_id(answer.as_ref())
     }
 
     async fn bot_post(&self, channel: u64, body: &Value) -> Result<u64, SendError> {
@@ -1009,25 +1018,8 @@ impl DiscordDeliver {
     ) -> Result<u64, SendError> {
         match &link.webhook {
             Some(hook) => {
-                let mut params = vec![("wait", "true".to_owned())];
-                params.extend(thread_param(location.thread));
                 let body = json!({"content": content, "allowed_mentions": {"parse": ["users"]}});
-                let route = Route::WebhookWithToken {
-                    webhook_id: WebhookId::new(hook.id),
-                    token: hook.token.expose(),
-                };
-                let answer = self
-                    .shared
-                    .rest
-                    .call(
-                        LightMethod::Post,
-                        route,
-                        &params,
-                        Some(&body),
-                        &format!("webhook:{}", hook.id),
-                    )
-                    .await?;
-                message_id(answer.as_ref())
+                self.webhook_post(hook, location.thread, &body).await
             }
             None => {
                 let body = json!({"content": content, "allowed_mentions": {"parse": ["users"]}});
