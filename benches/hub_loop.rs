@@ -23,25 +23,69 @@
 //! The floors: the raw PUBLISH -> subscriber latency above plus one leg of a plain reqwest getMe
 //! round trip to the same fake (request leg outbound, response leg inbound). The fake shares the
 //! runtime's 2 worker threads with the service and the load generator.
+//!
+//! Soak ("111 agents x 10 msg/s for 60 s with no loss and no growth"; `--soak-secs`, 0 skips):
+//! on the hub section's service and probe, 111 agents each PUBLISH a `channel.message` every 100 ms
+//! (staggered: 1,110/s, evenly) over 5 channels; `limits.message = 0` is what lets an agent send
+//! 10/s. Loss is sent - routed plus the service's drop counters; growth is the live heap (and RSS)
+//! at the end - at 10 s.
+//! Hub only: the in-process fake Bot API records every call, so with it RSS would grow by design.
+//! Per tracked person (`--people`, 0 skips): N people's first messages, each a new presence
+//! deadline and new Redis keys; (RSS after - before) / N is an upper bound (the allocator keeps
+//! freed memory), the live heap delta / N exact. Redis is another process: its `used_memory`
+//! delta / N is context only.
 
 #[allow(dead_code)] // Only start, url, port and kill-on-drop are used here.
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hub_bridge::config::Config;
-use hub_bridge::service::start_with;
+use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
-use hub_bridge_sdk::metrics::label;
+use hub_bridge_sdk::metrics::{label, Metrics};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 
 // The same allocator as the `hub-bridge` binary, so the numbers are the service's as deployed.
+// In the soak and people phases it also counts heap bytes allocated - freed: growth that RSS
+// (pages, mimalloc segments kept after frees) blurs by MBs. A relaxed load when off.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+struct Counting;
+
+impl Counting {
+    fn count(bytes: isize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(bytes as i64, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is MiMalloc's with the caller's arguments; the counting touches no memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::count(layout.size() as isize);
+        mimalloc::MiMalloc.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        Self::count(-(layout.size() as isize));
+        mimalloc::MiMalloc.dealloc(ptr, layout);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::count(new_size as isize - layout.size() as isize);
+        mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+    }
+}
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushKind};
 use redis_server::RedisServer;
@@ -68,6 +112,15 @@ const AGENTS: u64 = 100;
 const PEOPLE: u64 = 1_000;
 /// Marks the tool's own events, telling them apart from the hub's follow-ups (joins, transitions).
 const ORIGIN: &str = "bench";
+/// The soak's senders, each at [`SOAK_RATE`] messages/s, over [`SOAK_CHANNELS`] hub channels.
+const SOAK_AGENTS: u64 = 111;
+const SOAK_RATE: u64 = 10;
+const SOAK_CHANNELS: u64 = 5;
+/// People posted before the memory baseline, so first-use allocations are not counted per person.
+const PEOPLE_WARM_UP: u64 = 1_000;
+const PEOPLE_CHANNELS: u64 = 10;
+/// Below [`IN_FLIGHT`]: each person's first message also brings follow-ups (join, presence).
+const PEOPLE_IN_FLIGHT: u64 = 2_048;
 
 fn main() -> Result<()> {
     let args = Args::parse()?;
@@ -93,11 +146,13 @@ struct Args {
     latency_secs: u64,
     rate: u64,
     telegram_secs: u64,
+    soak_secs: u64,
+    people: u64,
 }
 
 impl Args {
-    /// `--events`, `--latency-secs`, `--rate`, `--telegram-secs`; anything else (`cargo bench` adds
-    /// `--bench`) is ignored.
+    /// `--events`, `--latency-secs`, `--rate`, `--telegram-secs`, `--soak-secs`, `--people` (0 skips
+    /// either); anything else (`cargo bench` adds `--bench`) is ignored.
     fn parse() -> Result<Self> {
         let args: Vec<String> = std::env::args().collect();
         let get = |name: &str, default: u64| -> Result<u64> {
@@ -114,6 +169,8 @@ impl Args {
             latency_secs,
             rate,
             telegram_secs: get("--telegram-secs", 5)?.max(1),
+            soak_secs: get("--soak-secs", 60)?,
+            people: get("--people", 100_000)?,
         })
     }
 }
@@ -362,6 +419,8 @@ struct Report {
     /// Per event: (publish -> probe, publish -> the hub's subscriber read).
     hub_latency: Vec<(u64, u64)>,
     rss: [f64; 3],
+    soak: Option<Soak>,
+    people: Option<People>,
     telegram: Telegram,
 }
 
@@ -398,19 +457,8 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     report.rss[1] = rss_mb();
 
     eprintln!("hub: throughput");
-    let (base, started, mut sent) = (routed(), now_ns(), 0);
-    while sent < args.events {
-        while sent - (routed() - base) > IN_FLIGHT {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let mut pipe = redis::pipe();
-        for seq in sent..(sent + PIPELINE).min(args.events) {
-            let (channel, payload) = hub_event(seq, now_ns());
-            pipe.cmd("PUBLISH").arg(channel).arg(payload);
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        sent = (sent + PIPELINE).min(args.events);
-    }
+    let (base, started) = (routed(), now_ns());
+    publish_closed(&mut conn, &probe, args.events, IN_FLIGHT, hub_event).await?;
     wait_for(Duration::from_secs(30), || routed() - base == args.events).await;
     report.hub_events = routed() - base;
     let last = probe.last_ns.load(Ordering::Relaxed);
@@ -437,10 +485,197 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     report.dropped = metrics.subscriber_overflow.get() + overflow;
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.rss[2] = rss_mb();
+    if args.soak_secs > 0 {
+        eprintln!("hub: soak, {} s", args.soak_secs);
+        report.soak = Some(soak(&running, &probe, &client, args.soak_secs).await?);
+    }
+    if args.people > 0 {
+        eprintln!("hub: {} tracked people", args.people);
+        report.people = Some(people(&running, &probe, &mut conn, args.people).await?);
+    }
     running.stop().await;
 
     report.telegram = telegram(&url, args).await?;
     Ok(report)
+}
+
+/// Publishes events `0..count` in pipelines of [`PIPELINE`], never more than `in_flight` of them
+/// not yet routed to the probe: queues stay below their bounds, and the loop always has a batch.
+async fn publish_closed(
+    conn: &mut MultiplexedConnection,
+    probe: &Probe,
+    count: u64,
+    in_flight: u64,
+    event: impl Fn(u64, u64) -> (String, String),
+) -> Result<()> {
+    let routed = || probe.routed.load(Ordering::Acquire);
+    let (base, mut sent) = (routed(), 0);
+    while sent < count {
+        while sent - (routed() - base) > in_flight {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut pipe = redis::pipe();
+        for seq in sent..(sent + PIPELINE).min(count) {
+            let (channel, payload) = event(seq, now_ns());
+            pipe.cmd("PUBLISH").arg(channel).arg(payload);
+        }
+        pipe.query_async::<()>(conn).await?;
+        sent = (sent + PIPELINE).min(count);
+    }
+    Ok(())
+}
+
+/// A `channel.message` from `sender` in the bench's envelope, stamped with its publish time.
+fn message_event(channel: &str, id: &str, sender: &str, sent_ns: u64) -> (String, String) {
+    let event = format!(
+        r#"{{"type":"channel.message","channelId":"{channel}","message":{{"id":"{id}","content":"Deploy finished, 3 services updated.","senderId":"{sender}","timestamp":1708554000000}}}}"#
+    );
+    let payload = format!(
+        r#"{{"event":{event},"timestamp":{sent_ns},"channelId":"{channel}","origin":"{ORIGIN}"}}"#
+    );
+    (format!("pubsub:channel:{channel}"), payload)
+}
+
+/// Person `i`'s first message: ids no other phase uses, so each is a new tracked person.
+fn person_event(i: u64, sent_ns: u64) -> (String, String) {
+    let channel = format!("people-{}", i % PEOPLE_CHANNELS);
+    let sender = format!("external:telegram:{}", 1_000_000 + i);
+    message_event(&channel, &format!("p{i}"), &sender, sent_ns)
+}
+
+/// Everything the service counts as dropped or unreadable; cumulative, so callers take deltas.
+fn drops(metrics: &Metrics) -> u64 {
+    let (invalid, overflow) = (&metrics.invalid_payloads, &metrics.bridge_queue_overflow);
+    let reasons = ["unknown_channel", "not_json", "no_type", "invalid_event"];
+    let invalid = reasons.map(|reason| invalid.get_or_create(&label("reason", reason)).get());
+    let overflow = overflow.get_or_create(&label("bridge", "probe")).get();
+    invalid.iter().sum::<u64>() + overflow + metrics.subscriber_overflow.get()
+}
+
+async fn redis_used_memory(conn: &mut MultiplexedConnection) -> Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    let used = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"));
+    Ok(used.ok_or("INFO memory: no used_memory")?.trim().parse()?)
+}
+
+#[derive(Default)]
+struct Soak {
+    secs: u64,
+    /// Wall time from the first tick to the last PUBLISH: a late publisher stretches it.
+    elapsed: f64,
+    sent: u64,
+    routed: u64,
+    /// The service's invalid-payload and overflow counters over the soak.
+    dropped: u64,
+    /// Process RSS (MB) and heap bytes allocated - freed since the start, at `rss_at` seconds
+    /// and at the last PUBLISH.
+    rss: [f64; 2],
+    heap: [i64; 2],
+    rss_at: u64,
+    /// Publish -> probe (ns), without the first half second.
+    latency: Vec<u64>,
+}
+
+async fn soak(running: &Running, probe: &Probe, client: &redis::Client, secs: u64) -> Result<Soak> {
+    let (per_agent, lock) = (SOAK_RATE * secs, || probe.samples.lock());
+    // Room for every sample before counting starts: the Vec's growth is not the hub's.
+    let room = (per_agent * SOAK_AGENTS) as usize;
+    lock().unwrap_or_else(PoisonError::into_inner).reserve(room);
+    let routed = || probe.routed.load(Ordering::Acquire);
+    let (base, dropped) = (routed(), drops(&running.metrics));
+    probe.recording.store(true, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    // One connection for all: redis-rs pipelines the agents' concurrent PUBLISHes on it.
+    let conn = client.get_multiplexed_async_connection().await?;
+    let (period, start) = (Duration::from_millis(1_000 / SOAK_RATE), Instant::now());
+    let mut agents = tokio::task::JoinSet::new();
+    for agent in 0..SOAK_AGENTS {
+        let (mut conn, channel) = (conn.clone(), format!("soak-{}", agent % SOAK_CHANNELS));
+        // Staggered over one period, so the load is 1,110 events/s, not 111-event bursts.
+        let first = start + period.mul_f64(agent as f64 / SOAK_AGENTS as f64);
+        let mut ticker = tokio::time::interval_at(first.into(), period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        agents.spawn(async move {
+            for seq in 0..per_agent {
+                ticker.tick().await;
+                // The agent stays in its channel: only its first message has follow-ups.
+                let (id, sender) = (format!("s{agent}-{seq}"), format!("soak-agent-{agent}"));
+                let (channel, payload) = message_event(&channel, &id, &sender, now_ns());
+                let publish = redis::cmd("PUBLISH").arg(channel).arg(payload).clone();
+                publish.query_async::<()>(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(per_agent)
+        });
+    }
+    // RSS at 10 s, past the start-up allocations (at half time for a soak under 20 s).
+    let rss_at = Duration::from_secs(10).min(Duration::from_secs(secs) / 2);
+    tokio::time::sleep_until((start + rss_at).into()).await;
+    let mut report = Soak {
+        secs,
+        rss_at: rss_at.as_secs(),
+        rss: [rss_mb(), 0.0],
+        heap: [LIVE_BYTES.load(Ordering::Relaxed), 0],
+        ..Soak::default()
+    };
+    while let Some(sent) = agents.join_next().await {
+        report.sent += sent??;
+    }
+    report.elapsed = start.elapsed().as_secs_f64();
+    (report.rss[1], report.heap[1]) = (rss_mb(), LIVE_BYTES.load(Ordering::Relaxed));
+    COUNTING.store(false, Ordering::Relaxed);
+    wait_for(Duration::from_secs(10), || routed() - base >= report.sent).await;
+    probe.recording.store(false, Ordering::Relaxed);
+    report.routed = routed() - base;
+    report.dropped = drops(&running.metrics) - dropped;
+    let samples = std::mem::take(&mut *lock().unwrap_or_else(PoisonError::into_inner));
+    let latency = samples.into_iter().map(|sample| sample.0).collect();
+    report.latency = warm(latency, SOAK_AGENTS * SOAK_RATE);
+    Ok(report)
+}
+
+#[derive(Default)]
+struct People {
+    count: u64,
+    /// Process RSS (MB) and Redis `used_memory` (bytes), before and after.
+    rss: [f64; 2],
+    redis: [u64; 2],
+    /// Heap bytes allocated - freed from before to after: what the process keeps, exactly.
+    heap: i64,
+    dropped: u64,
+}
+
+async fn people(
+    running: &Running,
+    probe: &Probe,
+    conn: &mut MultiplexedConnection,
+    count: u64,
+) -> Result<People> {
+    let routed = || probe.routed.load(Ordering::Acquire);
+    let mut marks = Vec::new();
+    COUNTING.store(true, Ordering::Relaxed);
+    // First a warm-up with people the count leaves out: its first-use allocations are not theirs.
+    for (first, n) in [(0, PEOPLE_WARM_UP), (PEOPLE_WARM_UP, count)] {
+        let (base, event) = (routed(), |i, at| person_event(first + i, at));
+        publish_closed(conn, probe, n, PEOPLE_IN_FLIGHT, event).await?;
+        if !wait_for(Duration::from_secs(60), || routed() - base >= n).await {
+            eprintln!("people: only {} of {n} processed", routed() - base);
+        }
+        // The last events' follow-ups (a few thousand at most) are routed well within a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = redis_used_memory(conn).await?;
+        let heap = LIVE_BYTES.load(Ordering::Relaxed);
+        marks.push((rss_mb(), used, drops(&running.metrics), heap));
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    Ok(People {
+        count,
+        rss: [marks[0].0, marks[1].0],
+        redis: [marks[0].1, marks[1].1],
+        dropped: marks[1].2 - marks[0].2,
+        heap: marks[1].3 - marks[0].3,
+    })
 }
 
 /// Chats linked 1:1 to hub channels `tg-{i}`; the load is spread over them, so each sees
@@ -740,6 +975,7 @@ impl Report {
             "RSS after the load|{after:.1} MB|{idle:.1} MB|-|+{:.1} MB",
             after - idle
         ));
+        self.memory_rows(&mut rows);
         let (tg, raw) = (&self.telegram, &self.raw_latency[..]);
         let (request, response): (Vec<u64>, Vec<u64>) = tg.http.iter().copied().unzip();
         let round_trip: Vec<u64> = tg.http.iter().map(|(a, b)| a + b).collect();
@@ -790,6 +1026,69 @@ impl Report {
             tg.lost.0,
             tg.lost.1
         );
+    }
+}
+
+impl Report {
+    /// The soak's and the tracked people's rows, each when it ran.
+    fn memory_rows(&self, rows: &mut Vec<String>) {
+        if let Some(soak) = &self.soak {
+            let lost = soak.sent.saturating_sub(soak.routed);
+            let rate = soak.sent as f64 / soak.elapsed;
+            let ok = verdict(lost + soak.dropped == 0);
+            rows.push(format!(
+                "soak {SOAK_AGENTS} agents x {SOAK_RATE}/s, {} s: routed/sent|{}/{} ({rate:.0}/s)\
+                 |-|no loss|{ok} (lost {lost}, dropped {})",
+                soak.secs, soak.routed, soak.sent, soak.dropped
+            ));
+            // A leak of 20 B per message would show as 1 MB over the default soak.
+            let heap = soak.heap[1] - soak.heap[0];
+            let per_message = heap as f64 / (rate * (soak.elapsed - soak.rss_at as f64));
+            rows.push(format!(
+                "  soak live heap growth, {} s -> end|{:+.3} MB|-|no growth (<= +1 MB)|{} \
+                 ({per_message:+.1} B/message)",
+                soak.rss_at,
+                heap as f64 / 1024.0 / 1024.0,
+                verdict(heap <= 1 << 20),
+            ));
+            // RSS moves by pages and mimalloc segments; the heap row is the growth check.
+            let [at, end] = soak.rss;
+            rows.push(format!(
+                "  soak RSS at {} s -> end|{at:.1} -> {end:.1} MB|-|-|{:+.2} MB",
+                soak.rss_at,
+                end - at
+            ));
+            let at = |p| pct(soak.latency.iter().copied(), p);
+            let (p99, raw) = (at(99.0), pct(self.raw_latency.iter().copied(), 99.0));
+            let ok = verdict(p99 - raw <= 5.0);
+            rows.push(format!(
+                "  soak publish->processed p99|{p99:.3} ms|{raw:.3} ms|added <= 5 ms|{ok} (added \
+                 {:.3} ms; max {:.3} ms)",
+                p99 - raw,
+                at(100.0)
+            ));
+        }
+        if let Some(people) = &self.people {
+            let ([before, after], n) = (people.rss, people.count as f64);
+            let per_person = (after - before) * 1024.0 * 1024.0 / n;
+            let ok = verdict(per_person <= 2048.0);
+            rows.push(format!(
+                "RSS per tracked person ({n} people)|{per_person:.0} B|-|<= 2048 B|{ok} (+{:.1} MB, \
+                 upper bound; dropped {})",
+                after - before,
+                people.dropped
+            ));
+            let heap = people.heap as f64 / n;
+            rows.push(format!(
+                "  live heap per tracked person|{heap:.0} B|-|<= 2048 B|{} (exact: allocated - \
+                 freed)",
+                verdict(heap <= 2048.0)
+            ));
+            let redis = people.redis[1].saturating_sub(people.redis[0]) as f64 / n;
+            rows.push(format!(
+                "  redis used_memory per person|{redis:.0} B|-|-|context (not this process)"
+            ));
+        }
     }
 }
 
