@@ -54,28 +54,10 @@ const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) else return 0 end";
 
-/// Every script, so they can be loaded again when Redis forgets them (after a restart).
-const SCRIPTS: [&str; 6] = [
-    INCR_WINDOW,
-    TOUCH_PRESENCE,
-    MERGE_JSON,
-    PUBLISH_ONCE,
-    RENEW_LEASE,
-    RELEASE_LEASE,
-];
-
-/// The SHA1 of a script, computed once: pipelines send `EVALSHA` rather than the script text
-/// (which Redis would hash again on every call).
-fn sha(script: &'static str) -> &'static str {
-    static HASHES: std::sync::LazyLock<std::collections::HashMap<&'static str, String>> =
-        std::sync::LazyLock::new(|| {
-            SCRIPTS
-                .iter()
-                .map(|code| (*code, redis::Script::new(code).get_hash().to_owned()))
-                .collect()
-        });
-    HASHES.get(script).map_or("", String::as_str)
-}
+// Scripts are sent as text with EVAL, not by hash with EVALSHA: a restarted Redis has forgotten
+// every script, an EVALSHA in a pipeline then fails while the commands around it still run, and
+// retrying the pipeline would run those twice (a second PUBLISH, a counter counted twice).
+// Redis caches the compiled script, so EVAL costs only hashing the text again.
 
 /// Why the Redis bus could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -380,19 +362,7 @@ impl Store for RedisStore {
                 .map(|op| add_to_pipeline(&mut pipe, op))
                 .collect();
             let mut connection = self.manager();
-            let mut result = pipe.query_async(&mut connection).await;
-            if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-            {
-                // Redis restarted (or was flushed) and forgot the scripts: load them, try again.
-                let mut load = redis::pipe();
-                for script in SCRIPTS {
-                    load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
-                }
-                result = match load.query_async::<()>(&mut connection).await {
-                    Ok(()) => pipe.query_async(&mut connection).await,
-                    Err(error) => Err(error),
-                };
-            }
+            let result = pipe.query_async(&mut connection).await;
             let values: Vec<redis::Value> = match result {
                 Ok(values) => values,
                 Err(error) => {
@@ -484,8 +454,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             pipe.cmd("SMEMBERS").arg(key);
         }
         Op::IncrWindow { key, window } => {
-            pipe.cmd("EVALSHA")
-                .arg(sha(INCR_WINDOW))
+            pipe.cmd("EVAL")
+                .arg(INCR_WINDOW)
                 .arg(1)
                 .arg(key)
                 .arg(millis(*window));
@@ -496,8 +466,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
                 .find(|(field, _)| field == "lastSeen")
                 .map_or("0", |(_, value)| value.as_str());
             let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(sha(TOUCH_PRESENCE))
+                .cmd("EVAL")
+                .arg(TOUCH_PRESENCE)
                 .arg(1)
                 .arg(key)
                 .arg(millis(*ttl))
@@ -507,8 +477,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             }
         }
         Op::MergeJson { key, patch, ttl } => {
-            pipe.cmd("EVALSHA")
-                .arg(sha(MERGE_JSON))
+            pipe.cmd("EVAL")
+                .arg(MERGE_JSON)
                 .arg(1)
                 .arg(key)
                 .arg(patch)
@@ -531,16 +501,16 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
         }
         Op::RenewLease { key, owner, ttl } => {
-            pipe.cmd("EVALSHA")
-                .arg(sha(RENEW_LEASE))
+            pipe.cmd("EVAL")
+                .arg(RENEW_LEASE)
                 .arg(1)
                 .arg(key)
                 .arg(owner)
                 .arg(millis(*ttl));
         }
         Op::ReleaseLease { key, owner } => {
-            pipe.cmd("EVALSHA")
-                .arg(sha(RELEASE_LEASE))
+            pipe.cmd("EVAL")
+                .arg(RELEASE_LEASE)
                 .arg(1)
                 .arg(key)
                 .arg(owner);
@@ -555,8 +525,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             channel,
             payload,
         } => {
-            pipe.cmd("EVALSHA")
-                .arg(sha(PUBLISH_ONCE))
+            pipe.cmd("EVAL")
+                .arg(PUBLISH_ONCE)
                 .arg(1)
                 .arg(claim_key)
                 .arg(claim_value)
