@@ -316,6 +316,24 @@ impl HubLoop {
         self.report_queue_depths();
     }
 
+    /// The offline transition, published once however many instances saw the expiry: every
+    /// instance's hub loop tracks the same presences, and the first to publish claims it.
+    fn offline_once_op(&self, channel_id: String, agent_id: String) -> Op {
+        let claim_key = self
+            .keys
+            .bridge(&format!("offline:{channel_id}:{agent_id}"));
+        let event = presence_event(channel_id, agent_id, PresenceStatus::Offline);
+        Op::PublishOnce {
+            claim_key,
+            claim_value: "offline".to_owned(),
+            // Instances sweep within a second of each other; a later real offline (after the
+            // agent came back) must not be swallowed, so the claim is short.
+            ttl: OFFLINE_CLAIM,
+            channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
+            payload: Envelope::new(&event, now_millis()).to_json(),
+        }
+    }
+
     /// Sets the per-bridge depth gauges; called on routing and on every sweep tick, so a gauge
     /// is never more than a tick stale after a bridge drains its queue.
     fn report_queue_depths(&self) {
@@ -390,26 +408,6 @@ impl HubLoop {
             if let Err(error) = self.store.exec(publishes).await {
                 tracing::warn!(%error, "could not publish offline transitions");
             }
-        }
-    }
-}
-
-impl HubLoop {
-    /// The offline transition, published once however many instances saw the expiry: every
-    /// instance's hub loop tracks the same presences, and the first to publish claims it.
-    fn offline_once_op(&self, channel_id: String, agent_id: String) -> Op {
-        let claim_key = self
-            .keys
-            .bridge(&format!("offline:{channel_id}:{agent_id}"));
-        let event = presence_event(channel_id, agent_id, PresenceStatus::Offline);
-        Op::PublishOnce {
-            claim_key,
-            claim_value: "offline".to_owned(),
-            // Instances sweep within a second of each other; a later real offline (after the
-            // agent came back) must not be swallowed, so the claim is short.
-            ttl: OFFLINE_CLAIM,
-            channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
-            payload: Envelope::new(&event, now_millis()).to_json(),
         }
     }
 }

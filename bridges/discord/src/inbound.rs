@@ -168,24 +168,14 @@ impl Inbound {
     }
 
     fn ignored(&self, reason: &'static str) {
-        self.shared
-            .hub
-            .metrics()
-            .ignored
-            .get_or_create(&labels2(("bridge", "discord"), ("reason", reason)))
-            .inc();
+        self.shared.hub.metrics().count_ignored("discord", reason);
     }
 
     fn published(&self, type_name: &str) {
         self.shared
             .hub
             .metrics()
-            .published
-            .get_or_create(&labels2(
-                ("bridge", "discord"),
-                ("type", type_name.to_owned()),
-            ))
-            .inc();
+            .count_published("discord", type_name);
     }
 
     /// Runs a store operation until it succeeds: while the store is unreachable, inbound events

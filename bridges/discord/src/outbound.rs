@@ -1199,12 +1199,7 @@ impl Deliver<Job> for DiscordDeliver {
                 self.shared
                     .hub
                     .metrics()
-                    .relayed
-                    .get_or_create(&labels2(
-                        ("bridge", "discord"),
-                        ("type", job.event_type.clone()),
-                    ))
-                    .inc();
+                    .count_relayed("discord", &job.event_type);
             }
             result
         })

@@ -146,6 +146,29 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// A platform update a bridge ignored on purpose (own message, unlinked chat, ...).
+    pub fn count_ignored(&self, bridge: &str, reason: &str) {
+        self.ignored
+            .get_or_create(&labels2(("bridge", bridge), ("reason", reason)))
+            .inc();
+    }
+
+    /// A platform event a bridge published to the hub.
+    pub fn count_published(&self, bridge: &str, event_type: &str) {
+        self.published
+            .get_or_create(&labels2(("bridge", bridge), ("type", event_type)))
+            .inc();
+    }
+
+    /// A hub event a bridge delivered to its platform.
+    pub fn count_relayed(&self, bridge: &str, event_type: &str) {
+        self.relayed
+            .get_or_create(&labels2(("bridge", bridge), ("type", event_type)))
+            .inc();
+    }
+}
+
 /// A one-label set.
 pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
     vec![(name, value.into())]

@@ -234,24 +234,14 @@ impl Inbound<'_> {
     }
 
     fn ignored(&self, reason: &'static str) {
-        self.shared
-            .hub
-            .metrics()
-            .ignored
-            .get_or_create(&labels2(("bridge", "telegram"), ("reason", reason)))
-            .inc();
+        self.shared.hub.metrics().count_ignored("telegram", reason);
     }
 
     fn count_published(&self, type_name: &str) {
         self.shared
             .hub
             .metrics()
-            .published
-            .get_or_create(&labels2(
-                ("bridge", "telegram"),
-                ("type", type_name.to_owned()),
-            ))
-            .inc();
+            .count_published("telegram", type_name);
     }
 
     /// The hub channels a group message goes to, or `None` (counted) when it goes nowhere.

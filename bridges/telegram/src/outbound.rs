@@ -538,12 +538,7 @@ impl Deliver<Job> for Courier {
                 self.shared
                     .hub
                     .metrics()
-                    .relayed
-                    .get_or_create(&labels2(
-                        ("bridge", "telegram"),
-                        ("type", job.relay.event_type.clone()),
-                    ))
-                    .inc();
+                    .count_relayed("telegram", &job.relay.event_type);
             }
             result
         })
@@ -1042,12 +1037,7 @@ impl Courier {
     }
 
     fn ignored(&self, reason: &'static str) {
-        self.shared
-            .hub
-            .metrics()
-            .ignored
-            .get_or_create(&labels2(("bridge", "telegram"), ("reason", reason)))
-            .inc();
+        self.shared.hub.metrics().count_ignored("telegram", reason);
     }
 }
 
