@@ -4,10 +4,12 @@
 //! until `ctx.shutdown`; then it stops everything it started, so `run` can be called again with
 //! the same context.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
@@ -59,7 +61,7 @@ impl DiscordBridge {
                 let id = me
                     .get("id")
                     .and_then(Value::as_str)
-                    .and_then(|id| id.parse().ok())
+                    .and_then(crate::ids::parse)
                     .ok_or_else(|| {
                         BridgeError::Transient("GET /users/@me answered without an id".to_owned())
                     })?;
@@ -130,7 +132,7 @@ impl Bridge for DiscordBridge {
                 stop.clone(),
                 self.last_seen.clone(),
             );
-            tasks.spawn(inbound.run(events_rx));
+            let mut inbound = tasks.spawn(inbound.run(events_rx));
 
             let gate = IdentifyGate {
                 store: ctx.hub.store(),
@@ -149,7 +151,23 @@ impl Bridge for DiscordBridge {
             );
             let deliveries = async {
                 while let Some(delivery) = ctx.deliveries.recv().await {
-                    for (destination, job) in outbound::route(&shared, &delivery).await {
+                    // One event that makes routing panic is counted and skipped; the next is
+                    // routed (SPEC section 9).
+                    let routed = AssertUnwindSafe(outbound::route(&shared, &delivery))
+                        .catch_unwind()
+                        .await;
+                    let jobs = match routed {
+                        Ok(jobs) => jobs,
+                        Err(panic) => {
+                            ctx.hub.metrics().count_ignored("discord", "event_panicked");
+                            tracing::error!(
+                                panic = outbound::panic_message(panic.as_ref()),
+                                "routing a hub event to Discord panicked; it is skipped"
+                            );
+                            continue;
+                        }
+                    };
+                    for (destination, job) in jobs {
                         outboxes.push(&destination, job).await;
                     }
                 }
@@ -160,6 +178,19 @@ impl Bridge for DiscordBridge {
             let result = tokio::select! {
                 result = gateway => result,
                 () = deliveries => Ok(()),
+                // The inbound processor ends only with the run; if it ends before, Discord
+                // messages would no longer reach the hub: the run fails so the supervisor
+                // restarts it (and `/readyz` shows it meanwhile).
+                ended = &mut inbound => {
+                    if stop.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err(BridgeError::Transient(match ended {
+                            Ok(()) => "the Discord inbound processor stopped".to_owned(),
+                            Err(error) => format!("the Discord inbound processor died: {error}"),
+                        }))
+                    }
+                }
             };
 
             stop.cancel();

@@ -13,6 +13,7 @@ mod bridge;
 pub mod config;
 mod format;
 mod gateway;
+mod ids;
 mod inbound;
 mod outbound;
 mod rest;
