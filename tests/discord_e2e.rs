@@ -1350,11 +1350,13 @@ async fn a_reaction_emoji_holding_a_path_is_refused_and_never_reaches_another_ro
     for kind in ["channel.reaction.remove", "channel.reaction.add"] {
         h.agent_event(json!({"type": kind, "channelId": HUB, "messageId": hub_id,
             "emoji": malicious, "agentId": AGENT}))
-        .await;
+            .await;
     }
     // A good reaction after them: once it is on Discord, the bad ones were handled before it.
-    h.agent_event(json!({"type": "channel.reaction.add", "channelId": HUB, "messageId": hub_id,
-        "emoji": "👍", "agentId": AGENT}))
+    h.agent_event(
+        json!({"type": "channel.reaction.add", "channelId": HUB, "messageId": hub_id,
+        "emoji": "👍", "agentId": AGENT}),
+    )
     .await;
     for (channel, message) in targets {
         h.fake
@@ -1368,7 +1370,9 @@ async fn a_reaction_emoji_holding_a_path_is_refused_and_never_reaches_another_ro
     }
     let allowed: Vec<String> = targets
         .iter()
-        .map(|(channel, message)| format!("/channels/{channel}/messages/{message}/reactions/👍/@me"))
+        .map(|(channel, message)| {
+            format!("/channels/{channel}/messages/{message}/reactions/👍/@me")
+        })
         .collect();
     let after: Vec<Request> = h.fake.requests().into_iter().skip(before).collect();
     for request in &after {
@@ -1390,9 +1394,10 @@ async fn a_reaction_emoji_holding_a_path_is_refused_and_never_reaches_another_ro
     })
     .await;
     let told = notifications(&h, AGENT, "was not relayed to Discord");
-    assert!(told
-        .iter()
-        .any(|s| s.json["data"]["content"].as_str().unwrap_or("").contains("channel.reaction.remove")));
+    assert!(told.iter().any(|s| s.json["data"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .contains("channel.reaction.remove")));
     assert_eq!(told[0].json["data"]["channelId"], HUB);
 }
 
@@ -1408,12 +1413,8 @@ async fn zero_and_out_of_range_ids_are_text_and_never_stop_inbound_even_after_a_
     // Caught up after a restart: the catch-up replays it and goes on.
     h.stop_service().await;
     let while_down = "while down <#0> <@!0>";
-    h.fake.post_user_message_silently(UserMessage::new(
-        CHANNEL,
-        Some(GUILD),
-        ada(),
-        while_down,
-    ));
+    h.fake
+        .post_user_message_silently(UserMessage::new(CHANNEL, Some(GUILD), ada(), while_down));
     h.start_service().await;
     h.hub_message(while_down).await;
     h.person_says(CHANNEL, bob(), "after the restart").await;
@@ -1530,10 +1531,7 @@ async fn channel_mentions_cost_at_most_five_lookups_and_refusals_are_cached() {
             .requests()
             .into_iter()
             .filter(|r| {
-                r.method == "GET"
-                    && unknown
-                        .iter()
-                        .any(|id| r.path == format!("/channels/{id}"))
+                r.method == "GET" && unknown.iter().any(|id| r.path == format!("/channels/{id}"))
             })
             .count()
     };
@@ -1581,7 +1579,10 @@ async fn dm_commands_count_against_the_limit_and_dms_go_only_to_user_ids() {
         .count();
     assert_eq!(answers, 2);
 
-    let opened = h.fake.requests_matching("POST", "/users/@me/channels").len();
+    let opened = h
+        .fake
+        .requests_matching("POST", "/users/@me/channels")
+        .len();
     for recipient in ["external:discord:0", "external:discord:12ab"] {
         let dm = json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
             "content": "psst"}, "timestamp": 1});
@@ -1592,7 +1593,9 @@ async fn dm_commands_count_against_the_limit_and_dms_go_only_to_user_ids() {
     })
     .await;
     assert_eq!(
-        h.fake.requests_matching("POST", "/users/@me/channels").len(),
+        h.fake
+            .requests_matching("POST", "/users/@me/channels")
+            .len(),
         opened
     );
 }

@@ -4,12 +4,10 @@
 //! until `ctx.shutdown`; then it stops everything it started, so `run` can be called again with
 //! the same context.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
@@ -19,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DiscordConfig;
 use crate::gateway::{self, Handler, IdentifyGate};
+use crate::guard::isolate;
 use crate::inbound::{Cursors, Inbound};
 use crate::outbound::{self, DiscordDeliver};
 use crate::rest::{Rest, RestError};
@@ -153,15 +152,12 @@ impl Bridge for DiscordBridge {
                 while let Some(delivery) = ctx.deliveries.recv().await {
                     // One event that makes routing panic is counted and skipped; the next is
                     // routed (SPEC section 9).
-                    let routed = AssertUnwindSafe(outbound::route(&shared, &delivery))
-                        .catch_unwind()
-                        .await;
-                    let jobs = match routed {
+                    let jobs = match isolate(outbound::route(&shared, &delivery)).await {
                         Ok(jobs) => jobs,
                         Err(panic) => {
                             ctx.hub.metrics().count_ignored("discord", "event_panicked");
                             tracing::error!(
-                                panic = outbound::panic_message(panic.as_ref()),
+                                panic,
                                 "routing a hub event to Discord panicked; it is skipped"
                             );
                             continue;

@@ -19,7 +19,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use hub_bridge_sdk::limits::{Action, Decision};
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::format::{self, MentionNames};
 use crate::gateway::GatewayEvent;
+use crate::guard::isolate;
 use crate::ids;
 use crate::outbound::Job;
 use crate::rest::RestError;
@@ -138,14 +138,11 @@ impl Inbound {
     /// (SPEC section 9: one event's failure never stops the bridge).
     async fn handle_safely(&mut self, event: GatewayEvent, attempt: u32) {
         let kind = event.kind();
-        let handled = std::panic::AssertUnwindSafe(self.handle(event, attempt))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = handled {
+        if let Err(panic) = isolate(self.handle(event, attempt)).await {
             self.ignored("event_panicked");
             tracing::error!(
                 event = kind,
-                panic = crate::outbound::panic_message(panic.as_ref()),
+                panic,
                 "handling a Discord event panicked; it is skipped"
             );
         }

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, GlobalEventKind, HubEvent};
 use hub_bridge_sdk::metrics::labels2;
@@ -38,6 +37,7 @@ use serenity::model::id::WebhookId;
 
 use crate::config::WebhookRef;
 use crate::format::{self, Header};
+use crate::guard::isolate;
 use crate::ids;
 use crate::rest::{path_segment, RestError};
 use crate::shared::{Link, Shared};
@@ -1303,19 +1303,15 @@ impl Deliver<Job> for DiscordDeliver {
         Box::pin(async move {
             // One job's panic must not take the destination's worker with it: it fails that job
             // (dead letter, the agent is told) and the next job is handled.
-            let result = match std::panic::AssertUnwindSafe(self.run(destination, job))
-                .catch_unwind()
-                .await
-            {
+            let result = match isolate(self.run(destination, job)).await {
                 Ok(result) => result,
                 Err(panic) => {
-                    let what = panic_message(panic.as_ref());
                     self.shared
                         .hub
                         .metrics()
                         .count_ignored("discord", "job_panicked");
-                    tracing::error!(destination, panic = what, "a Discord job panicked");
-                    Err(SendError::Permanent(format!("internal error: {what}")))
+                    tracing::error!(destination, panic, "a Discord job panicked");
+                    Err(SendError::Permanent(format!("internal error: {panic}")))
                 }
             };
             if result.is_ok() {
@@ -1369,13 +1365,4 @@ fn message_id(answer: Option<&Value>) -> Result<u64, SendError> {
 
 fn store_error(error: hub_bridge_sdk::StoreError) -> SendError {
     SendError::Transient(error.to_string())
-}
-
-/// What a caught panic said, for the log and the dead letter.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&'static str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
 }
