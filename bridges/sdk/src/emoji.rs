@@ -66,17 +66,13 @@ impl Emoji {
         Err(EmojiError::Invalid(shorten(text)))
     }
 
-    /// The emoji as platforms name it in requests: the Unicode text, or `name:id`.
-    pub fn as_request_text(&self) -> String {
-        self.to_string()
-    }
-
     /// Whether it is a Discord custom emoji (other platforms cannot show those).
     pub fn is_custom(&self) -> bool {
         matches!(self, Self::Custom { .. })
     }
 }
 
+/// The emoji as platforms name it in requests: the Unicode text, or `name:id`.
 impl fmt::Display for Emoji {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -300,6 +296,26 @@ mod tests {
                 prop_assert!(!shown.contains(['/', '#', '?', '%']));
                 prop_assert!(!shown.contains(char::is_whitespace));
                 prop_assert!(shown.chars().count() <= MAX_CODE_POINTS.max(CUSTOM_MAX_CHARS));
+            }
+        }
+
+        #[test]
+        fn mixes_of_emoji_parts_and_url_characters_never_pass_unsafe_text(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    '👍', '👩', '💻', '\u{200D}', '\u{FE0F}', '🏽', '🇫', '🇷', '1', '*', '#',
+                    '\u{20E3}', '/', '?', '%', ' ', '.', ':', 'a', '_', '0',
+                    '\u{E0067}', '\u{E007F}', '🏴',
+                ]),
+                0..12,
+            )
+        ) {
+            let text: String = parts.into_iter().collect();
+            if let Ok(emoji) = Emoji::parse(&text) {
+                let shown = emoji.to_string();
+                prop_assert_eq!(&shown, &text);
+                prop_assert!(!shown.contains(['/', '#', '?', '%', '.']));
+                prop_assert!(!shown.contains(char::is_whitespace));
             }
         }
 
