@@ -312,7 +312,12 @@ async fn channel_jobs(
     received_at: Instant,
 ) -> Vec<(String, Job)> {
     let mut jobs = Vec::new();
-    let links = shared.links_for_hub(event.channel_id());
+    // No echo: what came from a Discord channel is not posted back to it (SPEC 5).
+    let links: Vec<_> = shared
+        .links_for_hub(event.channel_id())
+        .into_iter()
+        .filter(|link| origin != Some(link.origin().as_str()))
+        .collect();
     if links.is_empty() {
         return jobs;
     }
@@ -336,10 +341,6 @@ async fn channel_jobs(
         }
     }
     for link in links {
-        // No echo: what came from this Discord channel is not posted back to it (SPEC 5).
-        if origin == Some(link.origin().as_str()) {
-            continue;
-        }
         let kind = match event {
             ChannelEvent::Message { message, .. } => post(shared, &link, message, None),
             ChannelEvent::ThreadMessage {
