@@ -641,7 +641,8 @@ async fn agent_messages_go_through_the_webhook_as_the_agent_and_never_ping_every
     assert_eq!(post.query_param("wait"), Some("true"));
     assert_eq!(post.body["username"], "Backend Architect");
     assert_eq!(post.body["avatar_url"], AVATAR);
-    assert_eq!(post.body["allowed_mentions"], json!({"parse": ["users"]}));
+    // Issue 7: an agent's post that replies to nothing pings nobody at all.
+    assert_eq!(post.body["allowed_mentions"], json!({"parse": []}));
 
     // Without a webhook, the bot posts `**name**: text`, with the same mention rules.
     let bot = h.wait_bot_post(PLAIN, "hello @everyone").await;
@@ -649,7 +650,7 @@ async fn agent_messages_go_through_the_webhook_as_the_agent_and_never_ping_every
         .as_str()
         .is_some_and(|c| c.starts_with("**Backend Architect**: hello")));
     let parse = &bot.body["allowed_mentions"]["parse"];
-    assert_eq!(parse, &json!(["users"]));
+    assert_eq!(parse, &json!([]));
 
     // A name Discord refuses for webhooks is sanitised.
     h.agent_event(
@@ -1084,7 +1085,11 @@ async fn a_discord_message_reaches_the_other_linked_channel_but_never_its_own() 
     h.person_says(CHANNEL, ada(), "from the webhook channel")
         .await;
     let copy = h.wait_bot_post(PLAIN, "from the webhook channel").await;
-    assert_eq!(copy.body["content"], "**Ada L.**: from the webhook channel");
+    // Issue 7: a relayed person's name carries their platform.
+    assert_eq!(
+        copy.body["content"],
+        "**Ada L. (Discord)**: from the webhook channel"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         h.webhook_posts("from the webhook channel").is_empty(),
@@ -1093,7 +1098,8 @@ async fn a_discord_message_reaches_the_other_linked_channel_but_never_its_own() 
 
     h.person_says(PLAIN, bob(), "from the plain channel").await;
     let copy = h.wait_webhook_post("from the plain channel").await;
-    assert_eq!(copy.body["username"], "Bob");
+    // Discord refuses "discord" in webhook usernames; the SDK's sanitiser breaks the word.
+    assert_eq!(copy.body["username"], "Bob (Disc-ord)");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let echoed = h
         .fake
@@ -1289,4 +1295,307 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         "no IDENTIFY with a rejected token"
     );
     running.stop().await;
+}
+
+// ===================== issue 7: trust boundaries and store errors =====================
+
+/// Publishes a message from a person on Telegram on the hub channel, as the Telegram bridge would.
+async fn telegram_person_says(h: &Harness, user: u64, name: &str, content: &str) {
+    let sender = format!("external:telegram:{user}");
+    let message = json!({
+        "id": uuid::Uuid::new_v4().to_string(), "content": content, "senderId": sender,
+        "authorId": sender, "authorType": "external", "authorName": name,
+        "externalPlatform": "telegram", "externalSourceId": format!("-100:{user}"),
+        "timestamp": hub_bridge_sdk::event::now_millis(),
+    });
+    let envelope = json!({
+        "event": {"type": "channel.message", "channelId": HUB, "message": message},
+        "timestamp": hub_bridge_sdk::event::now_millis(),
+        "channelId": HUB,
+        "senderId": sender,
+        "origin": "telegram:-100",
+    });
+    publish(&h.redis.url(), &hub_channel(), &envelope).await;
+}
+
+/// The `agent.notification`s an agent got whose text contains `needle`.
+fn notifications(h: &Harness, agent: &str, needle: &str) -> Vec<Seen> {
+    h.spy.matching(|s| {
+        s.channel == format!("pubsub:agent:{agent}")
+            && s.kind() == "agent.notification"
+            && s.json["data"]["content"]
+                .as_str()
+                .is_some_and(|text| text.contains(needle))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_emoji_holding_a_path_is_refused_and_never_reaches_another_route() {
+    let h = Harness::start().await;
+    let hub_id = h.agent_says("react to me safely").await;
+    h.wait_webhook_post("react to me safely").await;
+    h.wait_bot_post(PLAIN, "react to me safely").await;
+    let posted = |channel: u64| {
+        h.fake
+            .messages_in(channel)
+            .iter()
+            .find(|m| m.content.contains("react to me safely"))
+            .map(|m| m.id)
+            .expect("posted")
+    };
+    let targets = [(CHANNEL, posted(CHANNEL)), (PLAIN, posted(PLAIN))];
+    let before = h.fake.requests().len();
+
+    let malicious = "👍/../../../../../../channels/222#";
+    for kind in ["channel.reaction.remove", "channel.reaction.add"] {
+        h.agent_event(json!({"type": kind, "channelId": HUB, "messageId": hub_id,
+            "emoji": malicious, "agentId": AGENT}))
+            .await;
+    }
+    // A good reaction after them: once it is on Discord, the bad ones were handled before it.
+    h.agent_event(
+        json!({"type": "channel.reaction.add", "channelId": HUB, "messageId": hub_id,
+        "emoji": "👍", "agentId": AGENT}),
+    )
+    .await;
+    for (channel, message) in targets {
+        h.fake
+            .wait_for(
+                "PUT",
+                &format!("/channels/{channel}/messages/{message}/reactions/👍/@me"),
+                1,
+                WAIT,
+            )
+            .await;
+    }
+    let allowed: Vec<String> = targets
+        .iter()
+        .map(|(channel, message)| {
+            format!("/channels/{channel}/messages/{message}/reactions/👍/@me")
+        })
+        .collect();
+    let after: Vec<Request> = h.fake.requests().into_iter().skip(before).collect();
+    for request in &after {
+        assert!(
+            !request.path.contains("/channels/222"),
+            "a request left its route: {request:#?}"
+        );
+        if matches!(request.method.as_str(), "PUT" | "DELETE" | "PATCH") {
+            assert!(
+                allowed.contains(&request.path),
+                "unexpected {} {}",
+                request.method,
+                request.path
+            );
+        }
+    }
+    eventually("the agent is told twice", || {
+        notifications(&h, AGENT, "was not relayed to Discord").len() == 2
+    })
+    .await;
+    let told = notifications(&h, AGENT, "was not relayed to Discord");
+    assert!(told.iter().any(|s| s.json["data"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .contains("channel.reaction.remove")));
+    assert_eq!(told[0].json["data"]["channelId"], HUB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_out_of_range_ids_are_text_and_never_stop_inbound_even_after_a_restart() {
+    let mut h = Harness::start().await;
+    let odd = "see <#0> <@0> <@&0> <#99999999999999999999999>";
+    h.fake
+        .post_user_message(UserMessage::new(CHANNEL, Some(GUILD), ada(), odd));
+    h.hub_message(odd).await;
+    h.person_says(CHANNEL, bob(), "the next message").await;
+
+    // Caught up after a restart: the catch-up replays it and goes on.
+    h.stop_service().await;
+    let while_down = "while down <#0> <@!0>";
+    h.fake
+        .post_user_message_silently(UserMessage::new(CHANNEL, Some(GUILD), ada(), while_down));
+    h.start_service().await;
+    h.hub_message(while_down).await;
+    h.person_says(CHANNEL, bob(), "after the restart").await;
+    assert_eq!(h.spy.matching(|s| is_person_message(s, odd)).len(), 1);
+    // No lookup of a channel 0 was ever attempted.
+    assert!(h.fake.requests_matching("GET", "/channels/0").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_people_ping_nobody_carry_their_platform_and_agents_ping_only_the_reply_target() {
+    let h = Harness::start().await;
+    let ada_id = ada().id;
+    telegram_person_says(&h, 42, "Alice", &format!("hey <@{ada_id}> @everyone")).await;
+    let post = h.wait_webhook_post("hey <@").await;
+    assert_eq!(post.body["username"], "Alice (Telegram)");
+    assert_eq!(post.body["allowed_mentions"], json!({"parse": []}));
+    let bot = h.wait_bot_post(PLAIN, "hey <@").await;
+    assert!(
+        bot.body["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("**Alice (Telegram)**: hey")),
+        "{:?}",
+        bot.body
+    );
+    assert_eq!(bot.body["allowed_mentions"]["parse"], json!([]));
+    assert_ne!(bot.body["allowed_mentions"]["replied_user"], json!(true));
+
+    // A person named like an agent (case and spaces aside) is marked.
+    telegram_person_says(&h, 43, " backend architect ", "I am the architect").await;
+    let post = h.wait_webhook_post("I am the architect").await;
+    assert_eq!(
+        post.body["username"],
+        "backend architect (Telegram, not an agent)"
+    );
+    let bot = h.wait_bot_post(PLAIN, "I am the architect").await;
+    assert!(bot.body["content"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("**backend architect (Telegram, not an agent)**:")));
+
+    // An agent's reply may ping the author it answers, and nobody else.
+    let (_, parent) = h.person_says(CHANNEL, ada(), "ping me back").await;
+    let parent_hub = parent.event()["message"]["id"].clone();
+    h.agent_says_with(
+        &format!("done <@{ada_id}> <@{}>", bob().id),
+        json!({"parentMessageId": parent_hub}),
+    )
+    .await;
+    let reply = h.wait_webhook_post("done <@").await;
+    assert_eq!(
+        reply.body["allowed_mentions"],
+        json!({"parse": [], "users": [ada_id.to_string()]})
+    );
+    h.agent_says("no reply here @here").await;
+    let plain = h.wait_webhook_post("no reply here").await;
+    assert_eq!(plain.body["allowed_mentions"], json!({"parse": []}));
+    assert_eq!(plain.body["username"], "Backend Architect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_arrives_while_redis_refuses_writes_is_published_once_afterwards() {
+    let h = Harness::start().await;
+    h.person_says(CHANNEL, ada(), "before the refusal").await;
+    let mut redis = h.redis.connection().await;
+    let set = |key: &'static str, value: &'static str| {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("SET").arg(key).arg(value);
+        command
+    };
+    let _: () = set("maxmemory-policy", "noeviction")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let _: () = set("maxmemory", "1")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    h.fake.post_user_message(UserMessage::new(
+        CHANNEL,
+        Some(GUILD),
+        ada(),
+        "while redis refuses writes",
+    ));
+    // Redis answers OOM to every write for a few seconds: the message must wait, not vanish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h
+        .spy
+        .matching(|s| is_person_message(s, "while redis refuses writes"))
+        .is_empty());
+    let _: () = set("maxmemory", "0")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    h.spy
+        .wait_for("the refused message", Duration::from_secs(30), |s| {
+            is_person_message(s, "while redis refuses writes")
+        })
+        .await;
+    h.person_says(CHANNEL, bob(), "after the refusal").await;
+    assert_eq!(
+        h.spy
+            .matching(|s| is_person_message(s, "while redis refuses writes"))
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_mentions_cost_at_most_five_lookups_and_refusals_are_cached() {
+    let h = Harness::start().await;
+    let unknown: Vec<u64> = (1..=50).map(|n| 1_600_000_000_000_000_000 + n).collect();
+    let content: String = unknown.iter().map(|id| format!("<#{id}> ")).collect();
+    let lookups = || {
+        h.fake
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "GET" && unknown.iter().any(|id| r.path == format!("/channels/{id}"))
+            })
+            .count()
+    };
+    let expected = "#channel ".repeat(50).trim_end().to_owned();
+    h.fake.post_user_message(UserMessage::new(
+        CHANNEL,
+        Some(GUILD),
+        ada(),
+        content.trim_end(),
+    ));
+    h.hub_message(&expected).await;
+    let first = lookups();
+    assert!((1..=5).contains(&first), "{first} lookups");
+    let again: String = unknown[..5].iter().map(|id| format!("<#{id}> ")).collect();
+    h.fake.post_user_message(UserMessage::new(
+        CHANNEL,
+        Some(GUILD),
+        bob(),
+        &format!("again {}", again.trim_end()),
+    ));
+    h.hub_message(&format!("again {}", "#channel ".repeat(5).trim_end()))
+        .await;
+    assert_eq!(lookups(), first, "refused lookups are cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_commands_count_against_the_limit_and_dms_go_only_to_user_ids() {
+    let h = Harness::start_with(|config| config.limits.message = 2).await;
+    let dm = h.fake.dm_channel(&ada());
+    for _ in 0..4 {
+        h.fake
+            .post_user_message(UserMessage::new(dm, None, ada(), "/agents"));
+    }
+    h.wait_bot_post(dm, "too fast").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let answers = h
+        .fake
+        .requests_matching("POST", &format!("/channels/{dm}/messages"))
+        .into_iter()
+        .filter(|r| {
+            r.body["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("Agents you can reach"))
+        })
+        .count();
+    assert_eq!(answers, 2);
+
+    let opened = h
+        .fake
+        .requests_matching("POST", "/users/@me/channels")
+        .len();
+    for recipient in ["external:discord:0", "external:discord:12ab"] {
+        let dm = json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
+            "content": "psst"}, "timestamp": 1});
+        publish(&h.redis.url(), &format!("pubsub:agent:{recipient}"), &dm).await;
+    }
+    eventually("the agent is told twice", || {
+        notifications(&h, AGENT, "is not a Discord user id").len() == 2
+    })
+    .await;
+    assert_eq!(
+        h.fake
+            .requests_matching("POST", "/users/@me/channels")
+            .len(),
+        opened
+    );
 }

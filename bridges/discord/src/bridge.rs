@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DiscordConfig;
 use crate::gateway::{self, Handler, IdentifyGate};
+use crate::guard::isolate;
 use crate::inbound::{Cursors, Inbound};
 use crate::outbound::{self, DiscordDeliver};
 use crate::rest::{Rest, RestError};
@@ -59,7 +60,7 @@ impl DiscordBridge {
                 let id = me
                     .get("id")
                     .and_then(Value::as_str)
-                    .and_then(|id| id.parse().ok())
+                    .and_then(crate::ids::parse)
                     .ok_or_else(|| {
                         BridgeError::Transient("GET /users/@me answered without an id".to_owned())
                     })?;
@@ -130,7 +131,7 @@ impl Bridge for DiscordBridge {
                 stop.clone(),
                 self.last_seen.clone(),
             );
-            tasks.spawn(inbound.run(events_rx));
+            let mut inbound = tasks.spawn(inbound.run(events_rx));
 
             let gate = IdentifyGate {
                 store: ctx.hub.store(),
@@ -149,7 +150,20 @@ impl Bridge for DiscordBridge {
             );
             let deliveries = async {
                 while let Some(delivery) = ctx.deliveries.recv().await {
-                    for (destination, job) in outbound::route(&shared, &delivery).await {
+                    // One event that makes routing panic is counted and skipped; the next is
+                    // routed (SPEC section 9).
+                    let jobs = match isolate(outbound::route(&shared, &delivery)).await {
+                        Ok(jobs) => jobs,
+                        Err(panic) => {
+                            ctx.hub.metrics().count_ignored("discord", "event_panicked");
+                            tracing::error!(
+                                panic,
+                                "routing a hub event to Discord panicked; it is skipped"
+                            );
+                            continue;
+                        }
+                    };
+                    for (destination, job) in jobs {
                         outboxes.push(&destination, job).await;
                     }
                 }
@@ -160,6 +174,19 @@ impl Bridge for DiscordBridge {
             let result = tokio::select! {
                 result = gateway => result,
                 () = deliveries => Ok(()),
+                // The inbound processor ends only with the run; if it ends before, Discord
+                // messages would no longer reach the hub: the run fails so the supervisor
+                // restarts it (and `/readyz` shows it meanwhile).
+                ended = &mut inbound => {
+                    if stop.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err(BridgeError::Transient(match ended {
+                            Ok(()) => "the Discord inbound processor stopped".to_owned(),
+                            Err(error) => format!("the Discord inbound processor died: {error}"),
+                        }))
+                    }
+                }
             };
 
             stop.cancel();

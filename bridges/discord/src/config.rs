@@ -1,5 +1,7 @@
 //! The `[discord]` config section.
 
+use std::num::NonZeroU64;
+
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
 use serde::Deserialize;
 
@@ -39,10 +41,12 @@ fn default_api_url() -> String {
     "https://discord.com".to_owned()
 }
 
-/// A webhook's id and token, taken from its URL (`.../api/webhooks/{id}/{token}`).
+/// A webhook's id and token, taken from its URL (`.../api/webhooks/{id}/{token}`). Both go into
+/// request paths, so both are checked: the id is a non-zero number, the token is made of the
+/// characters Discord's tokens use (`A-Z a-z 0-9 _ - .`), never `/`, `?`, `#` or `%`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookRef {
-    pub id: u64,
+    pub id: NonZeroU64,
     pub token: Secret,
 }
 
@@ -61,15 +65,26 @@ impl DiscordLink {
 
 /// Reads `https://host/api/webhooks/{id}/{token}` (any host: `api_url` applies to webhooks too).
 pub fn parse_webhook_url(url: &str) -> Option<WebhookRef> {
-    let path = url.split_once("/api/")?.1;
-    let path = path.strip_prefix("v10/").unwrap_or(path);
-    let mut parts = path.strip_prefix("webhooks/")?.split(['/', '?']);
-    let id = parts.next()?.parse().ok()?;
-    let token = parts.next().filter(|token| !token.is_empty())?;
-    Some(WebhookRef {
+    let (id, token) = webhook_parts(url)?;
+    let id = NonZeroU64::new(crate::ids::parse(id)?)?;
+    let token_ok = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && token != "."
+        && token != "..";
+    token_ok.then(|| WebhookRef {
         id,
         token: Secret::new(token),
     })
+}
+
+/// The id and token segments of a webhook URL, unchecked.
+fn webhook_parts(url: &str) -> Option<(&str, &str)> {
+    let path = url.split_once("/api/")?.1;
+    let path = path.strip_prefix("v10/").unwrap_or(path);
+    let mut parts = path.strip_prefix("webhooks/")?.split(['/', '?', '#']);
+    Some((parts.next()?, parts.next().unwrap_or_default()))
 }
 
 impl DiscordConfig {
@@ -99,6 +114,12 @@ impl DiscordConfig {
                 // The URL embeds a token: the message describes it without quoting it.
                 check_http_url(&key, url.expose())
                     .map_err(|_| ConfigIssue::new(&key, "is not an http(s) URL"))?;
+                if webhook_parts(url.expose()).is_some_and(|(id, _)| id == "0") {
+                    return Err(ConfigIssue::new(
+                        key,
+                        "webhook id 0 is not a Discord webhook id",
+                    ));
+                }
                 if link.webhook().is_none() {
                     return Err(ConfigIssue::new(
                         key,
@@ -130,10 +151,51 @@ mod tests {
     #[test]
     fn webhook_urls_parse_on_any_host() {
         let hook = parse_webhook_url("https://discord.com/api/webhooks/123/abc-DEF").unwrap();
-        assert_eq!(hook.id, 123);
+        assert_eq!(hook.id.get(), 123);
         assert_eq!(hook.token.expose(), "abc-DEF");
         assert!(parse_webhook_url("http://127.0.0.1:9/api/v10/webhooks/5/t?wait=true").is_some());
         assert!(parse_webhook_url("https://discord.com/api/webhooks/x/abc").is_none());
         assert!(parse_webhook_url("https://discord.com/api/webhooks/1/").is_none());
+    }
+
+    #[test]
+    fn webhook_ids_are_non_zero_and_tokens_cannot_reshape_a_path() {
+        for bad in [
+            "https://discord.com/api/webhooks/0/abc",
+            "https://discord.com/api/webhooks/00/abc",
+            "https://discord.com/api/webhooks/-1/abc",
+            "https://discord.com/api/webhooks/1/..",
+            "https://discord.com/api/webhooks/1/a%2Fb",
+            "https://discord.com/api/webhooks/1/a b",
+        ] {
+            assert!(parse_webhook_url(bad).is_none(), "{bad}");
+        }
+    }
+
+    fn config_with_webhook(url: &str) -> DiscordConfig {
+        DiscordConfig {
+            token: Secret::new("a-bot-token-that-is-long-enough"),
+            api_url: default_api_url(),
+            links: vec![DiscordLink {
+                channel: "hub".to_owned(),
+                discord_channel: "123".to_owned(),
+                webhook_url: Some(Secret::new(url)),
+            }],
+            dm_agent: None,
+        }
+    }
+
+    #[test]
+    fn a_webhook_url_with_id_0_is_rejected_naming_the_key() {
+        let issue = config_with_webhook("https://discord.com/api/webhooks/0/secret-token")
+            .validate()
+            .expect_err("id 0 is refused");
+        assert_eq!(issue.key, "links[0].webhook_url");
+        assert!(issue.message.contains("webhook id 0"), "{issue:?}");
+        assert!(!issue.message.contains("secret-token"), "{issue:?}");
+        assert!(!issue.message.contains('\n'));
+        config_with_webhook("https://discord.com/api/webhooks/5/secret-token")
+            .validate()
+            .expect("a good webhook URL passes");
     }
 }

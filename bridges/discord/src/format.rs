@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use hub_bridge_sdk::event::ContentBlock;
+use hub_bridge_sdk::text::discord::sanitize_webhook_username;
 use hub_bridge_sdk::text::{split, Unit};
+use hub_bridge_sdk::Platform;
 use serenity::model::channel::{Attachment, ReactionType};
 
 /// Discord's content limit, in characters.
@@ -50,7 +52,8 @@ pub fn render_mentions(content: &str, names: &MentionNames<'_>) -> String {
 }
 
 fn render_token(inner: &str, names: &MentionNames<'_>) -> Option<String> {
-    let id = |s: &str| s.parse::<u64>().ok();
+    // Ids of 0 or out of range are not mentions: they stay as the text they are.
+    let id = crate::ids::parse;
     if let Some(role) = inner.strip_prefix("@&") {
         let role = id(role)?;
         let name = names
@@ -138,10 +141,47 @@ pub fn hub_emoji(emoji: &ReactionType) -> String {
     }
 }
 
-/// Whether the hub's emoji can be put on a Discord message by the bot: a Unicode emoji, not a
-/// name such as `thumbsup` or a custom `:name:` the bot cannot resolve.
-pub fn is_unicode_emoji(emoji: &str) -> bool {
-    !emoji.is_empty() && !emoji.is_ascii() && !emoji.contains(char::is_whitespace)
+/// Discord's longest webhook username, in characters.
+const MAX_USERNAME_CHARS: usize = 80;
+
+/// How a relayed person is named on Discord (SPEC section 9: a person never appears exactly as
+/// an agent): `Ada (Telegram)`, and `Backend Architect (Telegram, not an agent)` when the name is
+/// an agent's. The name is cut (with `…`) so that the whole, once Discord's username rules are
+/// applied (`sanitize_webhook_username` may lengthen it), stays within 80 characters and the
+/// mark is never the part that is cut.
+pub fn person_name(name: &str, platform: Option<Platform>, agent_name: bool) -> String {
+    let label = match platform {
+        Some(Platform::Telegram) => "Telegram",
+        Some(Platform::Discord) => "Discord",
+        None => "external",
+    };
+    let suffix = if agent_name {
+        format!(" ({label}, not an agent)")
+    } else {
+        format!(" ({label})")
+    };
+    let name = name.trim();
+    let name = if name.is_empty() { "someone" } else { name };
+    // `sanitize_webhook_username` cuts at 80 characters: the whole fits when the cut left the
+    // (sanitised) mark at the end.
+    let mark = sanitize_webhook_username(suffix.trim());
+    let fits = |candidate: &str| {
+        candidate.chars().count() <= MAX_USERNAME_CHARS
+            && sanitize_webhook_username(candidate).ends_with(&mark)
+    };
+    let mut keep = name.chars().count();
+    loop {
+        let mut cut: String = name.chars().take(keep).collect();
+        if keep < name.chars().count() {
+            cut = format!("{}…", cut.trim_end());
+        }
+        let candidate = format!("{cut}{suffix}");
+        if fits(&candidate) || keep == 0 {
+            return candidate;
+        }
+        let excess = candidate.chars().count().saturating_sub(MAX_USERNAME_CHARS);
+        keep = keep.saturating_sub(excess.max(1));
+    }
 }
 
 /// The text of a hub message as posted on Discord: the content, then one line per content block
@@ -419,9 +459,73 @@ mod tests {
     }
 
     #[test]
-    fn unicode_emoji_are_told_from_names() {
-        assert!(is_unicode_emoji("👍"));
-        assert!(!is_unicode_emoji("thumbsup"));
-        assert!(!is_unicode_emoji(":party:"));
+    fn people_are_named_with_their_platform_and_marked_when_named_like_an_agent() {
+        assert_eq!(
+            person_name("Alice", Some(Platform::Telegram), false),
+            "Alice (Telegram)"
+        );
+        assert_eq!(
+            person_name(" Backend Architect ", Some(Platform::Telegram), true),
+            "Backend Architect (Telegram, not an agent)"
+        );
+        assert_eq!(person_name("  ", None, false), "someone (external)");
+        let long = "discord ".repeat(20);
+        for agent in [false, true] {
+            let name = person_name(&long, Some(Platform::Discord), agent);
+            let shown = sanitize_webhook_username(&name);
+            assert!(shown.chars().count() <= 80, "{shown}");
+            let mark = if agent {
+                ", not an agent)"
+            } else {
+                "(Disc-ord)"
+            };
+            assert!(shown.ends_with(mark), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_long_content_block_list_is_split_under_the_limit() {
+        let block = |n: usize| ContentBlock {
+            kind: "file".into(),
+            name: Some(format!("report-{n}.pdf")),
+            size: Some(3),
+            mime_type: None,
+            url: Some(format!("https://files.example.org/{}/{n}", "x".repeat(80))),
+        };
+        let one_huge = vec![ContentBlock {
+            url: Some(format!("https://x/{}", "y".repeat(5000))),
+            ..block(0)
+        }];
+        let many: Vec<ContentBlock> = (0..200).map(block).collect();
+        for (content, blocks) in [
+            ("see the files", &many),
+            ("", &many),
+            ("a huge link", &one_huge),
+        ] {
+            let text = hub_text(content, Some(blocks));
+            for header in [Header::None, Header::Name("Backend Architect".into())] {
+                let parts = compose(&header, &text);
+                assert!(
+                    parts.len() > 1,
+                    "{} chars in one part",
+                    text.chars().count()
+                );
+                for part in &parts {
+                    assert!(!part.trim().is_empty());
+                    assert!(
+                        part.chars().count() <= MAX_CHARS,
+                        "{}",
+                        part.chars().count()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ids_of_0_or_out_of_range_stay_text() {
+        let names = MentionNames::default();
+        let text = "<#0> <@0> <@!0> <@&0> <#99999999999999999999999> <:x:0>";
+        assert_eq!(render_mentions(text, &names), text);
     }
 }

@@ -61,6 +61,21 @@ pub enum GatewayEvent {
     Typing(Box<TypingStartEvent>),
 }
 
+impl GatewayEvent {
+    /// The event's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ready { .. } => "ready",
+            Self::Resumed => "resumed",
+            Self::Message(..) => "message",
+            Self::Update(_) => "message_update",
+            Self::Delete { .. } => "message_delete",
+            Self::Reaction { .. } => "reaction",
+            Self::Typing(_) => "typing",
+        }
+    }
+}
+
 /// Forwards gateway events into the bridge's queue. Serenity runs every handler call in a task
 /// of its own, so the send is the first and only thing each call does (see `inbound` for how
 /// the rare reordering between such tasks is undone).

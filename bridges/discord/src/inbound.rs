@@ -22,22 +22,23 @@ use std::time::{Duration, Instant};
 use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use hub_bridge_sdk::limits::{Action, Decision};
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::{label, labels2};
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{ExternalId, Op, Platform, Reply, StoreError};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use serenity::model::channel::{Message, MessageType};
-use serenity::model::id::ChannelId;
 use serenity::model::user::User;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::format::{self, MentionNames};
 use crate::gateway::GatewayEvent;
+use crate::guard::isolate;
+use crate::ids;
 use crate::outbound::Job;
 use crate::rest::RestError;
-use crate::shared::{Link, Shared};
+use crate::shared::{Cached, Link, Shared};
 
 /// How often an event whose message is not mapped yet is retried, and how far apart.
 /// Times the event processor yields to serenity's other handler tasks before it sorts a batch.
@@ -51,6 +52,9 @@ const MAX_PAGES: usize = 50;
 /// Thread mappings live this long without use.
 const THREAD_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
+/// At most this many channel lookups for one message's `<#id>` mentions (SPEC section 5,
+/// bounded work); the rest render as `#channel`.
+const MAX_LOOKUPS_PER_MESSAGE: usize = 5;
 
 /// The newest message id handled per linked Discord channel.
 pub type Cursors = Arc<Mutex<HashMap<u64, u64>>>;
@@ -122,11 +126,25 @@ impl Inbound {
                     }
                     order(&mut batch);
                     for event in batch.drain(..) {
-                        self.handle(event, 0).await;
+                        self.handle_safely(event, 0).await;
                     }
                 }
-                Some((attempt, event)) = self.retry_rx.recv() => self.handle(event, attempt).await,
+                Some((attempt, event)) = self.retry_rx.recv() => self.handle_safely(event, attempt).await,
             }
+        }
+    }
+
+    /// Handles one event; a panic in it is counted and logged, and the next event is handled
+    /// (SPEC section 9: one event's failure never stops the bridge).
+    async fn handle_safely(&mut self, event: GatewayEvent, attempt: u32) {
+        let kind = event.kind();
+        if let Err(panic) = isolate(self.handle(event, attempt)).await {
+            self.ignored("event_panicked");
+            tracing::error!(
+                event = kind,
+                panic,
+                "handling a Discord event panicked; it is skipped"
+            );
         }
     }
 
@@ -178,8 +196,10 @@ impl Inbound {
             .count_published("discord", type_name);
     }
 
-    /// Runs a store operation until it succeeds: while the store is unreachable, inbound events
-    /// wait here (SPEC section 6). `None` when the store refused the command or the run stops.
+    /// Runs a store operation until it succeeds: while the store is unreachable or refuses
+    /// writes (an error reply such as LOADING, READONLY, MISCONF or OOM is as passing as a lost
+    /// connection), inbound events wait here, unacknowledged, and the cursor does not move
+    /// (SPEC sections 6 and 9). `None` only when the run stops.
     async fn store<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
     where
         F: FnMut() -> Fut,
@@ -190,15 +210,18 @@ impl Inbound {
         loop {
             match op().await {
                 Ok(value) => return Some(value),
-                Err(StoreError::Unavailable(error)) => {
+                Err(error) => {
+                    self.shared
+                        .hub
+                        .metrics()
+                        .retries
+                        .get_or_create(&label("bridge", "discord"))
+                        .inc();
                     if !logged {
-                        tracing::warn!(%error, what, "store unavailable; Discord events wait until it is back");
+                        let refused = matches!(error, StoreError::Command(_));
+                        tracing::warn!(%error, what, refused, "store failed; Discord events wait and retry until it works");
                         logged = true;
                     }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, what, "store refused a Discord event; skipped");
-                    return None;
                 }
             }
             tokio::select! {
@@ -541,21 +564,51 @@ impl Inbound {
                 .collect(),
             ..MentionNames::default()
         };
-        for channel in mentioned_channels(content) {
-            if let Ok(info) = self.shared.channel_info(channel).await {
-                if let Some(name) = info.name {
-                    names.channels.insert(channel, name);
-                }
-            }
-        }
+        names.channels = self.channel_names(content).await;
         let roles = match message.guild_id {
             Some(guild) if content.contains("<@&") => {
-                Some(self.shared.role_names(guild.get(), content).await)
+                Some(self.shared.role_names(guild, content).await)
             }
             _ => None,
         };
         names.roles = roles.as_deref();
         format::render_mentions(content, &names)
+    }
+
+    /// The names of the channels `content` mentions (`<#id>`): from the cache, else looked up
+    /// concurrently, at most [`MAX_LOOKUPS_PER_MESSAGE`] per message; the others (and channels
+    /// Discord will not show) are rendered as `#channel`. A message with 50 channel mentions
+    /// thus costs at most 5 requests, and the same mentions again cost none.
+    async fn channel_names(&self, content: &str) -> HashMap<u64, String> {
+        let mut mentioned = mentioned_channels(content);
+        mentioned.sort_unstable();
+        mentioned.dedup();
+        let mut names = HashMap::new();
+        let mut lookups = Vec::new();
+        for channel in mentioned {
+            match self.shared.cached_channel(channel) {
+                Cached::Known(info) => {
+                    if let Some(name) = info.name {
+                        names.insert(channel, name);
+                    }
+                }
+                Cached::Failed => {}
+                Cached::Unknown if lookups.len() < MAX_LOOKUPS_PER_MESSAGE => lookups.push(channel),
+                Cached::Unknown => self.ignored("channel_lookup_over_budget"),
+            }
+        }
+        let found = futures_util::future::join_all(
+            lookups
+                .iter()
+                .map(|channel| self.shared.channel_info(*channel)),
+        )
+        .await;
+        for (channel, info) in lookups.into_iter().zip(found) {
+            if let Some(name) = info.ok().and_then(|info| info.name) {
+                names.insert(channel, name);
+            }
+        }
+        names
     }
 
     /// Stores the newest message id seen in a linked channel, where the next catch-up starts.
@@ -593,6 +646,12 @@ impl Inbound {
     /// `discord.dm_agent`. `/help` (or `/start`) and `/agents` answer in the DM.
     async fn direct_message(&self, message: &Message, live: bool) {
         let user = message.author.id.get();
+        // Commands (`/dm`, `/agents`, ...) count against the person's message limit like any
+        // message: decided once per Discord message, before anything is retried.
+        let sender = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        if live && !self.allowed(Action::Message, &sender, message).await {
+            return;
+        }
         self.shared.note_dm_channel(user, message.channel_id.get());
         let destination = format!("dm:{user}");
         let text = format::hub_text(message.content.trim(), blocks(message).as_deref());
@@ -614,16 +673,12 @@ impl Inbound {
                     .push(&destination, Job::notice(answer, None))
                     .await;
             }
-            Private::Send { agent, text } => self.to_agent(message, live, &agent, text).await,
+            Private::Send { agent, text } => self.to_agent(message, &agent, text).await,
         }
     }
 
     /// Publishes a person's DM as `agent.direct_message` on `pubsub:agent:{agent}`.
-    async fn to_agent(&self, message: &Message, live: bool, agent: &str, text: &str) {
-        let sender = ExternalId::new(Platform::Discord, message.author.id.to_string()).to_string();
-        if live && !self.allowed(Action::Message, &sender, message).await {
-            return;
-        }
+    async fn to_agent(&self, message: &Message, agent: &str, text: &str) {
         if text.trim().is_empty() {
             return self.ignored("empty_message");
         }
@@ -705,7 +760,7 @@ impl Inbound {
         };
         let roles = match guild {
             Some(guild) if content.contains("<@&") => {
-                Some(self.shared.role_names(guild.get(), content).await)
+                Some(self.shared.role_names(guild, content).await)
             }
             _ => None,
         };
@@ -914,7 +969,7 @@ impl Inbound {
             .await
             .ok()
             .and_then(|i| i.guild_id);
-        let stored = reply.into_text().and_then(|text| text.parse::<u64>().ok());
+        let stored = reply.into_text().and_then(|text| ids::parse(&text));
         let remembered = self
             .last_seen
             .lock()
@@ -982,7 +1037,7 @@ impl Inbound {
                 .json(
                     LightMethod::Get,
                     Route::ChannelMessages {
-                        channel_id: ChannelId::new(channel),
+                        channel_id: ids::channel(channel)?,
                     },
                     &params,
                     None,
@@ -1074,7 +1129,7 @@ fn mentioned_channels(content: &str) -> Vec<u64> {
     content
         .split("<#")
         .skip(1)
-        .filter_map(|rest| rest.split_once('>')?.0.parse().ok())
+        .filter_map(|rest| ids::parse(rest.split_once('>')?.0))
         .collect()
 }
 

@@ -5,7 +5,11 @@
 //! Agents post through the link's webhook as themselves (sanitised username, `avatar_url` from
 //! `[agents]`); without a webhook the bot posts `**name**: text`. Webhooks cannot reply, so a
 //! webhook reply starts with a quote of the parent and a link to it. Every post carries
-//! `allowed_mentions` that allow user mentions only: never @everyone, @here or roles. Long
+//! `allowed_mentions` (SPEC section 9): a relayed person's message pings nobody; an agent's
+//! pings at most the author of the message it replies to; never @everyone, @here or roles;
+//! edits ping nobody. A relayed person's name carries their platform ("Ada (Telegram)"), and is
+//! marked when it equals an agent's ([`format::person_name`]). Values from payloads that go
+//! into a URL (reaction emoji, ids) are validated, and encoded as path segments. Long
 //! messages are split under 2000 characters; every part is mapped to the hub message, so edits
 //! and deletes reach every part (through the webhook for webhook posts).
 //!
@@ -19,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, GlobalEventKind, HubEvent};
 use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::msgmap::MessageMap;
@@ -28,11 +33,13 @@ use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, Op, Platform, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use serenity::http::{LightMethod, Route};
-use serenity::model::id::{ChannelId, MessageId, WebhookId};
+use serenity::model::id::WebhookId;
 
 use crate::config::WebhookRef;
 use crate::format::{self, Header};
-use crate::rest::RestError;
+use crate::guard::isolate;
+use crate::ids;
+use crate::rest::{path_segment, RestError};
 use crate::shared::{Link, Shared};
 
 /// How often the typing indicator is triggered again at most (Discord shows it for ~10 s).
@@ -101,6 +108,9 @@ enum JobKind {
 struct Post {
     link: LinkRef,
     hub_id: String,
+    /// A relay of a person's message (the sender is `external:*`): it pings nobody.
+    #[serde(default)]
+    person: bool,
     name: String,
     avatar_url: Option<String>,
     text: String,
@@ -119,6 +129,9 @@ struct Plan {
     thread: Option<u64>,
     /// The message a bot-mode post replies to natively.
     reference: Option<u64>,
+    /// The user an agent's webhook reply may ping: the author of the message it answers.
+    #[serde(default)]
+    ping: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -257,6 +270,22 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
                 return Vec::new();
             };
             let from = event.data.from_agent.as_deref().unwrap_or("hub");
+            // Only a user id opens a DM: anything else is refused before it reaches a request.
+            let Some(user) = ids::parse(&person.user_id) else {
+                refuse(
+                    shared,
+                    Some(from),
+                    None,
+                    "invalid_user_id",
+                    format!(
+                        "Your agent.direct_message to {recipient} was not relayed: `{}` is not a \
+                         Discord user id.",
+                        person.user_id
+                    ),
+                )
+                .await;
+                return Vec::new();
+            };
             let name = shared.hub.display_name(from, None);
             let parts = format::compose(&Header::Name(name), content);
             let mut job = Job::new(
@@ -269,7 +298,7 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
             );
             job.agent_id = (!ExternalId::is_external(from)).then(|| from.to_owned());
             job.received_at = Some(delivery.received_at);
-            vec![(format!("dm:{}", person.user_id), job)]
+            vec![(format!("dm:{user}"), job)]
         }
         _ => Vec::new(),
     }
@@ -283,11 +312,35 @@ async fn channel_jobs(
     received_at: Instant,
 ) -> Vec<(String, Job)> {
     let mut jobs = Vec::new();
-    for link in shared.links_for_hub(event.channel_id()) {
-        // No echo: what came from this Discord channel is not posted back to it (SPEC 5).
-        if origin == Some(link.origin().as_str()) {
-            continue;
+    // No echo: what came from a Discord channel is not posted back to it (SPEC 5).
+    let links: Vec<_> = shared
+        .links_for_hub(event.channel_id())
+        .into_iter()
+        .filter(|link| origin != Some(link.origin().as_str()))
+        .collect();
+    if links.is_empty() {
+        return jobs;
+    }
+    if let ChannelEvent::ReactionAdd { emoji, .. } | ChannelEvent::ReactionRemove { emoji, .. } =
+        event
+    {
+        // The emoji goes into a URL path: what is not an emoji is refused here, once per event.
+        if let Err(error) = Emoji::parse(emoji) {
+            refuse(
+                shared,
+                event.actor().or(envelope_sender),
+                Some(event.channel_id()),
+                "invalid_emoji",
+                format!(
+                    "Your {} was not relayed to Discord: {error}.",
+                    event.type_name()
+                ),
+            )
+            .await;
+            return jobs;
         }
+    }
+    for link in links {
         let kind = match event {
             ChannelEvent::Message { message, .. } => post(shared, &link, message, None),
             ChannelEvent::ThreadMessage {
@@ -358,6 +411,38 @@ async fn channel_jobs(
     jobs
 }
 
+/// Counts an event the bridge refuses to relay, and tells the agent that sent it (people get no
+/// notifications).
+async fn refuse(
+    shared: &Shared,
+    sender: Option<&str>,
+    hub_channel: Option<&str>,
+    reason: &'static str,
+    message: String,
+) {
+    shared.hub.metrics().count_ignored("discord", reason);
+    tracing::debug!(reason, sender, "hub event refused by the Discord bridge");
+    let Some(agent) = sender.filter(|sender| !ExternalId::is_external(sender)) else {
+        return;
+    };
+    if let Err(error) = shared.hub.notify_agent(agent, hub_channel, message).await {
+        tracing::warn!(%error, agent, "could not tell an agent why its event was refused");
+    }
+}
+
+/// Whether `name` is an agent's: its display name or id, compared case-insensitively after
+/// trimming.
+fn is_agent_name(shared: &Shared, name: &str) -> bool {
+    let name = name.trim().to_lowercase();
+    shared.hub.agents().iter().any(|(id, profile)| {
+        id.trim().to_lowercase() == name
+            || profile
+                .name
+                .as_deref()
+                .is_some_and(|agent| agent.trim().to_lowercase() == name)
+    })
+}
+
 fn post(
     shared: &Shared,
     link: &Link,
@@ -369,12 +454,21 @@ fn post(
         return None;
     }
     let sender = &message.sender_id;
+    let person = ExternalId::is_external(sender);
+    let shown = shared
+        .hub
+        .display_name(sender, message.author_name.as_deref());
+    let name = if person {
+        let platform = ExternalId::parse(sender).map(|id| id.platform);
+        format::person_name(&shown, platform, is_agent_name(shared, &shown))
+    } else {
+        shown
+    };
     Some(JobKind::Post(Post {
         link: LinkRef::of(link),
         hub_id: message.id.clone(),
-        name: shared
-            .hub
-            .display_name(sender, message.author_name.as_deref()),
+        person,
+        name,
         avatar_url: shared
             .hub
             .profile(sender)
@@ -452,7 +546,7 @@ impl DiscordDeliver {
                 let link = link.as_ref();
                 let home = link.home_chat();
                 let parent = self.parts(parent_hub, &home).await?;
-                let Some(parent) = parent.first().and_then(|id| id.parse().ok()) else {
+                let Some(parent) = parent.first().and_then(|id| ids::parse(id)) else {
                     tracing::debug!(thread = %hub_thread, "thread on a message Discord does not show; not created");
                     return Ok(());
                 };
@@ -496,14 +590,12 @@ impl DiscordDeliver {
     /// The channel a destination names: a channel id, or `dm:{userId}` (the DM is opened once).
     async fn destination_channel(&self, destination: &str) -> Result<u64, SendError> {
         if let Some(user) = destination.strip_prefix("dm:") {
-            let user = user
-                .parse()
-                .map_err(|_| SendError::Permanent(format!("bad user id {user}")))?;
+            let user = ids::parse(user)
+                .ok_or_else(|| SendError::Permanent(format!("bad user id {user}")))?;
             return Ok(self.shared.dm_channel(user).await?);
         }
-        destination
-            .parse()
-            .map_err(|_| SendError::Permanent(format!("bad destination {destination}")))
+        ids::parse(destination)
+            .ok_or_else(|| SendError::Permanent(format!("bad destination {destination}")))
     }
 
     // ----- posts -----
@@ -520,10 +612,16 @@ impl DiscordDeliver {
             let content = &plan.parts[index];
             let id = match &link.webhook {
                 Some(hook) => {
+                    let allowed = match plan.ping {
+                        Some(user) if !post.person => {
+                            json!({"parse": [], "users": [user.to_string()]})
+                        }
+                        _ => json!({"parse": []}),
+                    };
                     let mut body = json!({
                         "content": content,
                         "username": sanitize_webhook_username(&post.name),
-                        "allowed_mentions": {"parse": ["users"]},
+                        "allowed_mentions": allowed,
                     });
                     if let Some(avatar) = &post.avatar_url {
                         body["avatar_url"] = json!(avatar);
@@ -531,9 +629,11 @@ impl DiscordDeliver {
                     self.webhook_post(hook, plan.thread, &body).await?
                 }
                 None => {
+                    // An agent's native reply pings the author it answers, and nobody else.
+                    let replied_user = !post.person && plan.reference.is_some();
                     let mut body = json!({
                         "content": content,
-                        "allowed_mentions": {"parse": ["users"], "replied_user": false},
+                        "allowed_mentions": {"parse": [], "replied_user": replied_user},
                     });
                     if let (0, Some(parent)) = (index, plan.reference) {
                         body["message_reference"] =
@@ -565,6 +665,7 @@ impl DiscordDeliver {
             None => Header::Name(post.name.clone()),
         };
         let mut reference = None;
+        let mut ping = None;
         if let Some(parent_hub) = &post.reply_to {
             if let Some((parent, location)) = self.first_part(link, parent_hub).await? {
                 let same_channel = location.channel == channel;
@@ -575,8 +676,9 @@ impl DiscordDeliver {
                     // already shows it, so no quote.
                     Some(_) if thread == Some(parent) => {}
                     Some(_) => {
-                        if let Some(quote) = self.quote(link, parent, &location).await? {
+                        if let Some((quote, author)) = self.quote(link, parent, &location).await? {
                             header = Header::Prefix(quote);
+                            ping = author;
                         }
                     }
                 }
@@ -587,16 +689,18 @@ impl DiscordDeliver {
             channel,
             thread,
             reference,
+            ping,
         })
     }
 
-    /// The quote of a parent message for a webhook reply; `None` when it is gone.
+    /// The quote of a parent message for a webhook reply, and its author when that is a user
+    /// (not a webhook); `None` when it is gone.
     async fn quote(
         &self,
         link: &Link,
         parent: u64,
         location: &Location,
-    ) -> Result<Option<String>, SendError> {
+    ) -> Result<Option<(String, Option<u64>)>, SendError> {
         let Some(message) = self.get_message(location.channel, parent).await? else {
             return Ok(None);
         };
@@ -618,7 +722,12 @@ impl DiscordDeliver {
             .ok()
             .and_then(|info| info.guild_id);
         let url = format::message_link(guild, location.channel, parent);
-        Ok(Some(format::quote(&author_name, content, &url)))
+        let user = if message["webhook_id"].is_string() {
+            None
+        } else {
+            author["id"].as_str().and_then(ids::parse)
+        };
+        Ok(Some((format::quote(&author_name, content, &url), user)))
     }
 
     /// Maps a posted part, marks it as the bridge's own, and remembers its thread.
@@ -661,9 +770,10 @@ impl DiscordDeliver {
     ) -> Result<u64, SendError> {
         let mut params = vec![("wait", "true".to_owned())];
         params.extend(thread_param(thread));
+        let token = path_segment(hook.token.expose());
         let route = Route::WebhookWithToken {
-            webhook_id: WebhookId::new(hook.id),
-            token: hook.token.expose(),
+            webhook_id: WebhookId::from(hook.id),
+            token: &token,
         };
         let answer = self
             .shared
@@ -686,7 +796,7 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Post,
                 Route::ChannelMessages {
-                    channel_id: ChannelId::new(channel),
+                    channel_id: ids::channel(channel)?,
                 },
                 &[],
                 Some(body),
@@ -709,7 +819,7 @@ impl DiscordDeliver {
             .one(Op::Get { key })
             .await
             .map_err(store_error)?;
-        Ok(reply.into_text().and_then(|id| id.parse().ok()))
+        Ok(reply.into_text().and_then(|id| ids::parse(&id)))
     }
 
     /// The Discord thread of a hub thread; creates it on the first of `hints` (hub message ids:
@@ -730,7 +840,7 @@ impl DiscordDeliver {
                 .parts(hint, &home)
                 .await?
                 .first()
-                .and_then(|id| id.parse().ok())
+                .and_then(|id| ids::parse(id))
             {
                 return self.create_thread(link, hub_thread, parent).await.map(Some);
             }
@@ -757,8 +867,8 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Post,
                 Route::ChannelMessageThreads {
-                    channel_id: ChannelId::new(link.discord_channel),
-                    message_id: MessageId::new(parent),
+                    channel_id: ids::channel(link.discord_channel)?,
+                    message_id: ids::message(parent)?,
                 },
                 &[],
                 Some(&body),
@@ -803,7 +913,7 @@ impl DiscordDeliver {
         if edit.progress.is_none() {
             let location = self.locate(link, &edit.hub_id).await?;
             let old = self.parts(&edit.hub_id, &location.chat).await?;
-            let Some(first) = old.first().and_then(|id| id.parse().ok()) else {
+            let Some(first) = old.first().and_then(|id| ids::parse(id)) else {
                 tracing::debug!(hub_message = %edit.hub_id, "edit of a message Discord does not show");
                 return Ok(());
             };
@@ -859,7 +969,7 @@ impl DiscordDeliver {
         let location = rewrite.location.clone();
         while rewrite.next < total {
             let index = rewrite.next;
-            let old = rewrite.old.get(index).and_then(|id| id.parse::<u64>().ok());
+            let old = rewrite.old.get(index).and_then(|id| ids::parse(id));
             match (old, rewrite.new.get(index)) {
                 (Some(old), Some(content)) => {
                     if self.edit_part(link, &location, old, content).await? {
@@ -872,6 +982,7 @@ impl DiscordDeliver {
                         channel: location.channel,
                         thread: location.thread,
                         reference: None,
+                        ping: None,
                     };
                     let id = self.post_extra(link, &location, content).await?;
                     rewrite.ids.push(id.to_string());
@@ -907,12 +1018,13 @@ impl DiscordDeliver {
         message: u64,
         content: &str,
     ) -> Result<bool, SendError> {
-        let body = json!({"content": content, "allowed_mentions": {"parse": ["users"]}});
+        let body = json!({"content": content, "allowed_mentions": {"parse": []}});
         if let Some(hook) = &link.webhook {
+            let token = path_segment(hook.token.expose());
             let route = Route::WebhookMessage {
-                webhook_id: WebhookId::new(hook.id),
-                token: hook.token.expose(),
-                message_id: MessageId::new(message),
+                webhook_id: WebhookId::from(hook.id),
+                token: &token,
+                message_id: ids::message(message)?,
             };
             let params = thread_param(location.thread);
             let result = self
@@ -940,8 +1052,8 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Patch,
                 Route::ChannelMessage {
-                    channel_id: ChannelId::new(location.channel),
-                    message_id: MessageId::new(message),
+                    channel_id: ids::channel(location.channel)?,
+                    message_id: ids::message(message)?,
                 },
                 &[],
                 Some(&body),
@@ -964,10 +1076,11 @@ impl DiscordDeliver {
     ) -> Result<(), SendError> {
         self.shared.note_own_delete(message);
         if let Some(hook) = &link.webhook {
+            let token = path_segment(hook.token.expose());
             let route = Route::WebhookMessage {
-                webhook_id: WebhookId::new(hook.id),
-                token: hook.token.expose(),
-                message_id: MessageId::new(message),
+                webhook_id: WebhookId::from(hook.id),
+                token: &token,
+                message_id: ids::message(message)?,
             };
             let params = thread_param(location.thread);
             match self
@@ -993,8 +1106,8 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Delete,
                 Route::ChannelMessage {
-                    channel_id: ChannelId::new(location.channel),
-                    message_id: MessageId::new(message),
+                    channel_id: ids::channel(location.channel)?,
+                    message_id: ids::message(message)?,
                 },
                 &[],
                 None,
@@ -1018,11 +1131,11 @@ impl DiscordDeliver {
     ) -> Result<u64, SendError> {
         match &link.webhook {
             Some(hook) => {
-                let body = json!({"content": content, "allowed_mentions": {"parse": ["users"]}});
+                let body = json!({"content": content, "allowed_mentions": {"parse": []}});
                 self.webhook_post(hook, location.thread, &body).await
             }
             None => {
-                let body = json!({"content": content, "allowed_mentions": {"parse": ["users"]}});
+                let body = json!({"content": content, "allowed_mentions": {"parse": []}});
                 self.bot_post(location.channel, &body).await
             }
         }
@@ -1037,14 +1150,9 @@ impl DiscordDeliver {
         emoji: &str,
         add: bool,
     ) -> Result<(), SendError> {
-        if !format::is_unicode_emoji(emoji) {
-            // The bot can only add Unicode emoji (or custom ones it can name by id).
-            tracing::debug!(
-                emoji,
-                "reaction with a non-Unicode emoji not relayed to Discord"
-            );
-            return Ok(());
-        }
+        // Checked when the job was made; again here for jobs a previous version queued.
+        let emoji = Emoji::parse(emoji)
+            .map_err(|error| SendError::Permanent(format!("reaction not relayed: {error}")))?;
         let Some((message, location)) = self.first_part(link, hub_id).await? else {
             tracing::debug!(
                 hub_message = hub_id,
@@ -1053,9 +1161,9 @@ impl DiscordDeliver {
             return Ok(());
         };
         let route = Route::ChannelMessageReactionMe {
-            channel_id: ChannelId::new(location.channel),
-            message_id: MessageId::new(message),
-            reaction: emoji,
+            channel_id: ids::channel(location.channel)?,
+            message_id: ids::message(message)?,
+            reaction: &path_segment(&emoji.to_string()),
         };
         let method = if add {
             LightMethod::Put
@@ -1107,7 +1215,7 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Post,
                 Route::ChannelTyping {
-                    channel_id: ChannelId::new(channel),
+                    channel_id: ids::channel(channel)?,
                 },
                 &[],
                 None,
@@ -1132,7 +1240,7 @@ impl DiscordDeliver {
             .await
             .map_err(store_error)?
             .into_text()
-            .and_then(|id| id.parse::<u64>().ok());
+            .and_then(|id| ids::parse(&id));
         let channel = thread.unwrap_or(link.discord_channel);
         Ok(Location {
             chat: link.chat(channel),
@@ -1159,7 +1267,7 @@ impl DiscordDeliver {
             .parts(hub_id, &location.chat)
             .await?
             .first()
-            .and_then(|id| id.parse().ok());
+            .and_then(|id| ids::parse(id));
         Ok(first.map(|id| (id, location)))
     }
 
@@ -1171,8 +1279,8 @@ impl DiscordDeliver {
             .call(
                 LightMethod::Get,
                 Route::ChannelMessage {
-                    channel_id: ChannelId::new(channel),
-                    message_id: MessageId::new(message),
+                    channel_id: ids::channel(channel)?,
+                    message_id: ids::message(message)?,
                 },
                 &[],
                 None,
@@ -1194,7 +1302,19 @@ impl Deliver<Job> for DiscordDeliver {
         job: &'a mut Job,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let result = self.run(destination, job).await;
+            // One job's panic must not take the destination's worker with it: it fails that job
+            // (dead letter, the agent is told) and the next job is handled.
+            let result = match isolate(self.run(destination, job)).await {
+                Ok(result) => result,
+                Err(panic) => {
+                    self.shared
+                        .hub
+                        .metrics()
+                        .count_ignored("discord", "job_panicked");
+                    tracing::error!(destination, panic, "a Discord job panicked");
+                    Err(SendError::Permanent(format!("internal error: {panic}")))
+                }
+            };
             if result.is_ok() {
                 self.shared
                     .hub
@@ -1240,7 +1360,7 @@ fn message_id(answer: Option<&Value>) -> Result<u64, SendError> {
     answer
         .and_then(|value| value.get("id"))
         .and_then(Value::as_str)
-        .and_then(|id| id.parse().ok())
+        .and_then(ids::parse)
         .ok_or_else(|| SendError::Permanent("Discord's answer has no message id".to_owned()))
 }
 

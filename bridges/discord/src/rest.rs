@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::outbox::SendError;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -48,6 +49,9 @@ pub enum RestError {
     /// A successful answer whose body was not what the route returns.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A request was not sent because an id it names is not a Discord id (0, or not a number).
+    #[error("not a Discord {0} id")]
+    InvalidId(&'static str),
 }
 
 impl RestError {
@@ -83,7 +87,9 @@ impl From<RestError> for SendError {
             }
             // 4xx (403 Missing Access, 404 Unknown Channel, 400 50035 Invalid Form Body, ...)
             // will fail the same way again; and a success we cannot read must not be re-sent.
-            RestError::Status { .. } | RestError::Decode(_) => Self::Permanent(error.to_string()),
+            RestError::Status { .. } | RestError::Decode(_) | RestError::InvalidId(_) => {
+                Self::Permanent(error.to_string())
+            }
         }
     }
 }
@@ -164,7 +170,7 @@ impl Rest {
             url.push(if index == 0 { '?' } else { '&' });
             url.push_str(name);
             url.push('=');
-            url.push_str(value);
+            url.extend(utf8_percent_encode(value, SEGMENT));
         }
         let mut request = self
             .client
@@ -312,9 +318,28 @@ fn retry_after(headers: &HeaderMap, body: Option<&Value>) -> (Duration, bool) {
     (wait.max(MIN_RETRY_AFTER), global)
 }
 
-/// Seconds as Discord writes them (`0.5`) to a duration, clamped to something sane.
+/// The longest wait a rate-limit header may ask for; Discord's real waits are seconds.
+const MAX_HEADER_WAIT: Duration = Duration::from_secs(60);
+/// The wait used when a header says something that is not a wait (`NaN`, `inf`, `-1`).
+const DEFAULT_HEADER_WAIT: Duration = Duration::from_secs(1);
+
+/// Seconds as Discord writes them (`0.5`) to a duration, within `0..=60 s`. A header is input
+/// from outside (a proxy may rewrite it): a value that is not a finite, non-negative number
+/// becomes the default wait instead of a panic in `Duration::from_secs_f64`.
 fn secs(value: f64) -> Duration {
-    Duration::from_secs_f64(value.clamp(0.0, 3600.0))
+    if !value.is_finite() || value < 0.0 {
+        return DEFAULT_HEADER_WAIT;
+    }
+    Duration::from_secs_f64(value.min(MAX_HEADER_WAIT.as_secs_f64()))
+}
+
+/// Every character but `A-Z a-z 0-9 - _ ~` is percent-encoded in a path segment or query value.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// A value as one URL path segment: whatever it holds (`/`, `?`, `#`, `%`, `..`), it cannot
+/// reach another route. Values from payloads are validated first; this is the second defence.
+pub fn path_segment(value: &str) -> String {
+    utf8_percent_encode(value, SEGMENT).to_string()
 }
 
 /// Shares one [`Rest`] between the gateway, the inbound processor and the outbox workers.
@@ -343,6 +368,56 @@ mod tests {
         headers.insert("x-ratelimit-global", HeaderValue::from_static("true"));
         let body = serde_json::json!({"retry_after": 0.0});
         assert_eq!(retry_after(&headers, Some(&body)), (MIN_RETRY_AFTER, true));
+    }
+
+    #[test]
+    fn absurd_rate_limit_headers_are_clamped_instead_of_panicking() {
+        for (value, expected) in [
+            ("inf", DEFAULT_HEADER_WAIT),
+            ("-inf", DEFAULT_HEADER_WAIT),
+            ("NaN", DEFAULT_HEADER_WAIT),
+            ("-1", DEFAULT_HEADER_WAIT),
+            ("1e300", MAX_HEADER_WAIT),
+            ("0.5", Duration::from_millis(500)),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", HeaderValue::from_static(value));
+            assert_eq!(
+                retry_after(&headers, None).0,
+                expected,
+                "Retry-After: {value}"
+            );
+            let body =
+                serde_json::json!({ "retry_after": value.parse::<f64>().unwrap_or(f64::NAN) });
+            // serde_json writes non-finite floats as null: the header decides then.
+            assert_eq!(
+                retry_after(&headers, Some(&body)).0,
+                expected,
+                "body {value}"
+            );
+
+            let rest = Rest::new("t", "http://127.0.0.1:9");
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            headers.insert("x-ratelimit-reset-after", HeaderValue::from_static(value));
+            rest.note_bucket("b", &headers);
+            let bucket = rest.buckets.lock().unwrap_or_else(PoisonError::into_inner)["b"];
+            let wait = bucket.reset_at.saturating_duration_since(Instant::now());
+            assert!(
+                wait <= expected + RESET_MARGIN,
+                "reset after {value}: {wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_segments_cannot_leave_their_segment() {
+        assert_eq!(
+            path_segment("👍/../../channels/222#?%"),
+            "%F0%9F%91%8D%2F%2E%2E%2F%2E%2E%2Fchannels%2F222%23%3F%25"
+        );
+        assert_eq!(path_segment("party:123"), "party%3A123");
+        assert_eq!(path_segment("abc-DEF_1"), "abc-DEF_1");
     }
 
     #[test]

@@ -11,9 +11,10 @@ use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::HubHandle;
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
-use serenity::model::id::{ChannelId, GuildId};
+use serenity::model::id::GuildId;
 
 use crate::config::{DiscordConfig, WebhookRef};
+use crate::ids;
 use crate::rest::{RestError, SharedRest};
 
 /// One `[[discord.links]]` entry, parsed.
@@ -63,6 +64,23 @@ pub struct ChannelInfo {
 /// How long an id the bridge deleted itself is remembered, to ignore the gateway's echo.
 const OWN_DELETE_MEMORY: Duration = Duration::from_secs(300);
 
+/// The most channels the lookup caches hold (each of known and failed); a full cache is emptied
+/// and refilled, which bounds memory without bookkeeping and costs at most one lookup per entry.
+const CHANNEL_CACHE: usize = 10_000;
+/// How long a failed channel lookup (unknown channel, missing access) is remembered: a message
+/// that mentions it again makes no request (each would count toward Discord's invalid-request
+/// limit) until then.
+const LOOKUP_FAILURE_TTL: Duration = Duration::from_secs(300);
+
+/// What the caches know about a channel.
+#[derive(Debug, Clone)]
+pub enum Cached {
+    Known(ChannelInfo),
+    /// Discord refused the lookup recently.
+    Failed,
+    Unknown,
+}
+
 /// A guild's role names by role id.
 pub type RoleNames = Arc<HashMap<u64, String>>;
 
@@ -78,6 +96,8 @@ pub struct Shared {
     // std mutexes: each is held for a map operation only, never across an await.
     deleted_by_us: Mutex<HashMap<u64, Instant>>,
     channels: Mutex<HashMap<u64, ChannelInfo>>,
+    /// Channels whose lookup Discord refused, with when and the error.
+    channel_failures: Mutex<HashMap<u64, (Instant, RestError)>>,
     /// Each guild's role names, and when they were fetched.
     roles: Mutex<HashMap<u64, (Instant, RoleNames)>>,
     dm_channels: Mutex<HashMap<u64, u64>>,
@@ -91,7 +111,7 @@ impl Shared {
             .links
             .iter()
             .filter_map(|link| {
-                let discord_channel = link.discord_channel.parse().ok()?;
+                let discord_channel = ids::parse(&link.discord_channel)?;
                 Some(Arc::new(Link {
                     hub_channel: link.channel.clone(),
                     discord_channel,
@@ -102,7 +122,7 @@ impl Shared {
             .collect();
         let own_webhooks = links
             .iter()
-            .filter_map(|link| link.webhook.as_ref().map(|hook| hook.id))
+            .filter_map(|link| link.webhook.as_ref().map(|hook| hook.id.get()))
             .collect();
         Self {
             map: MessageMap::new(&hub),
@@ -114,6 +134,7 @@ impl Shared {
             own_webhooks,
             deleted_by_us: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            channel_failures: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             dm_channels: Mutex::new(HashMap::new()),
             stopped: Mutex::new(HashSet::new()),
@@ -227,28 +248,64 @@ impl Shared {
         lock(&self.deleted_by_us).contains_key(&message_id)
     }
 
-    /// What Discord says about a channel, cached (channels do not change kind or parent).
+    /// What the caches know about a channel, without asking Discord.
+    pub fn cached_channel(&self, channel_id: u64) -> Cached {
+        if let Some(info) = lock(&self.channels).get(&channel_id) {
+            return Cached::Known(info.clone());
+        }
+        match lock(&self.channel_failures).get(&channel_id) {
+            Some((at, _)) if at.elapsed() < LOOKUP_FAILURE_TTL => Cached::Failed,
+            _ => Cached::Unknown,
+        }
+    }
+
+    /// What Discord says about a channel, cached (channels do not change kind or parent); a
+    /// refusal (4xx: unknown channel, missing access) is cached for [`LOOKUP_FAILURE_TTL`].
     pub async fn channel_info(&self, channel_id: u64) -> Result<ChannelInfo, RestError> {
         if let Some(info) = lock(&self.channels).get(&channel_id) {
             return Ok(info.clone());
         }
-        let value: Value = self
-            .rest
-            .json(
-                LightMethod::Get,
-                Route::Channel {
-                    channel_id: ChannelId::new(channel_id),
-                },
-                &[],
-                None,
-                "get:channel",
-            )
-            .await?;
+        if let Some((at, error)) = lock(&self.channel_failures).get(&channel_id) {
+            if at.elapsed() < LOOKUP_FAILURE_TTL {
+                return Err(error.clone());
+            }
+        }
+        let fetched: Result<Value, RestError> = match ids::channel(channel_id) {
+            Ok(id) => {
+                self.rest
+                    .json(
+                        LightMethod::Get,
+                        Route::Channel { channel_id: id },
+                        &[],
+                        None,
+                        "get:channel",
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let value = match fetched {
+            Ok(value) => value,
+            Err(error) => {
+                let refused = matches!(error, RestError::InvalidId(_))
+                    || error
+                        .status()
+                        .is_some_and(|status| (400..500).contains(&status) && status != 429);
+                if refused {
+                    bounded_insert(
+                        &mut lock(&self.channel_failures),
+                        channel_id,
+                        (Instant::now(), error.clone()),
+                    );
+                }
+                return Err(error);
+            }
+        };
         let id = |field: &str| {
             value
                 .get(field)
                 .and_then(Value::as_str)
-                .and_then(|s| s.parse::<u64>().ok())
+                .and_then(ids::parse)
         };
         let kind = value.get("type").and_then(Value::as_u64).unwrap_or(0);
         let info = ChannelInfo {
@@ -258,7 +315,7 @@ impl Shared {
             is_thread: matches!(kind, 10..=12),
             name: value.get("name").and_then(Value::as_str).map(str::to_owned),
         };
-        lock(&self.channels).insert(channel_id, info.clone());
+        bounded_insert(&mut lock(&self.channels), channel_id, info.clone());
         Ok(info)
     }
 
@@ -275,12 +332,13 @@ impl Shared {
     /// The names of the guild's roles mentioned in `content` (`<@&id>`). Fetched on first use and
     /// again when a mentioned role is unknown (it may be new), at most once a minute per guild;
     /// empty when Discord will not say.
-    pub async fn role_names(&self, guild_id: u64, content: &str) -> RoleNames {
+    pub async fn role_names(&self, guild: GuildId, content: &str) -> RoleNames {
+        let guild_id = guild.get();
         const REFRESH_AFTER: Duration = Duration::from_secs(60);
         let mentioned: Vec<u64> = content
             .split("<@&")
             .skip(1)
-            .filter_map(|rest| rest.split_once('>')?.0.parse().ok())
+            .filter_map(|rest| ids::parse(rest.split_once('>')?.0))
             .collect();
         if let Some((fetched_at, roles)) = lock(&self.roles).get(&guild_id) {
             let known = mentioned.iter().all(|role| roles.contains_key(role));
@@ -292,9 +350,7 @@ impl Shared {
             .rest
             .json(
                 LightMethod::Get,
-                Route::GuildRoles {
-                    guild_id: GuildId::new(guild_id),
-                },
+                Route::GuildRoles { guild_id: guild },
                 &[],
                 None,
                 "get:roles",
@@ -304,7 +360,7 @@ impl Shared {
             Ok(roles) => roles
                 .iter()
                 .filter_map(|role| {
-                    let id = role.get("id")?.as_str()?.parse().ok()?;
+                    let id = ids::parse(role.get("id")?.as_str()?)?;
                     Some((id, role.get("name")?.as_str()?.to_owned()))
                 })
                 .collect(),
@@ -337,7 +393,7 @@ impl Shared {
         let channel = value
             .get("id")
             .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
+            .and_then(ids::parse)
             .ok_or_else(|| RestError::Decode("DM channel without an id".to_owned()))?;
         lock(&self.dm_channels).insert(user_id, channel);
         Ok(channel)
@@ -347,6 +403,14 @@ impl Shared {
     pub fn note_dm_channel(&self, user_id: u64, channel_id: u64) {
         lock(&self.dm_channels).insert(user_id, channel_id);
     }
+}
+
+/// Inserts into a cache of at most [`CHANNEL_CACHE`] entries (see there).
+fn bounded_insert<V>(map: &mut HashMap<u64, V>, key: u64, value: V) {
+    if map.len() >= CHANNEL_CACHE && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 fn stop_id(link: &Link) -> String {

@@ -7,6 +7,7 @@
 pub mod bridge;
 pub mod config;
 pub mod dm;
+pub mod emoji;
 pub mod event;
 pub mod health;
 pub mod ids;
