@@ -47,6 +47,14 @@ const MERGE_JSON: &str = "local current = redis.call('GET', KEYS[1]) \
     for k, v in pairs(cjson.decode(ARGV[1])) do object[k] = v end \
     local encoded = next(object) == nil and '{}' or cjson.encode(object) \
     redis.call('SET', KEYS[1], encoded, 'PX', ARGV[2]) return 1";
+/// Counts once per claim: the count the first increment made is kept under the claim key.
+const INCR_WINDOW_ONCE: &str = "local kept = redis.call('GET', KEYS[2]) \
+    if kept then return tonumber(kept) end \
+    local n = redis.call('INCR', KEYS[1]) \
+    if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    redis.call('SET', KEYS[2], n, 'PX', ARGV[2]) return n";
+const FORGET_IF_EMPTY: &str = "if redis.call('LLEN', KEYS[1]) == 0 then \
+    return redis.call('SREM', KEYS[2], ARGV[1]) else return 0 end";
 const PUBLISH_ONCE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then \
     redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end";
 const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -353,29 +361,62 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs the ops as one pipeline; with `per_op`, error replies come back per op (as
+    /// `Value::ServerError`) instead of failing the whole pipeline.
+    async fn pipeline(
+        &self,
+        ops: &[Op],
+        per_op: bool,
+    ) -> Result<(Vec<redis::Value>, Vec<Shape>), StoreError> {
+        let mut pipe = redis::pipe();
+        if per_op {
+            pipe.ignore_errors();
+        }
+        let shapes: Vec<Shape> = ops
+            .iter()
+            .map(|op| add_to_pipeline(&mut pipe, op))
+            .collect();
+        let mut connection = self.manager();
+        match pipe.query_async(&mut connection).await {
+            Ok(values) => Ok((values, shapes)),
+            Err(error) => {
+                if error.is_timeout() {
+                    self.replace_silent_connection();
+                }
+                Err(store_error(error))
+            }
+        }
+    }
+}
+
 impl Store for RedisStore {
     fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            let shapes: Vec<Shape> = ops
-                .iter()
-                .map(|op| add_to_pipeline(&mut pipe, op))
-                .collect();
-            let mut connection = self.manager();
-            let result = pipe.query_async(&mut connection).await;
-            let values: Vec<redis::Value> = match result {
-                Ok(values) => values,
-                Err(error) => {
-                    if error.is_timeout() {
-                        self.replace_silent_connection();
-                    }
-                    return Err(store_error(error));
-                }
-            };
+            let (values, shapes) = self.pipeline(&ops, false).await?;
             Ok(values
                 .into_iter()
                 .zip(shapes)
                 .map(|(value, shape)| to_reply(value, shape))
+                .collect())
+        })
+    }
+
+    fn exec_each(
+        &self,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Reply, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let (values, shapes) = self.pipeline(&ops, true).await?;
+            Ok(values
+                .into_iter()
+                .zip(shapes)
+                .map(|(value, shape)| match value {
+                    redis::Value::ServerError(error) => Err(StoreError::Command(
+                        redis::RedisError::from(error).to_string(),
+                    )),
+                    value => Ok(to_reply(value, shape)),
+                })
                 .collect())
         })
     }
@@ -499,6 +540,32 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
         }
         Op::LRange { key, start, stop } => {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
+        }
+        Op::IncrWindowOnce {
+            key,
+            window,
+            claim_key,
+            claim_ttl,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(INCR_WINDOW_ONCE)
+                .arg(2)
+                .arg(key)
+                .arg(claim_key)
+                .arg(millis(*window))
+                .arg(millis(*claim_ttl));
+        }
+        Op::ForgetIfEmpty {
+            index,
+            member,
+            list,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(FORGET_IF_EMPTY)
+                .arg(2)
+                .arg(list)
+                .arg(index)
+                .arg(member);
         }
         Op::RenewLease { key, owner, ttl } => {
             pipe.cmd("EVAL")
