@@ -1,11 +1,16 @@
 //! Runs each bridge under supervision: one instance at a time holds the bridge's lease in the
 //! store, a transient failure restarts the bridge with capped backoff, and a fatal one (bad
-//! credentials) stops it instead of looping.
+//! credentials) stops it instead of looping. A panic inside a bridge is caught, logged and counted
+//! like an error, and the bridge restarts; `/readyz` shows why it is down meanwhile.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::{Bridge, BridgeContext, Keys, Op, Reply, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +126,9 @@ pub async fn supervise(
         let started = Instant::now();
         let status = ctx.status.clone();
         let result = {
-            let run = bridge.run(&mut ctx);
+            // The run borrows the context the next run reuses, so it is not spawned: the panic is
+            // caught where it unwinds. The context holds no lock a panic could leave poisoned.
+            let run = AssertUnwindSafe(bridge.run(&mut ctx)).catch_unwind();
             tokio::pin!(run);
             tokio::select! {
                 result = &mut run => result,
@@ -138,19 +145,36 @@ pub async fn supervise(
         // Whatever the run left behind (outbox workers, pollers) stops with it, so the next run
         // starts clean and recovers durable work instead of racing the old tasks.
         run_token.cancel();
+        let count_failure = |kind: &str| {
+            ctx.hub
+                .metrics()
+                .bridge_failures
+                .get_or_create(&labels2(("bridge", bridge.name()), ("kind", kind)))
+                .inc();
+        };
         match result {
-            Ok(()) if shutdown.is_cancelled() => break,
-            Ok(()) => tracing::warn!("bridge returned on its own; restarting"),
-            Err(error) if error.is_fatal() => {
+            Ok(Ok(())) if shutdown.is_cancelled() => break,
+            Ok(Ok(())) => {
+                tracing::warn!("bridge returned on its own; restarting");
+                status.not_ready("restarting: the bridge stopped on its own");
+            }
+            Ok(Err(error)) if error.is_fatal() => {
                 tracing::error!(%error, "bridge stopped for good");
                 status.not_ready(&format!("stopped: {error}"));
                 active.store(false, Ordering::Relaxed);
                 lease.release().await;
                 return;
             }
-            Err(error) => {
+            Ok(Err(error)) => {
+                count_failure("error");
                 tracing::warn!(%error, retry_in = ?delay, "bridge failed; restarting");
                 status.not_ready(&format!("restarting after: {error}"));
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                count_failure("panic");
+                tracing::error!(panic = %message, retry_in = ?delay, "bridge panicked; restarting");
+                status.not_ready(&format!("restarting after a panic: {message}"));
             }
         }
         if started.elapsed() >= HEALTHY_RUN {
@@ -164,4 +188,15 @@ pub async fn supervise(
     }
     active.store(false, Ordering::Relaxed);
     lease.release().await;
+}
+
+/// What a panic said, when it said it with a string (as `panic!` and `unwrap` do).
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        return (*text).to_owned();
+    }
+    if let Some(text) = panic.downcast_ref::<String>() {
+        return text.clone();
+    }
+    "a panic without a message".to_owned()
 }

@@ -837,3 +837,93 @@ async fn one_instance_runs_a_bridge_and_another_takes_over_when_it_stops() {
     println!("took over {:?} after the holder stopped", stopped.elapsed());
     second.stop().await;
 }
+
+/// A bridge whose first run panics; later runs wait for the test's go-ahead, then relay nothing.
+struct PanicOnceBridge {
+    runs: std::sync::atomic::AtomicUsize,
+    go_ahead: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bridge for PanicOnceBridge {
+    fn name(&self) -> &'static str {
+        "panicky"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, BridgeError>> {
+        Box::pin(async { Ok("panicky".to_owned()) })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
+        Box::pin(async move {
+            if self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                ctx.status.ready("first run");
+                panic!("zero id in a mention");
+            }
+            let _permit = self.go_ahead.acquire().await;
+            ctx.status.ready("running again");
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_bridge_is_counted_shown_not_ready_and_restarted() {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    let go_ahead = Arc::new(tokio::sync::Semaphore::new(0));
+    let bridge = PanicOnceBridge {
+        runs: Default::default(),
+        go_ahead: go_ahead.clone(),
+    };
+    let running = start_with(config, vec![Box::new(bridge)]).await.unwrap();
+    let readyz = async || -> Value {
+        reqwest::get(format!("http://{}/readyz", running.http_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    let down = loop {
+        let body = readyz().await;
+        let detail = body["components"]["panicky"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if detail.contains("panic") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the panic never showed: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(down["ready"], false, "{down}");
+    assert_eq!(down["components"]["panicky"]["ready"], false, "{down}");
+    let detail = down["components"]["panicky"]["detail"].as_str().unwrap();
+    assert!(detail.contains("zero id in a mention"), "{detail}");
+    let metrics = reqwest::get(format!("http://{}/metrics", running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_bridge_failures_total{bridge="panicky",kind="panic"} 1"#),
+        "{metrics}"
+    );
+
+    // Restarted after the backoff: ready again once the second run is let through.
+    go_ahead.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = readyz().await;
+        if body["components"]["panicky"]["ready"] == true {
+            assert_eq!(body["components"]["panicky"]["detail"], "running again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+}
