@@ -7,8 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use hub_bridge::bus::BusMessage;
+use std::sync::atomic::AtomicBool;
+
+use hub_bridge::bus::embedded::EmbeddedBus;
+use hub_bridge::bus::redis::RedisBus;
+use hub_bridge::bus::{Bus, BusMessage};
 use hub_bridge::config::Config;
+use hub_bridge::hub::state::StateSettings;
+use hub_bridge::hub::{BridgeQueue, HubLoop};
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::limits::{Action, Decision, LimitsConfig, RateLimiter};
@@ -558,6 +564,185 @@ async fn a_malformed_payload_does_not_stop_the_loop(backend: Backend) {
     hub.stop().await;
 }
 
+/// A bus of the given kind, outside a running service, for tests that drive the hub loop itself.
+fn bare_bus(
+    backend: Backend,
+    metrics: &Arc<hub_bridge_sdk::metrics::Metrics>,
+) -> (Arc<dyn Bus>, Option<RedisServer>) {
+    match backend {
+        Backend::Redis => {
+            let server = RedisServer::start();
+            let health = hub_bridge_sdk::health::Health::default();
+            let bus = RedisBus::new(&server.url(), metrics.clone(), health.component("redis"))
+                .expect("redis bus");
+            (Arc::new(bus), Some(server))
+        }
+        Backend::Embedded => (Arc::new(EmbeddedBus::new(metrics.clone())), None),
+    }
+}
+
+/// Subscribes to `bus` and returns once the subscription sees what is published.
+async fn synced_subscription(bus: &dyn Bus, tasks: &TaskTracker) -> mpsc::Receiver<BusMessage> {
+    let mut events = bus.subscribe(4096, tasks, CancellationToken::new());
+    let store = bus.store();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = format!(r#"{{"type":"test.probe","n":"{}"}}"#, uuid::Uuid::new_v4());
+        let _ = store.publish("pubsub:global".into(), probe.clone()).await;
+        let until = Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(message)) = tokio::time::timeout_at(until.into(), events.recv()).await {
+            if message.payload == probe.as_bytes() {
+                return events;
+            }
+        }
+        assert!(Instant::now() < deadline, "test subscription never synced");
+    }
+}
+
+fn first_message(channel: &str, sender: &str) -> BusMessage {
+    let event = json!({"type": "channel.message", "channelId": channel,
+        "message": {"id": uuid::Uuid::new_v4().to_string(), "content": "hi", "senderId": sender,
+                    "timestamp": 1708554000000i64}});
+    let envelope = json!({"event": event, "timestamp": 1, "channelId": channel});
+    BusMessage {
+        channel: format!("pubsub:channel:{channel}"),
+        payload: envelope.to_string().into_bytes(),
+        received_at: Instant::now(),
+    }
+}
+
+/// One event whose state update gets an error reply (another client left a string where the hub
+/// keeps a set) shares a batch with ten good ones: the ten keep their state keys, follow-ups and
+/// relays.
+async fn one_error_reply_costs_only_its_own_event(backend: Backend) {
+    let metrics = Arc::new(hub_bridge_sdk::metrics::Metrics::default());
+    let (bus, _redis) = bare_bus(backend, &metrics);
+    let store = bus.store();
+    let keys = Keys::new("openclaw:");
+    store
+        .one(Op::Set {
+            key: keys.members("C2"),
+            value: "not a set".into(),
+            ttl: None,
+            only_if_absent: false,
+        })
+        .await
+        .unwrap();
+    let tasks = TaskTracker::new();
+    let mut published = synced_subscription(bus.as_ref(), &tasks).await;
+
+    // The whole batch is queued before the loop starts, so it is one pipeline.
+    let (batch, messages) = mpsc::channel(64);
+    batch
+        .try_send(first_message("C2", "external:telegram:99"))
+        .unwrap();
+    for n in 0..10 {
+        batch
+            .try_send(first_message("C", &format!("external:telegram:{n}")))
+            .unwrap();
+    }
+    let (relay, mut relayed) = mpsc::channel(64);
+    let queue = BridgeQueue {
+        name: "recorder",
+        sender: relay,
+        active: Arc::new(AtomicBool::new(true)),
+    };
+    let limiter = RateLimiter::new(store.clone(), keys.clone(), LimitsConfig::default());
+    let hub_loop = HubLoop::new(
+        store.clone(),
+        keys.clone(),
+        StateSettings::default(),
+        limiter,
+        metrics.clone(),
+        vec![queue],
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(hub_loop.run(messages, shutdown.clone()));
+
+    let mut joined = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while joined.len() < 10 {
+        let message = tokio::time::timeout_at(deadline.into(), published.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} joins published: {joined:?}", joined.len()))
+            .expect("subscription open");
+        let value: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        if value["event"]["type"] == "channel.member.join" && value["channelId"] == "C" {
+            joined.insert(
+                value["event"]["member"]["agentId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    for n in 0..10 {
+        let agent = format!("external:telegram:{n}");
+        let presence = store
+            .one(Op::Exists {
+                key: keys.presence("C", &agent),
+            })
+            .await
+            .unwrap();
+        assert_eq!(presence, Reply::Int(1), "{agent}'s presence key");
+    }
+    let members = store
+        .one(Op::SMembers {
+            key: keys.members("C"),
+        })
+        .await
+        .unwrap()
+        .into_list();
+    assert_eq!(members.len(), 10, "{members:?}");
+    for _ in 0..11 {
+        tokio::time::timeout(WAIT, relayed.recv())
+            .await
+            .expect("every event of the batch is relayed")
+            .expect("queue open");
+    }
+    assert_eq!(metrics.state_errors.get(), 1);
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// A channel id that would reach into another key (`X:members`) is refused when parsed.
+async fn ids_that_collide_with_the_key_layout_are_refused(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let join = json!({"type": "channel.member.join", "channelId": "X:members",
+        "member": {"agentId": "intruder", "joinedAt": 1, "role": "member"}});
+    hub.publish("pubsub:channel:X:members", &join.to_string())
+        .await;
+    hub.publish_event(presence_event("after-bad-id", "online"))
+        .await;
+    let key = hub.keys.presence("C", "after-bad-id");
+    hub.eventually("the valid event after the bad id", async || {
+        (hub.op(Op::Exists { key: key.clone() }).await == Reply::Int(1)).then_some(())
+    })
+    .await;
+    let members = hub.keys.members("X:members");
+    assert_eq!(hub.op(Op::Exists { key: members }).await, Reply::Int(0));
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_invalid_payloads_total{reason="bad_id"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "channel.member.join"),
+        "the refused event was relayed"
+    );
+    hub.stop().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),* $(,)?) => {
         mod redis_bus {
@@ -583,6 +768,8 @@ on_both_buses!(
     the_eleventh_message_is_rejected_and_the_window_resets,
     an_agent_over_its_limit_is_not_relayed_and_is_told,
     a_malformed_payload_does_not_stop_the_loop,
+    one_error_reply_costs_only_its_own_event,
+    ids_that_collide_with_the_key_layout_are_refused,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,18 +146,7 @@ impl HubLoop {
             return;
         }
 
-        let replies = if ops.is_empty() {
-            Vec::new()
-        } else {
-            match self.store.exec(ops).await {
-                Ok(replies) => replies,
-                Err(error) => {
-                    // State keeping waits for the next event; relaying must not wait on Redis.
-                    tracing::warn!(%error, "state update failed; events are still relayed");
-                    Vec::new()
-                }
-            }
-        };
+        let replies = self.run_state_ops(ops).await;
         let reply_is_one = |index: usize| replies.get(index).and_then(Reply::as_int) == Some(1);
 
         let mut publishes: Vec<Op> = follow_ups
@@ -205,6 +194,41 @@ impl HubLoop {
         }
     }
 
+    /// Runs a batch's state ops in one round trip. An error reply (a key of the wrong type) costs
+    /// only its own op, which then reads as `Nil`; the other events' replies are kept. When the
+    /// store is unreachable every reply is `Nil`: state keeping waits for the next event, and
+    /// relaying does not wait on Redis.
+    async fn run_state_ops(&self, ops: Vec<Op>) -> Vec<Reply> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let outcomes = match self.store.exec_each(ops).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.metrics.state_errors.inc();
+                tracing::warn!(%error, "state update failed; events are still relayed");
+                return Vec::new();
+            }
+        };
+        let mut failed = 0u64;
+        let replies = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|error| {
+                    if failed == 0 {
+                        tracing::warn!(%error, "a state update was refused; the other events' updates stand");
+                    }
+                    failed += 1;
+                    Reply::Nil
+                })
+            })
+            .collect();
+        if failed > 0 {
+            self.metrics.state_errors.inc_by(failed);
+        }
+        replies
+    }
+
     /// Parses one payload; anything unreadable is logged at debug, counted, and skipped.
     fn read(&self, message: BusMessage) -> Option<Parsed> {
         let Some(source) = Source::from_channel(&message.channel) else {
@@ -219,6 +243,7 @@ impl HubLoop {
                     hub_bridge_sdk::event::ParseError::NotJson(_) => "not_json",
                     hub_bridge_sdk::event::ParseError::NoType => "no_type",
                     hub_bridge_sdk::event::ParseError::Invalid { .. } => "invalid_event",
+                    hub_bridge_sdk::event::ParseError::BadId { .. } => "bad_id",
                 });
                 return None;
             }

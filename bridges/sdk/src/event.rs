@@ -4,7 +4,9 @@
 //! bare event, both field conventions of `channel.message` (`senderId`/`authorId`,
 //! `timestamp`/`createdAt`), the TypeScript presence and typing shapes, and both presence-status
 //! vocabularies. Unknown event types become [`HubEvent::Unknown`]; anything that is not a JSON
-//! object with a `type` is a [`ParseError`], never a panic.
+//! object with a `type` is a [`ParseError`], never a panic. An event whose ids break the rules of
+//! [`crate::ids`] (a channel id `X:members` would make its keys collide with another channel's) is
+//! refused as [`ParseError::BadId`] before anything uses them.
 //!
 //! Emission is strict: compact JSON, camelCase, integer milliseconds, optional fields omitted, `type`
 //! first, and the superset `channel.message` that readers of either convention understand.
@@ -13,6 +15,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::ids::{check_agent_id, check_key_id, IdError};
 
 /// Milliseconds since the Unix epoch, as every hub timestamp is.
 pub type Millis = i64;
@@ -597,6 +601,13 @@ pub enum ParseError {
         type_name: String,
         source: serde_json::Error,
     },
+    /// An id the service would put into a key does not follow the id rules.
+    #[error("`{type_name}` event has a bad {field}: it {error}")]
+    BadId {
+        type_name: String,
+        field: &'static str,
+        error: IdError,
+    },
 }
 
 /// Reads one pub/sub payload that arrived from `source`.
@@ -656,12 +667,115 @@ pub fn parse(source: &Source, payload: &[u8]) -> Result<Inbound, ParseError> {
         }
         Source::Agent(_) | Source::Global => HubEvent::Unknown { type_name },
     };
+    check_ids(source, &event).map_err(|(field, error)| ParseError::BadId {
+        type_name: event.type_name().to_owned(),
+        field,
+        error,
+    })?;
     Ok(Inbound {
         event,
         timestamp,
         sender_id,
         origin,
     })
+}
+
+/// Which id broke the rules, and how.
+type BadId = (&'static str, IdError);
+
+/// Checks every id of an event that the service puts into keys or hands to a platform.
+fn check_ids(source: &Source, event: &HubEvent) -> Result<(), BadId> {
+    let key = |field: &'static str, id: &str| check_key_id(id).map_err(|error| (field, error));
+    let agent = |field: &'static str, id: &str| check_agent_id(id).map_err(|error| (field, error));
+    // Fields the wire lets default to "" are checked only when given.
+    let given_key = |field: &'static str, id: &str| match id.is_empty() {
+        true => Ok(()),
+        false => key(field, id),
+    };
+    let given_agent = |field: &'static str, id: &str| match id.is_empty() {
+        true => Ok(()),
+        false => agent(field, id),
+    };
+    match event {
+        HubEvent::Channel(event) => {
+            key("channelId", event.channel_id())?;
+            match event {
+                ChannelEvent::Message { message, .. } => check_message(message)?,
+                ChannelEvent::ThreadMessage {
+                    thread_id, message, ..
+                } => {
+                    key("threadId", thread_id)?;
+                    check_message(message)?;
+                }
+                ChannelEvent::MessageEdit { message_id, .. }
+                | ChannelEvent::MessageDelete { message_id, .. } => key("messageId", message_id)?,
+                ChannelEvent::ReactionAdd {
+                    message_id,
+                    agent_id,
+                    ..
+                }
+                | ChannelEvent::ReactionRemove {
+                    message_id,
+                    agent_id,
+                    ..
+                } => {
+                    key("messageId", message_id)?;
+                    agent("agentId", agent_id)?;
+                }
+                ChannelEvent::Typing {
+                    agent_id,
+                    thread_id,
+                    ..
+                } => {
+                    agent("agentId", agent_id)?;
+                    if let Some(thread_id) = thread_id {
+                        key("threadId", thread_id)?;
+                    }
+                }
+                ChannelEvent::Presence { presence, .. } => agent("agentId", &presence.agent_id)?,
+                ChannelEvent::MemberJoin { member, .. } => agent("agentId", &member.agent_id)?,
+                ChannelEvent::MemberLeave { agent_id, .. }
+                | ChannelEvent::MemberUpdate { agent_id, .. } => agent("agentId", agent_id)?,
+                ChannelEvent::ThreadCreate { thread, .. } => {
+                    key("thread.id", &thread.id)?;
+                    given_key("thread.parentMessageId", &thread.parent_message_id)?;
+                    given_agent("thread.createdBy", &thread.created_by)?;
+                }
+                ChannelEvent::ThreadUpdate { thread_id, .. } => key("threadId", thread_id)?,
+                ChannelEvent::Archive { archived_by, .. } => {
+                    given_agent("archivedBy", archived_by)?
+                }
+                ChannelEvent::Delete { deleted_by, .. } => given_agent("deletedBy", deleted_by)?,
+                ChannelEvent::Update { .. } | ChannelEvent::Collaboration { .. } => {}
+            }
+        }
+        HubEvent::Agent(event) => {
+            if let Source::Agent(recipient) = source {
+                agent("recipient", recipient)?;
+            }
+            if let Some(from) = &event.data.from_agent {
+                agent("fromAgent", from)?;
+            }
+            if let Some(channel_id) = &event.data.channel_id {
+                key("channelId", channel_id)?;
+            }
+        }
+        HubEvent::Global(_) | HubEvent::Unknown { .. } => {}
+    }
+    Ok(())
+}
+
+fn check_message(message: &ChannelMessage) -> Result<(), BadId> {
+    let key = |field: &'static str, id: &str| check_key_id(id).map_err(|error| (field, error));
+    key("message.id", &message.id)?;
+    check_agent_id(&message.sender_id).map_err(|error| ("message.senderId", error))?;
+    if let Some(thread_id) = &message.thread_id {
+        key("message.threadId", thread_id)?;
+    }
+    if let Some(parent) = &message.parent_message_id {
+        key("message.parentMessageId", parent)?;
+    }
+    Ok(())
 }
 
 fn string_field(object: &serde_json::Map<String, Value>, key: &str) -> Option<String> {

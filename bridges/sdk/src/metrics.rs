@@ -36,6 +36,8 @@ pub struct Metrics {
     pub ignored: Family<Labels, Counter>,
     /// Bridge runs that ended in an error or a panic (and were restarted), by bridge and kind.
     pub bridge_failures: Family<Labels, Counter>,
+    /// State updates of the hub loop that failed (an error reply, or the store unreachable).
+    pub state_errors: Counter,
     /// Tracked presences dropped from the hub loop's bounded tracker to make room.
     pub presence_evictions: Counter,
     /// Jobs refused because their agent already held its share of a destination's outbox.
@@ -62,6 +64,7 @@ impl Default for Metrics {
             dead_letters: Family::default(),
             ignored: Family::default(),
             bridge_failures: Family::default(),
+            state_errors: Counter::default(),
             presence_evictions: Counter::default(),
             outbox_share_refusals: Family::default(),
         }
@@ -156,6 +159,11 @@ impl Metrics {
             "bridge_failures",
             "Bridge runs that ended in an error or a panic, by bridge and kind",
             self.bridge_failures.clone(),
+        );
+        registry.register(
+            "state_errors",
+            "State updates of the hub loop that failed (error reply or store unreachable)",
+            self.state_errors.clone(),
         );
         registry.register(
             "presence_evictions",
