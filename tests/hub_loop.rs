@@ -743,6 +743,61 @@ async fn ids_that_collide_with_the_key_layout_are_refused(backend: Backend) {
     hub.stop().await;
 }
 
+/// A payload over `hub.max_payload_bytes` is refused unparsed and counted, its agent is told, and
+/// the loop goes on.
+async fn an_oversized_payload_is_refused_and_its_agent_told(backend: Backend) {
+    let mut hub = Hub::start(backend, |config| config.hub.max_payload_bytes = 4096).await;
+    let big = json!({"type": "channel.message", "channelId": "C",
+        "message": {"id": "m-big", "content": "z".repeat(64 * 1024), "senderId": "big-agent",
+                    "timestamp": 1708554000000i64}});
+    hub.publish_event(big).await;
+    let notice = hub
+        .next_event("the notice to big-agent", |value| {
+            value["type"] == "agent.notification"
+                && value["data"]["content"]
+                    .as_str()
+                    .is_some_and(|text| text.contains("over the hub's limit of 4096 bytes"))
+        })
+        .await;
+    assert_eq!(notice["data"]["fromAgent"], "hub-bridge");
+    hub.publish_event(message_event("small-agent", "m-small"))
+        .await;
+    hub.eventually("the next message relayed", async || {
+        hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "channel.message")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| *t == "channel.message")
+            .count(),
+        1,
+        "only the small message is relayed"
+    );
+    let presence = hub.keys.presence("C", "big-agent");
+    assert_eq!(hub.op(Op::Exists { key: presence }).await, Reply::Int(0));
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_invalid_payloads_total{reason="too_large"} 1"#),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),* $(,)?) => {
         mod redis_bus {
@@ -770,6 +825,7 @@ on_both_buses!(
     a_malformed_payload_does_not_stop_the_loop,
     one_error_reply_costs_only_its_own_event,
     ids_that_collide_with_the_key_layout_are_refused,
+    an_oversized_payload_is_refused_and_its_agent_told,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
