@@ -798,6 +798,51 @@ async fn an_oversized_payload_is_refused_and_its_agent_told(backend: Backend) {
     hub.stop().await;
 }
 
+/// A platform event handled again (its publish retried after a store error) is counted once
+/// against its sender's limit, with the window's TTL set on the first count only.
+async fn a_retried_platform_event_is_counted_once(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let config = LimitsConfig {
+        message: 2,
+        ..LimitsConfig::default()
+    };
+    let limiter = RateLimiter::new(hub.store.clone(), hub.keys.clone(), config);
+    let person = "external:discord:77";
+    for _ in 0..3 {
+        let decision = limiter
+            .check_once(Action::Message, person, "discord:message:1")
+            .await
+            .unwrap();
+        assert_eq!(decision, Decision::Allowed);
+    }
+    let second = limiter
+        .check_once(Action::Message, person, "discord:message:2")
+        .await
+        .unwrap();
+    assert_eq!(second, Decision::Allowed, "the retries were not counted");
+    let third = limiter
+        .check_once(Action::Message, person, "discord:message:3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(third, Decision::Rejected { limit: 2, .. }),
+        "{third:?}"
+    );
+    let counter = hub.keys.rate_limit("message", person);
+    assert_eq!(
+        hub.op(Op::Get {
+            key: counter.clone()
+        })
+        .await
+        .into_text()
+        .as_deref(),
+        Some("3")
+    );
+    let ttl = hub.op(Op::TtlMillis { key: counter }).await.as_int();
+    assert!(ttl.is_some_and(|ms| ms > 0 && ms <= 60_000), "{ttl:?}");
+    hub.stop().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),* $(,)?) => {
         mod redis_bus {
@@ -826,6 +871,7 @@ on_both_buses!(
     one_error_reply_costs_only_its_own_event,
     ids_that_collide_with_the_key_layout_are_refused,
     an_oversized_payload_is_refused_and_its_agent_told,
+    a_retried_platform_event_is_counted_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
