@@ -412,9 +412,15 @@ impl Store for RedisStore {
                 .into_iter()
                 .zip(shapes)
                 .map(|(value, shape)| match value {
-                    redis::Value::ServerError(error) => Err(StoreError::Command(
-                        redis::RedisError::from(error).to_string(),
-                    )),
+                    redis::Value::ServerError(error) => {
+                        let for_now = UNAVAILABLE_CODES.contains(&error.code());
+                        let text = redis::RedisError::from(error).to_string();
+                        Err(if for_now {
+                            StoreError::Unavailable(text)
+                        } else {
+                            StoreError::Command(text)
+                        })
+                    }
                     value => Ok(to_reply(value, shape)),
                 })
                 .collect())
@@ -640,14 +646,36 @@ fn to_reply(value: redis::Value, shape: Shape) -> Reply {
     }
 }
 
+/// Server error codes that mean "not now" rather than "never": the server is loading, a replica,
+/// out of memory or unable to persist. A write refused with one of these is retried by its caller
+/// (the inbound path waits, SPEC section 9) instead of being dropped as a bad command.
+const UNAVAILABLE_CODES: [&str; 9] = [
+    "LOADING",
+    "READONLY",
+    "MISCONF",
+    "OOM",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "NOREPLICAS",
+];
+
 fn store_error(error: redis::RedisError) -> StoreError {
-    if error.is_io_error()
+    let text = error.to_string();
+    let connection = error.is_io_error()
         || error.is_connection_refusal()
         || error.is_connection_dropped()
-        || error.is_timeout()
-    {
-        StoreError::Unavailable(error.to_string())
+        || error.is_timeout();
+    // A pipeline's error carries every failed command's server error.
+    let refused_for_now = error.into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, error)| UNAVAILABLE_CODES.contains(&error.code()))
+    });
+    if connection || refused_for_now {
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Command(error.to_string())
+        StoreError::Command(text)
     }
 }
