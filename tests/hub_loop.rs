@@ -843,6 +843,32 @@ async fn a_retried_platform_event_is_counted_once(backend: Backend) {
     hub.stop().await;
 }
 
+/// Invented ids cannot grow the presence tracker without bound: beyond its maximum the presences
+/// refreshed longest ago are dropped and counted, while state keeping goes on.
+async fn the_presence_tracker_is_bounded(backend: Backend) {
+    let hub = Hub::start(backend, |config| config.hub.max_tracked_presences = 4).await;
+    for n in 0..10 {
+        hub.publish_event(presence_event(&format!("invented-{n}"), "online"))
+            .await;
+    }
+    let last = hub.keys.presence("C", "invented-9");
+    hub.eventually("the last presence written", async || {
+        (hub.op(Op::Exists { key: last.clone() }).await == Reply::Int(1)).then_some(())
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hub_bridge_presence_evictions_total 6"),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),* $(,)?) => {
         mod redis_bus {
@@ -872,6 +898,7 @@ on_both_buses!(
     ids_that_collide_with_the_key_layout_are_refused,
     an_oversized_payload_is_refused_and_its_agent_told,
     a_retried_platform_event_is_counted_once,
+    the_presence_tracker_is_bounded,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
