@@ -65,8 +65,8 @@ impl PrivateChats {
                 if agent.is_empty() {
                     return Ok(Private::Reply(USAGE.to_owned()));
                 }
-                if let Err(refusal) = self.refusal(agent) {
-                    return Ok(Private::Reply(refusal));
+                if let Err(why_not) = self.reachable(agent) {
+                    return Ok(Private::Reply(why_not));
                 }
                 let remember = Op::Set {
                     key: self.choice_key(user_id),
@@ -105,7 +105,7 @@ impl PrivateChats {
         let key = self.choice_key(user_id);
         let chosen = self.hub.store().one(Op::Get { key }).await?.into_text();
         let chosen = chosen.filter(|agent| {
-            let acceptable = self.refusal(agent).is_ok();
+            let acceptable = self.reachable(agent).is_ok();
             if !acceptable {
                 tracing::debug!(platform = %self.platform, "stored /dm choice no longer acceptable; ignored");
             }
@@ -115,7 +115,7 @@ impl PrivateChats {
     }
 
     /// Whether `/dm` may reach `agent`; the error is the reply saying why not.
-    fn refusal(&self, agent: &str) -> Result<(), String> {
+    fn reachable(&self, agent: &str) -> Result<(), String> {
         if let Err(error) = check_agent_id(agent) {
             // Not echoed: it may be long or hold control characters.
             return Err(format!(
