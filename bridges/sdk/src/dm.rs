@@ -6,7 +6,7 @@
 //!
 //! `/dm` reaches agents only (SPEC section 9): never a person (`external:*`, which would make the
 //! bot post into any group or DM a stranger), never a malformed id, and, when `[agents]` lists
-//! agents, only those. A refused choice is not remembered, and a remembered choice that is no
+//! agents, only those (and the bridge's default agent). A refused choice is not remembered, and a remembered choice that is no
 //! longer acceptable (an earlier release stored anything) is ignored.
 
 use std::time::Duration;
@@ -127,8 +127,10 @@ impl PrivateChats {
                 "/dm reaches the hub's agents only, not people ({agent}). /agents lists the agents."
             ));
         }
+        // The default agent is the operator's choice too, listed or not.
+        let is_default = self.default_agent.as_deref() == Some(agent);
         let agents = self.hub.agents();
-        if !agents.is_empty() && !agents.contains_key(agent) {
+        if !agents.is_empty() && !agents.contains_key(agent) && !is_default {
             return Err(format!(
                 "There is no agent {agent} here. /agents lists the agents."
             ));
@@ -235,7 +237,7 @@ mod tests {
         (chats, store)
     }
 
-    fn is_refusal(private: &Private<'_>, says: &str) -> bool {
+    fn replies_with(private: &Private<'_>, says: &str) -> bool {
         matches!(private, Private::Reply(text) if text.contains(says))
     }
 
@@ -249,7 +251,7 @@ mod tests {
         ] {
             for text in [format!("/dm {target} hi"), format!("/dm {target}")] {
                 let reply = chats.read("7", &text).await.unwrap();
-                assert!(is_refusal(&reply, "agents only"), "{target}: {reply:?}");
+                assert!(replies_with(&reply, "agents only"), "{target}: {reply:?}");
             }
         }
         assert!(store.is_empty(), "a refused choice is not stored");
@@ -269,7 +271,7 @@ mod tests {
         let long = format!("/dm {} hi", "a".repeat(500));
         for text in [long.as_str(), "/dm a\u{7}b hi"] {
             let reply = chats.read("7", text).await.unwrap();
-            assert!(is_refusal(&reply, "not an agent id"), "{reply:?}");
+            assert!(replies_with(&reply, "not an agent id"), "{reply:?}");
         }
         assert!(store.is_empty());
     }
@@ -278,7 +280,7 @@ mod tests {
     async fn with_a_directory_only_listed_agents_are_reachable() {
         let (chats, _store) = chats(&["backend-architect"], None);
         let reply = chats.read("7", "/dm stranger hi").await.unwrap();
-        assert!(is_refusal(&reply, "no agent stranger"), "{reply:?}");
+        assert!(replies_with(&reply, "no agent stranger"), "{reply:?}");
         assert_eq!(
             chats.read("7", "again").await.unwrap(),
             Private::Reply(NO_AGENT.to_owned())
@@ -299,6 +301,13 @@ mod tests {
                 text: "more"
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_default_agent_is_reachable_even_when_not_listed() {
+        let (chats, _store) = chats(&["backend-architect"], Some("concierge"));
+        let reply = chats.read("7", "/dm concierge").await.unwrap();
+        assert!(replies_with(&reply, "now go to concierge"), "{reply:?}");
     }
 
     #[tokio::test]
