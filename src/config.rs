@@ -54,6 +54,12 @@ pub struct HubConfig {
     pub subscriber_queue: usize,
     /// How long a graceful stop may take, in seconds (default 10).
     pub shutdown_grace_secs: u64,
+    /// Hub payloads larger than this many bytes are refused before parsing, counted, and their
+    /// agent told (default 1048576).
+    pub max_payload_bytes: usize,
+    /// The most (channel, agent) presences the hub loop tracks to announce `offline`; beyond it
+    /// the ones refreshed longest ago are dropped and counted (default 100000).
+    pub max_tracked_presences: usize,
 }
 
 impl Default for HubConfig {
@@ -64,6 +70,8 @@ impl Default for HubConfig {
             bridge_queue: 10_000,
             subscriber_queue: 65_536,
             shutdown_grace_secs: 10,
+            max_payload_bytes: 1_048_576,
+            max_tracked_presences: 100_000,
         }
     }
 }
@@ -168,6 +176,18 @@ impl Config {
         }
         if self.hub.bridge_queue == 0 || self.hub.subscriber_queue == 0 {
             return Err(ConfigIssue::new("hub", "queue sizes must be at least 1"));
+        }
+        if self.hub.max_payload_bytes == 0 {
+            return Err(ConfigIssue::new(
+                "hub.max_payload_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.hub.max_tracked_presences == 0 {
+            return Err(ConfigIssue::new(
+                "hub.max_tracked_presences",
+                "must be at least 1",
+            ));
         }
         for (id, profile) in &self.agents {
             if let Some(url) = &profile.avatar_url {
@@ -280,6 +300,19 @@ mod tests {
     fn a_bad_redis_url_is_named() {
         let error = load("[redis]\nurl = \"http://x\"\n").unwrap_err();
         assert_eq!(error.key, "redis.url");
+    }
+
+    #[test]
+    fn bounds_default_and_must_be_positive() {
+        let config = load("").unwrap();
+        assert_eq!(config.hub.max_payload_bytes, 1_048_576);
+        assert_eq!(config.hub.max_tracked_presences, 100_000);
+        let error = load("[hub]\nmax_payload_bytes = 0\n").unwrap_err();
+        assert_eq!(error.key, "hub.max_payload_bytes");
+        let error = load("[hub]\nmax_tracked_presences = 0\n").unwrap_err();
+        assert_eq!(error.key, "hub.max_tracked_presences");
+        let config = load("[hub]\nmax_payload_bytes = 4096\n").unwrap();
+        assert_eq!(config.hub.max_payload_bytes, 4096);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::bus::redis::{InvalidRedisUrl, RedisBus};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::state::StateSettings;
-use crate::hub::{BridgeQueue, HubLoop};
+use crate::hub::{Bounds, BridgeQueue, HubLoop};
 use crate::supervisor::supervise;
 
 /// Why the service could not start.
@@ -163,7 +163,12 @@ pub async fn start_with(
         ..StateSettings::default()
     };
     let messages = bus.subscribe(config.hub.subscriber_queue, &tasks, shutdown.clone());
-    let hub_loop = HubLoop::new(store, keys, settings, limiter, metrics.clone(), queues);
+    let bounds = Bounds {
+        max_payload_bytes: config.hub.max_payload_bytes,
+        max_tracked_presences: config.hub.max_tracked_presences,
+    };
+    let hub_loop =
+        HubLoop::new(store, keys, settings, limiter, metrics.clone(), queues).with_bounds(bounds);
     tasks.spawn(hub_loop.run(messages, shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

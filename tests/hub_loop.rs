@@ -7,8 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use hub_bridge::bus::BusMessage;
+use std::sync::atomic::AtomicBool;
+
+use hub_bridge::bus::embedded::EmbeddedBus;
+use hub_bridge::bus::redis::RedisBus;
+use hub_bridge::bus::{Bus, BusMessage};
 use hub_bridge::config::Config;
+use hub_bridge::hub::state::StateSettings;
+use hub_bridge::hub::{BridgeQueue, HubLoop};
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::limits::{Action, Decision, LimitsConfig, RateLimiter};
@@ -558,6 +564,311 @@ async fn a_malformed_payload_does_not_stop_the_loop(backend: Backend) {
     hub.stop().await;
 }
 
+/// A bus of the given kind, outside a running service, for tests that drive the hub loop itself.
+fn bare_bus(
+    backend: Backend,
+    metrics: &Arc<hub_bridge_sdk::metrics::Metrics>,
+) -> (Arc<dyn Bus>, Option<RedisServer>) {
+    match backend {
+        Backend::Redis => {
+            let server = RedisServer::start();
+            let health = hub_bridge_sdk::health::Health::default();
+            let bus = RedisBus::new(&server.url(), metrics.clone(), health.component("redis"))
+                .expect("redis bus");
+            (Arc::new(bus), Some(server))
+        }
+        Backend::Embedded => (Arc::new(EmbeddedBus::new(metrics.clone())), None),
+    }
+}
+
+/// Subscribes to `bus` and returns once the subscription sees what is published.
+async fn synced_subscription(bus: &dyn Bus, tasks: &TaskTracker) -> mpsc::Receiver<BusMessage> {
+    let mut events = bus.subscribe(4096, tasks, CancellationToken::new());
+    let store = bus.store();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = format!(r#"{{"type":"test.probe","n":"{}"}}"#, uuid::Uuid::new_v4());
+        let _ = store.publish("pubsub:global".into(), probe.clone()).await;
+        let until = Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(message)) = tokio::time::timeout_at(until.into(), events.recv()).await {
+            if message.payload == probe.as_bytes() {
+                return events;
+            }
+        }
+        assert!(Instant::now() < deadline, "test subscription never synced");
+    }
+}
+
+fn first_message(channel: &str, sender: &str) -> BusMessage {
+    let event = json!({"type": "channel.message", "channelId": channel,
+        "message": {"id": uuid::Uuid::new_v4().to_string(), "content": "hi", "senderId": sender,
+                    "timestamp": 1708554000000i64}});
+    let envelope = json!({"event": event, "timestamp": 1, "channelId": channel});
+    BusMessage {
+        channel: format!("pubsub:channel:{channel}"),
+        payload: envelope.to_string().into_bytes(),
+        received_at: Instant::now(),
+    }
+}
+
+/// One event whose state update gets an error reply (another client left a string where the hub
+/// keeps a set) shares a batch with ten good ones: the ten keep their state keys, follow-ups and
+/// relays.
+async fn one_error_reply_costs_only_its_own_event(backend: Backend) {
+    let metrics = Arc::new(hub_bridge_sdk::metrics::Metrics::default());
+    let (bus, _redis) = bare_bus(backend, &metrics);
+    let store = bus.store();
+    let keys = Keys::new("openclaw:");
+    store
+        .one(Op::Set {
+            key: keys.members("C2"),
+            value: "not a set".into(),
+            ttl: None,
+            only_if_absent: false,
+        })
+        .await
+        .unwrap();
+    let tasks = TaskTracker::new();
+    let mut published = synced_subscription(bus.as_ref(), &tasks).await;
+
+    // The whole batch is queued before the loop starts, so it is one pipeline.
+    let (batch, messages) = mpsc::channel(64);
+    batch
+        .try_send(first_message("C2", "external:telegram:99"))
+        .unwrap();
+    for n in 0..10 {
+        batch
+            .try_send(first_message("C", &format!("external:telegram:{n}")))
+            .unwrap();
+    }
+    let (relay, mut relayed) = mpsc::channel(64);
+    let queue = BridgeQueue {
+        name: "recorder",
+        sender: relay,
+        active: Arc::new(AtomicBool::new(true)),
+    };
+    let limiter = RateLimiter::new(store.clone(), keys.clone(), LimitsConfig::default());
+    let hub_loop = HubLoop::new(
+        store.clone(),
+        keys.clone(),
+        StateSettings::default(),
+        limiter,
+        metrics.clone(),
+        vec![queue],
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(hub_loop.run(messages, shutdown.clone()));
+
+    let mut joined = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while joined.len() < 10 {
+        let message = tokio::time::timeout_at(deadline.into(), published.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} joins published: {joined:?}", joined.len()))
+            .expect("subscription open");
+        let value: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        if value["event"]["type"] == "channel.member.join" && value["channelId"] == "C" {
+            joined.insert(
+                value["event"]["member"]["agentId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    for n in 0..10 {
+        let agent = format!("external:telegram:{n}");
+        let presence = store
+            .one(Op::Exists {
+                key: keys.presence("C", &agent),
+            })
+            .await
+            .unwrap();
+        assert_eq!(presence, Reply::Int(1), "{agent}'s presence key");
+    }
+    let members = store
+        .one(Op::SMembers {
+            key: keys.members("C"),
+        })
+        .await
+        .unwrap()
+        .into_list();
+    assert_eq!(members.len(), 10, "{members:?}");
+    for _ in 0..11 {
+        tokio::time::timeout(WAIT, relayed.recv())
+            .await
+            .expect("every event of the batch is relayed")
+            .expect("queue open");
+    }
+    assert_eq!(metrics.state_errors.get(), 1);
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// A channel id that would reach into another key (`X:members`) is refused when parsed.
+async fn ids_that_collide_with_the_key_layout_are_refused(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let join = json!({"type": "channel.member.join", "channelId": "X:members",
+        "member": {"agentId": "intruder", "joinedAt": 1, "role": "member"}});
+    hub.publish("pubsub:channel:X:members", &join.to_string())
+        .await;
+    hub.publish_event(presence_event("after-bad-id", "online"))
+        .await;
+    let key = hub.keys.presence("C", "after-bad-id");
+    hub.eventually("the valid event after the bad id", async || {
+        (hub.op(Op::Exists { key: key.clone() }).await == Reply::Int(1)).then_some(())
+    })
+    .await;
+    let members = hub.keys.members("X:members");
+    assert_eq!(hub.op(Op::Exists { key: members }).await, Reply::Int(0));
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_invalid_payloads_total{reason="bad_id"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "channel.member.join"),
+        "the refused event was relayed"
+    );
+    hub.stop().await;
+}
+
+/// A payload over `hub.max_payload_bytes` is refused unparsed and counted, its agent is told, and
+/// the loop goes on.
+async fn an_oversized_payload_is_refused_and_its_agent_told(backend: Backend) {
+    let mut hub = Hub::start(backend, |config| config.hub.max_payload_bytes = 4096).await;
+    let big = json!({"type": "channel.message", "channelId": "C",
+        "message": {"id": "m-big", "content": "z".repeat(64 * 1024), "senderId": "big-agent",
+                    "timestamp": 1708554000000i64}});
+    hub.publish_event(big).await;
+    let notice = hub
+        .next_event("the notice to big-agent", |value| {
+            value["type"] == "agent.notification"
+                && value["data"]["content"]
+                    .as_str()
+                    .is_some_and(|text| text.contains("over the hub's limit of 4096 bytes"))
+        })
+        .await;
+    assert_eq!(notice["data"]["fromAgent"], "hub-bridge");
+    hub.publish_event(message_event("small-agent", "m-small"))
+        .await;
+    hub.eventually("the next message relayed", async || {
+        hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "channel.message")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        hub.recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| *t == "channel.message")
+            .count(),
+        1,
+        "only the small message is relayed"
+    );
+    let presence = hub.keys.presence("C", "big-agent");
+    assert_eq!(hub.op(Op::Exists { key: presence }).await, Reply::Int(0));
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_invalid_payloads_total{reason="too_large"} 1"#),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
+/// A platform event handled again (its publish retried after a store error) is counted once
+/// against its sender's limit, with the window's TTL set on the first count only.
+async fn a_retried_platform_event_is_counted_once(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let config = LimitsConfig {
+        message: 2,
+        ..LimitsConfig::default()
+    };
+    let limiter = RateLimiter::new(hub.store.clone(), hub.keys.clone(), config);
+    let person = "external:discord:77";
+    for _ in 0..3 {
+        let decision = limiter
+            .check_once(Action::Message, person, "discord:message:1")
+            .await
+            .unwrap();
+        assert_eq!(decision, Decision::Allowed);
+    }
+    let second = limiter
+        .check_once(Action::Message, person, "discord:message:2")
+        .await
+        .unwrap();
+    assert_eq!(second, Decision::Allowed, "the retries were not counted");
+    let third = limiter
+        .check_once(Action::Message, person, "discord:message:3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(third, Decision::Rejected { limit: 2, .. }),
+        "{third:?}"
+    );
+    let counter = hub.keys.rate_limit("message", person);
+    assert_eq!(
+        hub.op(Op::Get {
+            key: counter.clone()
+        })
+        .await
+        .into_text()
+        .as_deref(),
+        Some("3")
+    );
+    let ttl = hub.op(Op::TtlMillis { key: counter }).await.as_int();
+    assert!(ttl.is_some_and(|ms| ms > 0 && ms <= 60_000), "{ttl:?}");
+    hub.stop().await;
+}
+
+/// Invented ids cannot grow the presence tracker without bound: beyond its maximum the presences
+/// refreshed longest ago are dropped and counted, while state keeping goes on.
+async fn the_presence_tracker_is_bounded(backend: Backend) {
+    let hub = Hub::start(backend, |config| config.hub.max_tracked_presences = 4).await;
+    for n in 0..10 {
+        hub.publish_event(presence_event(&format!("invented-{n}"), "online"))
+            .await;
+    }
+    let last = hub.keys.presence("C", "invented-9");
+    hub.eventually("the last presence written", async || {
+        (hub.op(Op::Exists { key: last.clone() }).await == Reply::Int(1)).then_some(())
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hub_bridge_presence_evictions_total 6"),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
 macro_rules! on_both_buses {
     ($($name:ident),* $(,)?) => {
         mod redis_bus {
@@ -583,6 +894,11 @@ on_both_buses!(
     the_eleventh_message_is_rejected_and_the_window_resets,
     an_agent_over_its_limit_is_not_relayed_and_is_told,
     a_malformed_payload_does_not_stop_the_loop,
+    one_error_reply_costs_only_its_own_event,
+    ids_that_collide_with_the_key_layout_are_refused,
+    an_oversized_payload_is_refused_and_its_agent_told,
+    a_retried_platform_event_is_counted_once,
+    the_presence_tracker_is_bounded,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -836,4 +1152,94 @@ async fn one_instance_runs_a_bridge_and_another_takes_over_when_it_stops() {
     }
     println!("took over {:?} after the holder stopped", stopped.elapsed());
     second.stop().await;
+}
+
+/// A bridge whose first run panics; later runs wait for the test's go-ahead, then relay nothing.
+struct PanicOnceBridge {
+    runs: std::sync::atomic::AtomicUsize,
+    go_ahead: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bridge for PanicOnceBridge {
+    fn name(&self) -> &'static str {
+        "panicky"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, BridgeError>> {
+        Box::pin(async { Ok("panicky".to_owned()) })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut BridgeContext) -> BoxFuture<'a, Result<(), BridgeError>> {
+        Box::pin(async move {
+            if self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                ctx.status.ready("first run");
+                panic!("zero id in a mention");
+            }
+            let _permit = self.go_ahead.acquire().await;
+            ctx.status.ready("running again");
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_bridge_is_counted_shown_not_ready_and_restarted() {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    let go_ahead = Arc::new(tokio::sync::Semaphore::new(0));
+    let bridge = PanicOnceBridge {
+        runs: Default::default(),
+        go_ahead: go_ahead.clone(),
+    };
+    let running = start_with(config, vec![Box::new(bridge)]).await.unwrap();
+    let readyz = async || -> Value {
+        reqwest::get(format!("http://{}/readyz", running.http_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    let down = loop {
+        let body = readyz().await;
+        let detail = body["components"]["panicky"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if detail.contains("panic") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the panic never showed: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(down["ready"], false, "{down}");
+    assert_eq!(down["components"]["panicky"]["ready"], false, "{down}");
+    let detail = down["components"]["panicky"]["detail"].as_str().unwrap();
+    assert!(detail.contains("zero id in a mention"), "{detail}");
+    let metrics = reqwest::get(format!("http://{}/metrics", running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hub_bridge_bridge_failures_total{bridge="panicky",kind="panic"} 1"#),
+        "{metrics}"
+    );
+
+    // Restarted after the backoff: ready again once the second run is let through.
+    go_ahead.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = readyz().await;
+        if body["components"]["panicky"]["ready"] == true {
+            assert_eq!(body["components"]["panicky"]["detail"], "running again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
 }

@@ -296,3 +296,203 @@ async fn destinations_do_not_wait_for_each_other() {
     );
     assert_eq!(outboxes.depth("chat-slow"), 1);
 }
+
+/// The real store, counting the round trips that read an outbox list.
+struct CountingStore {
+    inner: Arc<dyn hub_bridge_sdk::Store>,
+    list_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl hub_bridge_sdk::Store for CountingStore {
+    fn exec(
+        &self,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<Vec<hub_bridge_sdk::Reply>, hub_bridge_sdk::StoreError>> {
+        if ops.iter().any(|op| matches!(op, Op::LRange { .. })) {
+            self.list_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.exec(ops)
+    }
+}
+
+async fn index(hub: &HubHandle) -> Vec<String> {
+    hub.store()
+        .one(Op::SMembers {
+            key: hub.keys().bridge("outboxes:test"),
+        })
+        .await
+        .unwrap()
+        .into_list()
+}
+
+#[tokio::test]
+async fn a_destination_leaves_the_index_when_its_outbox_empties() {
+    let server = RedisServer::start();
+    let hub = hub(&server);
+    let sent = platform(&hub, None, false);
+    let outboxes = Outboxes::durable(
+        "test",
+        sent.clone(),
+        hub.clone(),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    outboxes.push("chat-1", job("a", 1)).await;
+    outboxes.push("chat-2", job("b", 1)).await;
+    eventually("both delivered", || sent.sent.lock().unwrap().len() == 2).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = index(&hub).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still indexed: {left:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn recovery_reads_every_destination_in_one_round_trip_and_prunes_empty_ones() {
+    let server = RedisServer::start();
+    let real = hub(&server);
+    let store = real.store_arc();
+    let keys = real.keys().clone();
+    let mut seed = Vec::new();
+    for n in 0..40 {
+        let entry = serde_json::json!({"id": format!("i{n}"), "job": job(&format!("j{n}"), 1)});
+        seed.push(Op::RPush {
+            key: keys.bridge(&format!("outbox:test:chat-{n}")),
+            value: entry.to_string(),
+        });
+        seed.push(Op::SAdd {
+            key: keys.bridge("outboxes:test"),
+            member: format!("chat-{n}"),
+        });
+    }
+    // Destinations an earlier release indexed and never pruned.
+    for n in 0..10 {
+        seed.push(Op::SAdd {
+            key: keys.bridge("outboxes:test"),
+            member: format!("served-long-ago-{n}"),
+        });
+    }
+    store.exec(seed).await.unwrap();
+
+    let counting = Arc::new(CountingStore {
+        inner: store.clone(),
+        list_reads: Default::default(),
+    });
+    let limiter = RateLimiter::new(counting.clone(), keys.clone(), LimitsConfig::default());
+    let hub = HubHandle::new(
+        counting.clone(),
+        keys,
+        limiter,
+        BTreeMap::new(),
+        Arc::new(Metrics::default()),
+    );
+    let sent = platform(&hub, None, false);
+    let outboxes = Outboxes::durable(
+        "test",
+        sent.clone(),
+        hub.clone(),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    assert_eq!(outboxes.recover().await.unwrap(), 40);
+    assert_eq!(
+        counting
+            .list_reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one round trip reads all 50 destinations"
+    );
+    let left = index(&hub).await;
+    assert!(
+        !left.iter().any(|d| d.starts_with("served-long-ago")),
+        "{left:?}"
+    );
+    eventually("the 40 recovered jobs delivered", || {
+        sent.sent.lock().unwrap().len() == 40
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !index(&hub).await.is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", index(&hub).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A platform that never gets a job through (rate-limited for long) and says whose each job is:
+/// the agent is the job name up to its `-`.
+struct Jammed {
+    refused: Mutex<Vec<(String, String)>>,
+}
+
+impl Deliver<Job> for Jammed {
+    fn deliver<'a>(
+        &'a self,
+        _destination: &'a str,
+        _job: &'a mut Job,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async { Err(SendError::RetryAfter(Duration::from_secs(60))) })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        _destination: &'a str,
+        job: Job,
+        reason: String,
+    ) -> BoxFuture<'a, ()> {
+        self.refused.lock().unwrap().push((job.name, reason));
+        Box::pin(async {})
+    }
+
+    fn agent(&self, job: &Job) -> Option<String> {
+        job.name.split('-').next().map(str::to_owned)
+    }
+}
+
+#[tokio::test]
+async fn one_agent_cannot_take_more_than_its_share_of_a_destination() {
+    use hub_bridge_sdk::outbox::AGENT_SHARE;
+
+    let server = RedisServer::start();
+    let hub = hub(&server);
+    let jammed = Arc::new(Jammed {
+        refused: Mutex::default(),
+    });
+    let outboxes = Outboxes::new(
+        "test",
+        jammed.clone(),
+        hub.clone(),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    for n in 0..AGENT_SHARE + 5 {
+        outboxes.push("chat-1", job(&format!("flood-{n}"), 1)).await;
+    }
+    assert_eq!(outboxes.depth("chat-1"), AGENT_SHARE);
+    {
+        let refused = jammed.refused.lock().unwrap();
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        assert!(refused
+            .iter()
+            .all(|(name, reason)| name.starts_with("flood-")
+                && reason.contains("already waiting for this destination")));
+    }
+    // Others' jobs still fit, and the flood is per destination.
+    for n in 0..3 {
+        outboxes.push("chat-1", job(&format!("other-{n}"), 1)).await;
+    }
+    outboxes.push("chat-2", job("flood-x", 1)).await;
+    assert_eq!(outboxes.depth("chat-1"), AGENT_SHARE + 3);
+    assert_eq!(outboxes.depth("chat-2"), 1);
+    assert_eq!(jammed.refused.lock().unwrap().len(), 5);
+    let refusals = hub
+        .metrics()
+        .outbox_share_refusals
+        .get_or_create(&hub_bridge_sdk::metrics::label("bridge", "test"))
+        .get();
+    assert_eq!(refusals, 5);
+}

@@ -151,3 +151,65 @@ async fn a_silent_connection_is_noticed_and_replaced() {
         .unwrap();
     running.stop().await;
 }
+
+/// A Redis that refuses writes for now (out of memory with `noeviction`, as in issue 7's
+/// reproduction) answers an error the callers must retry, not one they drop the write for; once it
+/// takes writes again the same ops succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_for_now_are_unavailable_not_bad_commands() {
+    use hub_bridge::bus::redis::RedisBus;
+    use hub_bridge::bus::Bus;
+    use hub_bridge_sdk::health::Health;
+    use hub_bridge_sdk::metrics::Metrics;
+    use hub_bridge_sdk::{Op, StoreError};
+
+    let server = RedisServer::start();
+    let bus = RedisBus::new(
+        &server.url(),
+        Arc::new(Metrics::default()),
+        Health::default().component("redis"),
+    )
+    .unwrap();
+    let store = bus.store();
+    let write = || Op::PublishOnce {
+        claim_key: "openclaw:bridge:claim:1".into(),
+        claim_value: "m".into(),
+        ttl: Duration::from_secs(60),
+        channel: "pubsub:channel:C".into(),
+        payload: "{}".into(),
+    };
+    let mut admin = server.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let refused = store.exec(vec![write()]).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("OOM")),
+        "{refused:?}"
+    );
+    let each = store.exec_each(vec![write()]).await.unwrap();
+    assert!(
+        matches!(&each[..], [Err(StoreError::Unavailable(_))]),
+        "{each:?}"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let replies = store.exec(vec![write()]).await.unwrap();
+    assert_eq!(replies, [hub_bridge_sdk::Reply::Int(1)]);
+}

@@ -98,6 +98,21 @@ impl Store for EmbeddedBus {
         };
         Box::pin(async move { replies })
     }
+
+    fn exec_each(
+        &self,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Reply, StoreError>>, StoreError>> {
+        // Like a Redis pipeline: every op runs, each with its own outcome.
+        let outcomes = {
+            let mut state = self.lock();
+            let now = Instant::now();
+            ops.into_iter()
+                .map(|op| state.apply(op, now, &self.metrics))
+                .collect()
+        };
+        Box::pin(async move { Ok(outcomes) })
+    }
 }
 
 fn wrong_type(key: &str) -> StoreError {
@@ -420,6 +435,38 @@ impl State {
                 }) => Reply::List(list_range(list, start, stop)),
                 Some(_) => return Err(wrong_type(&key)),
                 None => Reply::List(Vec::new()),
+            },
+            Op::IncrWindowOnce {
+                key,
+                window,
+                claim_key,
+                claim_ttl,
+            } => {
+                if let Some(entry) = self.live(&claim_key, now) {
+                    let Value::Text(kept) = &entry.value else {
+                        return Err(wrong_type(&claim_key));
+                    };
+                    return Ok(Reply::Int(
+                        kept.parse().map_err(|_| wrong_type(&claim_key))?,
+                    ));
+                }
+                let count = self.apply(Op::IncrWindow { key, window }, now, metrics)?;
+                let kept = Op::Set {
+                    key: claim_key,
+                    value: count.as_int().unwrap_or(0).to_string(),
+                    ttl: Some(claim_ttl),
+                    only_if_absent: false,
+                };
+                self.apply(kept, now, metrics)?;
+                count
+            }
+            Op::ForgetIfEmpty {
+                index,
+                member,
+                list,
+            } => match self.live(&list, now) {
+                Some(_) => Reply::Int(0),
+                None => self.apply(Op::SRem { key: index, member }, now, metrics)?,
             },
             Op::RenewLease { key, owner, ttl } => match self.live(&key, now) {
                 Some(entry) if matches!(&entry.value, Value::Text(holder) if *holder == owner) => {

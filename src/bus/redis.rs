@@ -47,6 +47,14 @@ const MERGE_JSON: &str = "local current = redis.call('GET', KEYS[1]) \
     for k, v in pairs(cjson.decode(ARGV[1])) do object[k] = v end \
     local encoded = next(object) == nil and '{}' or cjson.encode(object) \
     redis.call('SET', KEYS[1], encoded, 'PX', ARGV[2]) return 1";
+/// Counts once per claim: the count the first increment made is kept under the claim key.
+const INCR_WINDOW_ONCE: &str = "local kept = redis.call('GET', KEYS[2]) \
+    if kept then return tonumber(kept) end \
+    local n = redis.call('INCR', KEYS[1]) \
+    if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    redis.call('SET', KEYS[2], n, 'PX', ARGV[2]) return n";
+const FORGET_IF_EMPTY: &str = "if redis.call('LLEN', KEYS[1]) == 0 then \
+    return redis.call('SREM', KEYS[2], ARGV[1]) else return 0 end";
 const PUBLISH_ONCE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then \
     redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end";
 const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -353,29 +361,68 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs the ops as one pipeline; with `per_op`, error replies come back per op (as
+    /// `Value::ServerError`) instead of failing the whole pipeline.
+    async fn pipeline(
+        &self,
+        ops: &[Op],
+        per_op: bool,
+    ) -> Result<(Vec<redis::Value>, Vec<Shape>), StoreError> {
+        let mut pipe = redis::pipe();
+        if per_op {
+            pipe.ignore_errors();
+        }
+        let shapes: Vec<Shape> = ops
+            .iter()
+            .map(|op| add_to_pipeline(&mut pipe, op))
+            .collect();
+        let mut connection = self.manager();
+        match pipe.query_async(&mut connection).await {
+            Ok(values) => Ok((values, shapes)),
+            Err(error) => {
+                if error.is_timeout() {
+                    self.replace_silent_connection();
+                }
+                Err(store_error(error))
+            }
+        }
+    }
+}
+
 impl Store for RedisStore {
     fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            let shapes: Vec<Shape> = ops
-                .iter()
-                .map(|op| add_to_pipeline(&mut pipe, op))
-                .collect();
-            let mut connection = self.manager();
-            let result = pipe.query_async(&mut connection).await;
-            let values: Vec<redis::Value> = match result {
-                Ok(values) => values,
-                Err(error) => {
-                    if error.is_timeout() {
-                        self.replace_silent_connection();
-                    }
-                    return Err(store_error(error));
-                }
-            };
+            let (values, shapes) = self.pipeline(&ops, false).await?;
             Ok(values
                 .into_iter()
                 .zip(shapes)
                 .map(|(value, shape)| to_reply(value, shape))
+                .collect())
+        })
+    }
+
+    fn exec_each(
+        &self,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Reply, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let (values, shapes) = self.pipeline(&ops, true).await?;
+            Ok(values
+                .into_iter()
+                .zip(shapes)
+                .map(|(value, shape)| match value {
+                    redis::Value::ServerError(error) => {
+                        let for_now = UNAVAILABLE_CODES.contains(&error.code());
+                        let text = redis::RedisError::from(error).to_string();
+                        Err(if for_now {
+                            StoreError::Unavailable(text)
+                        } else {
+                            StoreError::Command(text)
+                        })
+                    }
+                    value => Ok(to_reply(value, shape)),
+                })
                 .collect())
         })
     }
@@ -500,6 +547,32 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
         Op::LRange { key, start, stop } => {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
         }
+        Op::IncrWindowOnce {
+            key,
+            window,
+            claim_key,
+            claim_ttl,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(INCR_WINDOW_ONCE)
+                .arg(2)
+                .arg(key)
+                .arg(claim_key)
+                .arg(millis(*window))
+                .arg(millis(*claim_ttl));
+        }
+        Op::ForgetIfEmpty {
+            index,
+            member,
+            list,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(FORGET_IF_EMPTY)
+                .arg(2)
+                .arg(list)
+                .arg(index)
+                .arg(member);
+        }
         Op::RenewLease { key, owner, ttl } => {
             pipe.cmd("EVAL")
                 .arg(RENEW_LEASE)
@@ -573,14 +646,36 @@ fn to_reply(value: redis::Value, shape: Shape) -> Reply {
     }
 }
 
+/// Server error codes that mean "not now" rather than "never": the server is loading, a replica,
+/// out of memory or unable to persist. A write refused with one of these is retried by its caller
+/// (the inbound path waits, SPEC section 9) instead of being dropped as a bad command.
+const UNAVAILABLE_CODES: [&str; 9] = [
+    "LOADING",
+    "READONLY",
+    "MISCONF",
+    "OOM",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "NOREPLICAS",
+];
+
 fn store_error(error: redis::RedisError) -> StoreError {
-    if error.is_io_error()
+    let text = error.to_string();
+    let connection = error.is_io_error()
         || error.is_connection_refusal()
         || error.is_connection_dropped()
-        || error.is_timeout()
-    {
-        StoreError::Unavailable(error.to_string())
+        || error.is_timeout();
+    // A pipeline's error carries every failed command's server error.
+    let refused_for_now = error.into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, error)| UNAVAILABLE_CODES.contains(&error.code()))
+    });
+    if connection || refused_for_now {
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Command(error.to_string())
+        StoreError::Command(text)
     }
 }

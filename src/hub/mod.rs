@@ -6,8 +6,8 @@
 //! one pipeline, so a burst costs one round trip rather than one per event.
 
 pub mod state;
+pub mod tracker;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +24,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusMessage;
 use state::{FollowUp, StateSettings, Tracking};
+use tracker::PresenceTracker;
 
 /// The most payloads handled in one pipeline.
 pub const BATCH: usize = 512;
+
+/// What bounds the hub loop's work (SPEC section 5, "Bounded work").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Larger payloads are refused before parsing (`hub.max_payload_bytes`).
+    pub max_payload_bytes: usize,
+    /// The most (channel, agent) presences tracked for offline announcements
+    /// (`hub.max_tracked_presences`).
+    pub max_tracked_presences: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1_048_576,
+            max_tracked_presences: 100_000,
+        }
+    }
+}
+
+/// How far into each end of an oversized payload the sender is looked for.
+const SENDER_SCAN: usize = 4096;
 
 /// A bridge's inbound queue as the hub loop sees it.
 #[derive(Clone)]
@@ -52,8 +75,9 @@ pub struct HubLoop {
     limiter: RateLimiter,
     metrics: Arc<Metrics>,
     bridges: Vec<BridgeQueue>,
-    /// When each tracked presence expires unless refreshed: (channel, agent) -> deadline.
-    presence_deadlines: HashMap<(String, String), Instant>,
+    bounds: Bounds,
+    /// When each tracked presence expires unless refreshed.
+    presences: PresenceTracker,
 }
 
 /// One payload that parsed, on its way through a batch.
@@ -82,8 +106,16 @@ impl HubLoop {
             limiter,
             metrics,
             bridges,
-            presence_deadlines: HashMap::new(),
+            bounds: Bounds::default(),
+            presences: PresenceTracker::new(Bounds::default().max_tracked_presences),
         }
+    }
+
+    /// The same loop with other bounds than the defaults.
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = bounds;
+        self.presences = PresenceTracker::new(bounds.max_tracked_presences);
+        self
     }
 
     /// Runs until `shutdown`, then returns after the batch in hand.
@@ -120,7 +152,12 @@ impl HubLoop {
         let mut ops = Vec::new();
         let mut follow_ups = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
+        let mut notices = Vec::new();
         for message in batch {
+            if message.payload.len() > self.bounds.max_payload_bytes {
+                notices.extend(self.refuse_oversized(&message));
+                continue;
+            }
             let Some(mut parsed) = self.read(message) else {
                 continue;
             };
@@ -143,21 +180,11 @@ impl HubLoop {
             events.push(parsed);
         }
         if events.is_empty() {
+            self.publish_notices(notices).await;
             return;
         }
 
-        let replies = if ops.is_empty() {
-            Vec::new()
-        } else {
-            match self.store.exec(ops).await {
-                Ok(replies) => replies,
-                Err(error) => {
-                    // State keeping waits for the next event; relaying must not wait on Redis.
-                    tracing::warn!(%error, "state update failed; events are still relayed");
-                    Vec::new()
-                }
-            }
-        };
+        let replies = self.run_state_ops(ops).await;
         let reply_is_one = |index: usize| replies.get(index).and_then(Reply::as_int) == Some(1);
 
         let mut publishes: Vec<Op> = follow_ups
@@ -198,11 +225,88 @@ impl HubLoop {
             self.route(parsed);
         }
 
-        if !publishes.is_empty() {
-            if let Err(error) = self.store.exec(publishes).await {
-                tracing::warn!(%error, "could not publish hub notices");
-            }
+        publishes.extend(notices);
+        self.publish_notices(publishes).await;
+    }
+
+    async fn publish_notices(&self, publishes: Vec<Op>) {
+        if publishes.is_empty() {
+            return;
         }
+        if let Err(error) = self.store.exec(publishes).await {
+            tracing::warn!(%error, "could not publish hub notices");
+        }
+    }
+
+    /// Refuses a payload over `hub.max_payload_bytes` without parsing it: counts and logs it, and
+    /// returns the notice for its sender when the sender can be found near either end of it.
+    fn refuse_oversized(&self, message: &BusMessage) -> Option<Op> {
+        self.count_invalid("too_large");
+        let size = message.payload.len();
+        let max = self.bounds.max_payload_bytes;
+        let sender = sender_hint(&message.payload);
+        tracing::warn!(
+            channel = %message.channel,
+            size,
+            max,
+            sender = sender.as_deref().unwrap_or("unknown"),
+            "hub payload over hub.max_payload_bytes refused"
+        );
+        // People are limited by their bridge on the way in; only agents are told here.
+        let agent = sender.filter(|sender| !ExternalId::is_external(sender))?;
+        let channel: String = message.channel.chars().take(200).collect();
+        let notice = AgentEvent {
+            kind: AgentEventKind::Notification,
+            data: AgentEventData {
+                from_agent: Some("hub-bridge".to_owned()),
+                content: Some(format!(
+                    "Not relayed to Telegram/Discord: your event on {channel} is {size} bytes, \
+                     over the hub's limit of {max} bytes."
+                )),
+                channel_id: None,
+                action_required: None,
+            },
+            timestamp: now_millis(),
+        };
+        Some(Op::Publish {
+            channel: Source::Agent(agent).channel_name(),
+            payload: notice.to_json(),
+        })
+    }
+
+    /// Runs a batch's state ops in one round trip. An error reply (a key of the wrong type) costs
+    /// only its own op, which then reads as `Nil`; the other events' replies are kept. When the
+    /// store is unreachable every reply is `Nil`: state keeping waits for the next event, and
+    /// relaying does not wait on Redis.
+    async fn run_state_ops(&self, ops: Vec<Op>) -> Vec<Reply> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let outcomes = match self.store.exec_each(ops).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.metrics.state_errors.inc();
+                tracing::warn!(%error, "state update failed; events are still relayed");
+                return Vec::new();
+            }
+        };
+        let mut failed = 0u64;
+        let replies = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|error| {
+                    if failed == 0 {
+                        tracing::warn!(%error, "a state update was refused; the other events' updates stand");
+                    }
+                    failed += 1;
+                    Reply::Nil
+                })
+            })
+            .collect();
+        if failed > 0 {
+            self.metrics.state_errors.inc_by(failed);
+        }
+        replies
     }
 
     /// Parses one payload; anything unreadable is logged at debug, counted, and skipped.
@@ -219,6 +323,7 @@ impl HubLoop {
                     hub_bridge_sdk::event::ParseError::NotJson(_) => "not_json",
                     hub_bridge_sdk::event::ParseError::NoType => "no_type",
                     hub_bridge_sdk::event::ParseError::Invalid { .. } => "invalid_event",
+                    hub_bridge_sdk::event::ParseError::BadId { .. } => "bad_id",
                 });
                 return None;
             }
@@ -353,14 +458,23 @@ impl HubLoop {
                 agent_id,
             } => {
                 let deadline = Instant::now() + self.settings.presence_ttl;
-                self.presence_deadlines
-                    .insert((channel_id, agent_id), deadline);
+                let evicted = self.presences.refresh((channel_id, agent_id), deadline);
+                if evicted > 0 {
+                    self.metrics
+                        .presence_evictions
+                        .inc_by(u64::try_from(evicted).unwrap_or(u64::MAX));
+                    tracing::warn!(
+                        evicted,
+                        max = self.bounds.max_tracked_presences,
+                        "presence tracker full; dropped the presences refreshed longest ago (no offline announcement for them)"
+                    );
+                }
             }
             Tracking::Gone {
                 channel_id,
                 agent_id,
             } => {
-                self.presence_deadlines.remove(&(channel_id, agent_id));
+                self.presences.forget(&(channel_id, agent_id));
             }
         }
     }
@@ -368,12 +482,7 @@ impl HubLoop {
     /// Publishes `offline` for every tracked presence whose key expired without a refresh.
     async fn expire_presences(&mut self) {
         let now = Instant::now();
-        let due: Vec<(String, String)> = self
-            .presence_deadlines
-            .iter()
-            .filter(|(_, deadline)| **deadline <= now)
-            .map(|(who, _)| who.clone())
-            .collect();
+        let due = self.presences.due(now);
         if due.is_empty() {
             return;
         }
@@ -393,14 +502,14 @@ impl HubLoop {
                 // Refreshed by someone else (another instance, the agent's own client).
                 Some(ttl) if ttl > 0 => {
                     let remaining = Duration::from_millis(ttl.unsigned_abs());
-                    self.presence_deadlines.insert(who, now + remaining);
+                    self.presences.refresh(who, now + remaining);
                 }
                 Some(-2) => {
-                    self.presence_deadlines.remove(&who);
+                    self.presences.forget(&who);
                     publishes.push(self.offline_once_op(who.0, who.1));
                 }
                 _ => {
-                    self.presence_deadlines.remove(&who);
+                    self.presences.forget(&who);
                 }
             }
         }
@@ -410,6 +519,60 @@ impl HubLoop {
             }
         }
     }
+}
+
+/// The sender of a payload too large to parse, looked for in its first and last
+/// [`SENDER_SCAN`] bytes: the envelope's `senderId` usually ends it, a message's `senderId` or
+/// `authorId` is often near one end, an agent event's `fromAgent` too. Quotes inside JSON strings
+/// are escaped, so a `"senderId"` found here is a key, not text of the message.
+fn sender_hint(payload: &[u8]) -> Option<String> {
+    let head = &payload[..payload.len().min(SENDER_SCAN)];
+    let tail = &payload[payload.len().saturating_sub(SENDER_SCAN)..];
+    ["senderId", "authorId", "fromAgent", "agentId"]
+        .into_iter()
+        .find_map(|key| string_after_key(tail, key).or_else(|| string_after_key(head, key)))
+}
+
+/// The first string value of `"key": "..."` in `window` that is a valid agent id.
+fn string_after_key(window: &[u8], key: &str) -> Option<String> {
+    let needle = format!("\"{key}\"");
+    let needle = needle.as_bytes();
+    let skip_space = |bytes: &[u8]| -> usize {
+        bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(bytes.len())
+    };
+    let mut from = 0;
+    while let Some(at) = window[from..]
+        .windows(needle.len())
+        .position(|candidate| candidate == needle)
+    {
+        from += at + needle.len();
+        let mut rest = &window[from..];
+        rest = &rest[skip_space(rest)..];
+        let Some(after_colon) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let value = &after_colon[skip_space(after_colon)..];
+        let Some(value) = value.strip_prefix(b"\"") else {
+            continue;
+        };
+        // An escape in an id is not worth decoding: such an id is refused anyway.
+        let Some(end) = value.iter().position(|b| *b == b'"' || *b == b'\\') else {
+            continue;
+        };
+        if value[end] != b'"' {
+            continue;
+        }
+        let Ok(id) = std::str::from_utf8(&value[..end]) else {
+            continue;
+        };
+        if hub_bridge_sdk::ids::check_agent_id(id).is_ok() {
+            return Some(id.to_owned());
+        }
+    }
+    None
 }
 
 /// How long an offline transition's claim lasts.
@@ -480,5 +643,48 @@ fn not_relayed_op(parsed: &Parsed, action: Action, agent_id: &str, limit: u32) -
     Op::Publish {
         channel: Source::Agent(agent_id.to_owned()).channel_name(),
         payload: notice.to_json(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sender_of_an_oversized_payload_is_found_near_either_end() {
+        let content = "x".repeat(100_000);
+        let envelope = format!(
+            r#"{{"event":{{"type":"channel.message","channelId":"C","message":{{"id":"m","content":"{content}","senderId":"big-agent"}}}},"timestamp":1,"channelId":"C"}}"#
+        );
+        assert_eq!(
+            sender_hint(envelope.as_bytes()).as_deref(),
+            Some("big-agent")
+        );
+        let leading = format!(r#"{{"senderId" : "first", "content":"{content}"}}"#);
+        assert_eq!(sender_hint(leading.as_bytes()).as_deref(), Some("first"));
+        let agent_event = format!(
+            r#"{{"type":"agent.direct_message","data":{{"fromAgent":"dm-agent","content":"{content}"}}}}"#
+        );
+        assert_eq!(
+            sender_hint(agent_event.as_bytes()).as_deref(),
+            Some("dm-agent")
+        );
+    }
+
+    #[test]
+    fn text_inside_strings_and_bad_ids_are_not_senders() {
+        let content = "y".repeat(100_000);
+        let quoted = format!(r#"{{"content":"say \"senderId\":\"victim\" {content}"}}"#);
+        assert_eq!(sender_hint(quoted.as_bytes()), None);
+        let middle = format!(r#"{{"a":"{content}","senderId":"hidden","b":"{content}"}}"#);
+        assert_eq!(
+            sender_hint(middle.as_bytes()),
+            None,
+            "only the ends are scanned"
+        );
+        let spaced = format!(r#"{{"senderId":"a b","c":"{content}"}}"#);
+        assert_eq!(sender_hint(spaced.as_bytes()), None);
+        assert_eq!(sender_hint(b""), None);
+        assert_eq!(sender_hint(b"\"senderId\""), None);
     }
 }

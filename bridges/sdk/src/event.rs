@@ -4,7 +4,9 @@
 //! bare event, both field conventions of `channel.message` (`senderId`/`authorId`,
 //! `timestamp`/`createdAt`), the TypeScript presence and typing shapes, and both presence-status
 //! vocabularies. Unknown event types become [`HubEvent::Unknown`]; anything that is not a JSON
-//! object with a `type` is a [`ParseError`], never a panic.
+//! object with a `type` is a [`ParseError`], never a panic. An event whose ids break the rules of
+//! [`crate::ids`] (a channel id `X:members` would make its keys collide with another channel's) is
+//! refused as [`ParseError::BadId`] before anything uses them.
 //!
 //! Emission is strict: compact JSON, camelCase, integer milliseconds, optional fields omitted, `type`
 //! first, and the superset `channel.message` that readers of either convention understand.
@@ -13,6 +15,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::ids::{check_agent_id, check_key_id, IdError};
 
 /// Milliseconds since the Unix epoch, as every hub timestamp is.
 pub type Millis = i64;
@@ -597,6 +601,13 @@ pub enum ParseError {
         type_name: String,
         source: serde_json::Error,
     },
+    /// An id the service would put into a key does not follow the id rules.
+    #[error("`{type_name}` event has a bad {field}: it {error}")]
+    BadId {
+        type_name: String,
+        field: &'static str,
+        error: IdError,
+    },
 }
 
 /// Reads one pub/sub payload that arrived from `source`.
@@ -656,12 +667,115 @@ pub fn parse(source: &Source, payload: &[u8]) -> Result<Inbound, ParseError> {
         }
         Source::Agent(_) | Source::Global => HubEvent::Unknown { type_name },
     };
+    check_ids(source, &event).map_err(|(field, error)| ParseError::BadId {
+        type_name: event.type_name().to_owned(),
+        field,
+        error,
+    })?;
     Ok(Inbound {
         event,
         timestamp,
         sender_id,
         origin,
     })
+}
+
+/// Which id broke the rules, and how.
+type BadId = (&'static str, IdError);
+
+/// Checks every id of an event that the service puts into keys or hands to a platform.
+fn check_ids(source: &Source, event: &HubEvent) -> Result<(), BadId> {
+    let key = |field: &'static str, id: &str| check_key_id(id).map_err(|error| (field, error));
+    let agent = |field: &'static str, id: &str| check_agent_id(id).map_err(|error| (field, error));
+    // Fields the wire lets default to "" are checked only when given.
+    let given_key = |field: &'static str, id: &str| match id.is_empty() {
+        true => Ok(()),
+        false => key(field, id),
+    };
+    let given_agent = |field: &'static str, id: &str| match id.is_empty() {
+        true => Ok(()),
+        false => agent(field, id),
+    };
+    match event {
+        HubEvent::Channel(event) => {
+            key("channelId", event.channel_id())?;
+            match event {
+                ChannelEvent::Message { message, .. } => check_message(message)?,
+                ChannelEvent::ThreadMessage {
+                    thread_id, message, ..
+                } => {
+                    key("threadId", thread_id)?;
+                    check_message(message)?;
+                }
+                ChannelEvent::MessageEdit { message_id, .. }
+                | ChannelEvent::MessageDelete { message_id, .. } => key("messageId", message_id)?,
+                ChannelEvent::ReactionAdd {
+                    message_id,
+                    agent_id,
+                    ..
+                }
+                | ChannelEvent::ReactionRemove {
+                    message_id,
+                    agent_id,
+                    ..
+                } => {
+                    key("messageId", message_id)?;
+                    agent("agentId", agent_id)?;
+                }
+                ChannelEvent::Typing {
+                    agent_id,
+                    thread_id,
+                    ..
+                } => {
+                    agent("agentId", agent_id)?;
+                    if let Some(thread_id) = thread_id {
+                        key("threadId", thread_id)?;
+                    }
+                }
+                ChannelEvent::Presence { presence, .. } => agent("agentId", &presence.agent_id)?,
+                ChannelEvent::MemberJoin { member, .. } => agent("agentId", &member.agent_id)?,
+                ChannelEvent::MemberLeave { agent_id, .. }
+                | ChannelEvent::MemberUpdate { agent_id, .. } => agent("agentId", agent_id)?,
+                ChannelEvent::ThreadCreate { thread, .. } => {
+                    key("thread.id", &thread.id)?;
+                    given_key("thread.parentMessageId", &thread.parent_message_id)?;
+                    given_agent("thread.createdBy", &thread.created_by)?;
+                }
+                ChannelEvent::ThreadUpdate { thread_id, .. } => key("threadId", thread_id)?,
+                ChannelEvent::Archive { archived_by, .. } => {
+                    given_agent("archivedBy", archived_by)?
+                }
+                ChannelEvent::Delete { deleted_by, .. } => given_agent("deletedBy", deleted_by)?,
+                ChannelEvent::Update { .. } | ChannelEvent::Collaboration { .. } => {}
+            }
+        }
+        HubEvent::Agent(event) => {
+            if let Source::Agent(recipient) = source {
+                agent("recipient", recipient)?;
+            }
+            if let Some(from) = &event.data.from_agent {
+                agent("fromAgent", from)?;
+            }
+            if let Some(channel_id) = &event.data.channel_id {
+                key("channelId", channel_id)?;
+            }
+        }
+        HubEvent::Global(_) | HubEvent::Unknown { .. } => {}
+    }
+    Ok(())
+}
+
+fn check_message(message: &ChannelMessage) -> Result<(), BadId> {
+    let key = |field: &'static str, id: &str| check_key_id(id).map_err(|error| (field, error));
+    key("message.id", &message.id)?;
+    check_agent_id(&message.sender_id).map_err(|error| ("message.senderId", error))?;
+    if let Some(thread_id) = &message.thread_id {
+        key("message.threadId", thread_id)?;
+    }
+    if let Some(parent) = &message.parent_message_id {
+        key("message.parentMessageId", parent)?;
+    }
+    Ok(())
 }
 
 fn string_field(object: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
@@ -987,5 +1101,311 @@ mod tests {
         assert_eq!(Source::from_channel("pubsub:global"), Some(Source::Global));
         assert_eq!(Source::from_channel("pubsub:channel:"), None);
         assert_eq!(Source::from_channel("other"), None);
+    }
+
+    #[test]
+    fn ids_that_break_the_key_layout_are_refused() {
+        let refused: [(&[u8], &str); 6] = [
+            (
+                br#"{"type":"channel.member.join","channelId":"X:members","member":{"agentId":"a"}}"#,
+                "channelId",
+            ),
+            (
+                br#"{"type":"channel.message","channelId":"C","message":{"id":"m:1","senderId":"a"}}"#,
+                "message.id",
+            ),
+            (
+                br#"{"type":"channel.message","channelId":"C","message":{"id":"m","senderId":"a b"}}"#,
+                "message.senderId",
+            ),
+            (
+                br#"{"type":"channel.reaction.add","channelId":"C","messageId":"m","emoji":"x","agentId":""}"#,
+                "agentId",
+            ),
+            (
+                br#"{"type":"presence.update","data":{"agentId":"a\u0000","status":"online"}}"#,
+                "agentId",
+            ),
+            (
+                br#"{"type":"thread.update","channelId":"C","threadId":"t\nx"}"#,
+                "threadId",
+            ),
+        ];
+        for (payload, bad_field) in refused {
+            match parse(&channel(), payload) {
+                Err(ParseError::BadId { field, .. }) => assert_eq!(field, bad_field),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(payload)),
+            }
+        }
+        let to_agent = parse(
+            &Source::Agent("a".into()),
+            br#"{"type":"agent.direct_message","data":{"fromAgent":"x y","content":"hi"}}"#,
+        );
+        assert!(matches!(
+            to_agent,
+            Err(ParseError::BadId {
+                field: "fromAgent",
+                ..
+            })
+        ));
+        // The shapes in use still parse: UUIDs, people, a thread without a known parent.
+        let accepted: [&[u8]; 3] = [
+            br#"{"type":"channel.message","channelId":"9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f","message":{"id":"0b8e6a4e-4c1f-4a57-9d1e-2f3a4b5c6d7e","senderId":"external:telegram:123"}}"#,
+            br#"{"type":"thread.create","channelId":"C","thread":{"id":"t","parentMessageId":""}}"#,
+            br#"{"type":"channel.archive","channelId":"C"}"#,
+        ];
+        for payload in accepted {
+            assert!(
+                parse(&channel(), payload).is_ok(),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+}
+
+/// Property tests: the parser is the first thing untrusted payloads meet.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+    use crate::ids::{check_agent_id, check_key_id};
+
+    const AGENT_TYPES: [&str; 4] = [
+        "agent.direct_message",
+        "agent.notification",
+        "agent.command",
+        "agent.invite",
+    ];
+    const GLOBAL_TYPES: [&str; 7] = [
+        "system.announcement",
+        "system.maintenance",
+        "system.shutdown",
+        "system.performance.alert",
+        "auth.token.revoked",
+        "agent.joined",
+        "agent.left",
+    ];
+    /// Field names the event types use, so generated objects often come close to real events.
+    const FIELDS: [&str; 34] = [
+        "channelId",
+        "message",
+        "id",
+        "content",
+        "senderId",
+        "authorId",
+        "timestamp",
+        "createdAt",
+        "messageId",
+        "emoji",
+        "agentId",
+        "started",
+        "threadId",
+        "presence",
+        "status",
+        "member",
+        "joinedAt",
+        "role",
+        "channel",
+        "thread",
+        "parentMessageId",
+        "event",
+        "data",
+        "fromAgent",
+        "isTyping",
+        "lastSeen",
+        "editedAt",
+        "deletedAt",
+        "archivedBy",
+        "deletedBy",
+        "createdBy",
+        "contentBlocks",
+        "reactions",
+        "leftAt",
+    ];
+
+    fn type_name() -> impl Strategy<Value = String> {
+        let known: Vec<&'static str> = CHANNEL_EVENT_TYPES
+            .iter()
+            .chain(&AGENT_TYPES)
+            .chain(&GLOBAL_TYPES)
+            .chain(&["presence.update", "typing.update"])
+            .copied()
+            .collect();
+        prop_oneof![
+            4 => proptest::sample::select(known).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    /// Strings that are often ids, good or bad.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9-]{1,12}",
+            Just("C".to_owned()),
+            Just("X:members".to_owned()),
+            Just(String::new()),
+            Just("a b".to_owned()),
+            Just("external:telegram:-100123".to_owned()),
+            Just("online".to_owned()),
+            "\\PC{0,20}",
+            any::<String>(),
+            Just("x".repeat(200)),
+        ]
+    }
+
+    fn json(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((field(), inner), 0..6)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(FIELDS.to_vec()).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    /// Well-formed events of the common types whose ids are drawn from [`text`], so the parser
+    /// accepts many of them and the id rules are what decides.
+    fn templated() -> impl Strategy<Value = Value> {
+        (0..6usize, text(), text(), text(), text()).prop_map(|(kind, channel, a, b, c)| {
+            use serde_json::json;
+            match kind {
+                0 => json!({"type": "channel.message", "channelId": channel,
+                            "message": {"id": a, "senderId": b, "content": c, "threadId": c}}),
+                1 => json!({"type": "channel.reaction.add", "channelId": channel,
+                            "messageId": a, "emoji": c, "agentId": b}),
+                2 => json!({"type": "channel.typing", "channelId": channel, "agentId": a,
+                            "started": true, "threadId": b}),
+                3 => json!({"type": "presence.update",
+                            "data": {"agentId": a, "channelId": channel, "status": "online"}}),
+                4 => json!({"type": "agent.direct_message",
+                            "data": {"fromAgent": a, "content": c, "channelId": b}}),
+                _ => json!({"type": "thread.create", "channelId": channel,
+                            "thread": {"id": a, "parentMessageId": b, "createdBy": c}}),
+            }
+        })
+    }
+
+    /// An event-like object with a real (or random) type, maybe in an envelope.
+    fn payload() -> impl Strategy<Value = Value> {
+        prop_oneof![random_payload(), templated()]
+    }
+
+    fn random_payload() -> impl Strategy<Value = Value> {
+        (
+            type_name(),
+            proptest::collection::vec((field(), json(4)), 0..8),
+            any::<bool>(),
+            text(),
+        )
+            .prop_map(|(kind, fields, enveloped, channel)| {
+                let mut object: Map<String, Value> = fields.into_iter().collect();
+                object.insert("type".to_owned(), Value::String(kind));
+                if !enveloped {
+                    return Value::Object(object);
+                }
+                serde_json::json!({"event": object, "timestamp": 1, "channelId": channel})
+            })
+    }
+
+    fn source() -> impl Strategy<Value = Source> {
+        prop_oneof![
+            text().prop_map(Source::Channel),
+            text().prop_map(Source::Agent),
+            Just(Source::Global),
+        ]
+    }
+
+    /// The id rules, checked independently of the parser's own check.
+    fn ids_follow_the_rules(source: &Source, event: &HubEvent) {
+        match event {
+            HubEvent::Channel(event) => {
+                assert_eq!(check_key_id(event.channel_id()), Ok(()), "{event:?}");
+                match event {
+                    ChannelEvent::Message { message, .. }
+                    | ChannelEvent::ThreadMessage { message, .. } => {
+                        assert_eq!(check_key_id(&message.id), Ok(()));
+                        assert_eq!(check_agent_id(&message.sender_id), Ok(()));
+                    }
+                    ChannelEvent::ReactionAdd {
+                        message_id,
+                        agent_id,
+                        ..
+                    }
+                    | ChannelEvent::ReactionRemove {
+                        message_id,
+                        agent_id,
+                        ..
+                    } => {
+                        assert_eq!(check_key_id(message_id), Ok(()));
+                        assert_eq!(check_agent_id(agent_id), Ok(()));
+                    }
+                    ChannelEvent::MessageEdit { message_id, .. }
+                    | ChannelEvent::MessageDelete { message_id, .. } => {
+                        assert_eq!(check_key_id(message_id), Ok(()));
+                    }
+                    ChannelEvent::Typing { agent_id, .. } => {
+                        assert_eq!(check_agent_id(agent_id), Ok(()));
+                    }
+                    ChannelEvent::Presence { presence, .. } => {
+                        assert_eq!(check_agent_id(&presence.agent_id), Ok(()));
+                    }
+                    _ => {}
+                }
+            }
+            HubEvent::Agent(event) => {
+                if let Source::Agent(recipient) = source {
+                    assert_eq!(check_agent_id(recipient), Ok(()));
+                }
+                if let Some(from) = &event.data.from_agent {
+                    assert_eq!(check_agent_id(from), Ok(()));
+                }
+            }
+            HubEvent::Global(_) | HubEvent::Unknown { .. } => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(source in source(), bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&source, &bytes);
+        }
+
+        #[test]
+        fn event_like_json_never_panics_and_accepted_ids_follow_the_rules(
+            source in source(),
+            payload in payload(),
+        ) {
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            if let Ok(inbound) = parse(&source, &bytes) {
+                ids_follow_the_rules(&source, &inbound.event);
+            }
+        }
+
+        #[test]
+        fn truncated_json_never_panics(source in source(), payload in payload(), cut in any::<prop::sample::Index>()) {
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            let end = cut.index(bytes.len() + 1);
+            let _ = parse(&source, &bytes[..end]);
+        }
     }
 }

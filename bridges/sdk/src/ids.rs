@@ -1,6 +1,52 @@
-//! Sender ids: how people on a platform appear in the hub (`external:telegram:123`).
+//! Sender ids: how people on a platform appear in the hub (`external:telegram:123`), and the
+//! rules every id from a hub payload must follow before it goes into a key or a URL.
 
 use std::fmt;
+
+/// The longest channel, message, thread or agent id accepted from the hub. UUIDs (36), the
+/// seeds' agent names and `external:discord:{snowflake}` fit with room to spare.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Why an id from a hub payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes long (at most {MAX_ID_LEN})")]
+    TooLong(usize),
+    #[error("contains whitespace or a control character")]
+    Space,
+    /// A `:` in a channel, message or thread id would make its keys collide with other keys of
+    /// the layout (`channel:{id}` vs `channel:{id}:members`).
+    #[error("contains `:`")]
+    Colon,
+}
+
+/// Checks a channel, message or thread id: it becomes one segment of a `:`-separated key, so it
+/// must be non-empty, bounded, without whitespace, control characters or `:`.
+pub fn check_key_id(id: &str) -> Result<(), IdError> {
+    check_agent_id(id)?;
+    if id.contains(':') {
+        return Err(IdError::Colon);
+    }
+    Ok(())
+}
+
+/// Checks an agent (or sender) id: non-empty, bounded, without whitespace or control characters.
+/// `:` is allowed, since people are agents named `external:telegram:123`; an agent id is always the
+/// last segment of its keys, so it cannot reach into another key.
+pub fn check_agent_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong(id.len()));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(IdError::Space);
+    }
+    Ok(())
+}
 
 /// A chat platform a bridge connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +109,16 @@ impl ExternalId {
     pub fn is_external(sender_id: &str) -> bool {
         sender_id.starts_with(Self::PREFIX)
     }
+
+    /// The user id when this id can only name a private chat with one person: a positive number.
+    /// Telegram groups and channels have negative ids, so `external:telegram:-100…` is `None`;
+    /// a bridge relays an `agent.direct_message` only to a `Some`.
+    pub fn private_chat_user_id(&self) -> Option<u64> {
+        if !self.user_id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.user_id.parse::<u64>().ok().filter(|id| *id > 0)
+    }
 }
 
 impl fmt::Display for ExternalId {
@@ -84,6 +140,39 @@ mod tests {
             ExternalId::parse("external:discord:456").unwrap().platform,
             Platform::Discord
         );
+    }
+
+    #[test]
+    fn only_positive_numeric_user_ids_name_a_private_chat() {
+        let user = |id: &str| ExternalId::new(Platform::Telegram, id).private_chat_user_id();
+        assert_eq!(user("123"), Some(123));
+        assert_eq!(user("-1001234567890"), None);
+        assert_eq!(user("0"), None);
+        assert_eq!(user("+5"), None);
+        assert_eq!(user("12a"), None);
+        assert_eq!(user("99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn id_rules_accept_the_shapes_in_use_and_refuse_key_breakers() {
+        for id in ["9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f", "C", "m-1", "tg-m7"] {
+            assert_eq!(check_key_id(id), Ok(()), "{id}");
+        }
+        for id in [
+            "backend-architect",
+            "external:telegram:123",
+            "external:discord:123456789012345678",
+        ] {
+            assert_eq!(check_agent_id(id), Ok(()), "{id}");
+        }
+        assert_eq!(check_key_id("X:members"), Err(IdError::Colon));
+        assert_eq!(check_key_id(""), Err(IdError::Empty));
+        assert_eq!(check_agent_id("a b"), Err(IdError::Space));
+        assert_eq!(check_agent_id("a\u{0}"), Err(IdError::Space));
+        assert_eq!(check_agent_id("a\nb"), Err(IdError::Space));
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        assert_eq!(check_agent_id(&long), Err(IdError::TooLong(MAX_ID_LEN + 1)));
+        assert_eq!(check_agent_id(&"a".repeat(MAX_ID_LEN)), Ok(()));
     }
 
     #[test]

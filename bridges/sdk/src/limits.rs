@@ -104,6 +104,9 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub const WINDOW: Duration = Duration::from_secs(60);
+    /// How long [`Self::check_once`] remembers that an event was counted: longer than a store
+    /// outage the inbound path usually waits out.
+    pub const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
 
     pub fn new(store: Arc<dyn Store>, keys: Keys, config: LimitsConfig) -> Self {
         Self {
@@ -138,6 +141,42 @@ impl RateLimiter {
             .as_int()
             .unwrap_or(0);
         Ok(decide(count, limit))
+    }
+
+    /// Counts one action of a platform event once, however often the event is handled: `event`
+    /// names it (`telegram:update:123`, `discord:message:456`), and handling it again (a publish
+    /// retried after a store error, a redelivery after a crash) gets the decision of the first
+    /// count back without counting again. The count is kept with the event for [`Self::CLAIM_TTL`]
+    /// (at least the window).
+    pub async fn check_once(
+        &self,
+        action: Action,
+        sender_id: &str,
+        event: &str,
+    ) -> Result<Decision, StoreError> {
+        let limit = self.limit(action, sender_id);
+        if limit == 0 {
+            return Ok(Decision::Allowed);
+        }
+        let count = self
+            .store
+            .one(self.op_once(action, sender_id, event))
+            .await?
+            .as_int()
+            .unwrap_or(0);
+        Ok(decide(count, limit))
+    }
+
+    /// The op [`Self::check_once`] runs, for callers that batch it with other ops.
+    pub fn op_once(&self, action: Action, sender_id: &str, event: &str) -> Op {
+        Op::IncrWindowOnce {
+            key: self.keys.rate_limit(action.as_str(), sender_id),
+            window: self.window,
+            claim_key: self
+                .keys
+                .bridge(&format!("counted:{}:{event}", action.as_str())),
+            claim_ttl: self.window.max(Self::CLAIM_TTL),
+        }
     }
 
     /// The op a check runs, for callers that batch it with other ops.
@@ -182,6 +221,50 @@ mod tests {
             }
         );
         assert_eq!(decide(1_000, 0), Decision::Allowed);
+    }
+
+    #[tokio::test]
+    async fn an_event_handled_again_is_not_counted_again() {
+        use crate::store::memory::MemoryStore;
+
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let config = LimitsConfig {
+            message: 2,
+            ..LimitsConfig::default()
+        };
+        let limiter = RateLimiter::new(store.clone(), Keys::new("t:"), config);
+        let person = "external:telegram:5";
+        // The first update is retried three times (its publish failed): counted once.
+        for _ in 0..4 {
+            let decision = limiter
+                .check_once(Action::Message, person, "telegram:update:1")
+                .await
+                .unwrap();
+            assert_eq!(decision, Decision::Allowed);
+        }
+        let second = limiter
+            .check_once(Action::Message, person, "telegram:update:2")
+            .await
+            .unwrap();
+        assert_eq!(second, Decision::Allowed, "the retries were not counted");
+        let third = Decision::Rejected {
+            limit: 2,
+            first_in_window: true,
+        };
+        for _ in 0..2 {
+            let decision = limiter
+                .check_once(Action::Message, person, "telegram:update:3")
+                .await
+                .unwrap();
+            assert_eq!(decision, third, "the same decision on a retry");
+        }
+        let count = store
+            .one(Op::Get {
+                key: Keys::new("t:").rate_limit("message", person),
+            })
+            .await
+            .unwrap();
+        assert_eq!(count, crate::store::Reply::Text("3".into()));
     }
 
     #[test]

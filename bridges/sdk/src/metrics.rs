@@ -34,6 +34,14 @@ pub struct Metrics {
     pub retries: Family<Labels, Counter>,
     pub dead_letters: Family<Labels, Counter>,
     pub ignored: Family<Labels, Counter>,
+    /// Bridge runs that ended in an error or a panic (and were restarted), by bridge and kind.
+    pub bridge_failures: Family<Labels, Counter>,
+    /// State updates of the hub loop that failed (an error reply, or the store unreachable).
+    pub state_errors: Counter,
+    /// Tracked presences dropped from the hub loop's bounded tracker to make room.
+    pub presence_evictions: Counter,
+    /// Jobs refused because their agent already held its share of a destination's outbox.
+    pub outbox_share_refusals: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +63,10 @@ impl Default for Metrics {
             retries: Family::default(),
             dead_letters: Family::default(),
             ignored: Family::default(),
+            bridge_failures: Family::default(),
+            state_errors: Counter::default(),
+            presence_evictions: Counter::default(),
+            outbox_share_refusals: Family::default(),
         }
     }
 }
@@ -142,6 +154,26 @@ impl Metrics {
             "ignored",
             "Platform updates ignored on purpose, by reason",
             self.ignored.clone(),
+        );
+        registry.register(
+            "bridge_failures",
+            "Bridge runs that ended in an error or a panic, by bridge and kind",
+            self.bridge_failures.clone(),
+        );
+        registry.register(
+            "state_errors",
+            "State updates of the hub loop that failed (error reply or store unreachable)",
+            self.state_errors.clone(),
+        );
+        registry.register(
+            "presence_evictions",
+            "Tracked presences dropped to keep the hub loop's tracker bounded",
+            self.presence_evictions.clone(),
+        );
+        registry.register(
+            "outbox_share_refusals",
+            "Relays refused because their agent already held its share of a destination's outbox",
+            self.outbox_share_refusals.clone(),
         );
     }
 }

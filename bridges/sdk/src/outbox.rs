@@ -11,7 +11,13 @@
 //! {destination}`, a list) until it is delivered or dead-lettered, saves a job's progress when an
 //! attempt fails, and [`Outboxes::recover`] queues what a previous run left, so a restart (or a
 //! crash) in the middle of a rate-limited backlog loses nothing. Delivery is then at least once:
-//! a job delivered just before a crash, but not yet removed, is sent again.
+//! a job delivered just before a crash, but not yet removed, is sent again. A destination whose
+//! list empties leaves the index set (`{prefix}bridge:outboxes:{bridge}`) in the same round trip,
+//! and recovery reads every destination's list in a few pipelined round trips.
+//!
+//! Each agent gets a bounded share of a destination's queue ([`AGENT_SHARE`] jobs, as
+//! [`Deliver::agent`] says whose a job is): beyond it the agent's job is refused (dead-lettered
+//! with the reason, so the agent is told) and counted, and other agents' jobs still fit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +41,11 @@ use crate::store::{Op, StoreError};
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Jobs waiting per destination before new ones are dead-lettered as a backlog overflow.
 pub const MAX_BACKLOG: usize = 10_000;
+/// Jobs one agent may have waiting per destination: a quarter of the backlog, so one agent's flood
+/// of edits, typing or thread events never fills a destination for everyone else.
+pub const AGENT_SHARE: usize = MAX_BACKLOG / 4;
+/// Destinations read per round trip when recovering.
+const RECOVER_CHUNK: usize = 256;
 /// A destination's worker exits after this long without work (it is re-created on demand).
 const IDLE_EXIT: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -63,6 +74,14 @@ pub trait Deliver<J>: Send + Sync + 'static {
     /// Keeps a job that will not be delivered, with the reason (and tells whoever sent it).
     fn dead_letter<'a>(&'a self, destination: &'a str, job: J, reason: String)
         -> BoxFuture<'a, ()>;
+
+    /// The agent whose event the job relays, so each agent gets a bounded share of a
+    /// destination's queue ([`AGENT_SHARE`]). `None` (the default) for jobs that are nobody's,
+    /// such as notices to people, which are not limited.
+    fn agent(&self, job: &J) -> Option<String> {
+        let _ = job;
+        None
+    }
 }
 
 /// The outboxes of one bridge.
@@ -85,6 +104,8 @@ struct Inner<J> {
     durability: Option<Durability<J>>,
     // A std mutex: held only to look up or insert a queue, never across an await.
     queues: Mutex<HashMap<String, Queue<J>>>,
+    /// Jobs waiting per (destination, agent); entries at zero are removed. A std mutex, as above.
+    shares: Mutex<HashMap<(String, String), usize>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -99,6 +120,8 @@ struct Durability<J> {
 struct Entry<J> {
     job: J,
     persisted: Option<Persisted>,
+    /// The agent whose share of the destination this job holds.
+    agent: Option<String>,
 }
 
 struct Persisted {
@@ -139,16 +162,87 @@ impl<J: Send + 'static> Outboxes<J> {
                 hub,
                 durability,
                 queues: Mutex::new(HashMap::new()),
+                shares: Mutex::new(HashMap::new()),
                 tasks,
                 shutdown,
             }),
         }
     }
 
-    /// Queues a job for `destination`, behind everything already queued there.
+    /// Queues a job for `destination`, behind everything already queued there. A job of an agent
+    /// that already has [`AGENT_SHARE`] jobs waiting there is refused: counted, and dead-lettered
+    /// with the reason so the agent is told.
     pub async fn push(&self, destination: &str, job: J) {
+        let agent = self.inner.deliver.agent(&job);
+        if let Some(agent) = &agent {
+            if !self.take_share(destination, agent, false) {
+                return self.refuse_over_share(destination, agent, job).await;
+            }
+        }
         let persisted = self.persist(destination, &job).await;
-        self.enqueue(destination, Entry { job, persisted }).await;
+        let entry = Entry {
+            job,
+            persisted,
+            agent,
+        };
+        self.enqueue(destination, entry).await;
+    }
+
+    /// Counts a job against its agent's share of `destination`; `false` (and nothing counted)
+    /// when the share is used up, unless `always` (recovered jobs were accepted before).
+    fn take_share(&self, destination: &str, agent: &str, always: bool) -> bool {
+        let mut shares = self.lock_shares();
+        let held = shares
+            .entry((destination.to_owned(), agent.to_owned()))
+            .or_insert(0);
+        if *held >= AGENT_SHARE && !always {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    fn release_share(&self, destination: &str, agent: Option<&str>) {
+        let Some(agent) = agent else { return };
+        let mut shares = self.lock_shares();
+        let key = (destination.to_owned(), agent.to_owned());
+        if let Some(held) = shares.get_mut(&key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                shares.remove(&key);
+            }
+        }
+    }
+
+    fn lock_shares(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
+        self.inner
+            .shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn refuse_over_share(&self, destination: &str, agent: &str, job: J) {
+        let bridge = self.inner.bridge;
+        self.inner
+            .hub
+            .metrics()
+            .outbox_share_refusals
+            .get_or_create(&label("bridge", bridge))
+            .inc();
+        tracing::warn!(
+            bridge,
+            destination,
+            agent,
+            "agent over its share of the outbox; relay refused"
+        );
+        let reason = format!(
+            "{AGENT_SHARE} of your relays are already waiting for this destination; \
+             this one was refused so that others' messages still get through"
+        );
+        self.inner
+            .deliver
+            .dead_letter(destination, job, reason)
+            .await;
     }
 
     /// Jobs waiting (not yet delivered) for `destination`.
@@ -295,6 +389,7 @@ impl<J: Send + 'static> Outboxes<J> {
 
     /// Ends a job: delivered (`reason` None) or dead-lettered with the reason.
     async fn finish(&self, destination: &str, entry: Entry<J>, reason: Option<String>) {
+        self.release_share(destination, entry.agent.as_deref());
         if let Some(reason) = reason {
             self.inner
                 .deliver
@@ -304,12 +399,22 @@ impl<J: Send + 'static> Outboxes<J> {
         let Some(persisted) = entry.persisted else {
             return;
         };
-        let remove = Op::LRem {
-            key: self.list_key(destination),
-            count: 1,
-            value: persisted.raw,
-        };
-        if let Err(error) = self.inner.hub.store().one(remove).await {
+        let list = self.list_key(destination);
+        let ops = vec![
+            Op::LRem {
+                key: list.clone(),
+                count: 1,
+                value: persisted.raw,
+            },
+            // The last job of a destination takes it out of the index, so the index holds only
+            // destinations with work and recovery stays quick however many chats were served.
+            Op::ForgetIfEmpty {
+                index: self.index_key(),
+                member: destination.to_owned(),
+                list,
+            },
+        ];
+        if let Err(error) = self.inner.hub.store().exec(ops).await {
             // It will be sent again after a restart: at least once, never lost.
             tracing::warn!(bridge = self.inner.bridge, destination, %error, "delivered relay not removed from the store");
         }
@@ -334,11 +439,13 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
     }
 
     /// Queues the jobs a previous run left in the store, oldest first per destination. A job that
-    /// can no longer be read is dead-lettered as it was stored. Returns how many were queued.
+    /// can no longer be read is dead-lettered as it was stored. Destinations are read
+    /// [`RECOVER_CHUNK`] per round trip, and those left empty leave the index. Returns how many
+    /// jobs were queued.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let Some(durability) = self.inner.durability.as_ref() else {
+        if self.inner.durability.is_none() {
             return Ok(0);
-        };
+        }
         let store = self.inner.hub.store();
         let destinations = store
             .one(Op::SMembers {
@@ -347,29 +454,31 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
             .await?
             .into_list();
         let mut recovered = 0;
-        for destination in destinations {
-            let key = self.list_key(&destination);
-            let entries = store
-                .one(Op::LRange {
-                    key: key.clone(),
+        for chunk in destinations.chunks(RECOVER_CHUNK) {
+            let reads = chunk
+                .iter()
+                .map(|destination| Op::LRange {
+                    key: self.list_key(destination),
                     start: 0,
                     stop: -1,
                 })
-                .await?
-                .into_list();
-            for raw in entries {
-                let parsed = serde_json::from_str::<Value>(&raw).ok().and_then(|value| {
-                    let id = value.get("id")?.as_str()?.to_owned();
-                    let job = (durability.decode)(value.get("job")?.clone()).ok()?;
-                    Some((id, job))
-                });
-                let Some((id, job)) = parsed else {
-                    self.dead_letter_unreadable(&destination, &key, raw).await?;
+                .collect();
+            let lists = store.exec(reads).await?;
+            let mut empty = Vec::new();
+            for (destination, entries) in chunk.iter().zip(lists) {
+                let entries = entries.into_list();
+                if entries.is_empty() {
+                    empty.push(Op::ForgetIfEmpty {
+                        index: self.index_key(),
+                        member: destination.clone(),
+                        list: self.list_key(destination),
+                    });
                     continue;
-                };
-                let persisted = Some(Persisted { id, raw });
-                self.enqueue(&destination, Entry { job, persisted }).await;
-                recovered += 1;
+                }
+                recovered += self.requeue(destination, entries).await?;
+            }
+            if !empty.is_empty() {
+                store.exec(empty).await?;
             }
         }
         if recovered > 0 {
@@ -380,6 +489,39 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
             );
         }
         Ok(recovered)
+    }
+
+    /// Queues one destination's stored entries; returns how many were queued.
+    async fn requeue(&self, destination: &str, entries: Vec<String>) -> Result<usize, StoreError> {
+        let Some(durability) = self.inner.durability.as_ref() else {
+            return Ok(0);
+        };
+        let key = self.list_key(destination);
+        let mut queued = 0;
+        for raw in entries {
+            let parsed = serde_json::from_str::<Value>(&raw).ok().and_then(|value| {
+                let id = value.get("id")?.as_str()?.to_owned();
+                let job = (durability.decode)(value.get("job")?.clone()).ok()?;
+                Some((id, job))
+            });
+            let Some((id, job)) = parsed else {
+                self.dead_letter_unreadable(destination, &key, raw).await?;
+                continue;
+            };
+            let agent = self.inner.deliver.agent(&job);
+            if let Some(agent) = &agent {
+                self.take_share(destination, agent, true);
+            }
+            let persisted = Some(Persisted { id, raw });
+            let entry = Entry {
+                job,
+                persisted,
+                agent,
+            };
+            self.enqueue(destination, entry).await;
+            queued += 1;
+        }
+        Ok(queued)
     }
 
     async fn dead_letter_unreadable(

@@ -118,6 +118,23 @@ pub enum Op {
         owner: String,
         ttl: Duration,
     },
+    /// [`Op::IncrWindow`] counted once per `claim_key`: the first time, the counter is incremented
+    /// and the new count is kept under `claim_key` for `claim_ttl`; again with the same claim, the
+    /// kept count is replied and nothing is counted. A platform event retried after a store error
+    /// is so counted once against its sender's limit.
+    IncrWindowOnce {
+        key: String,
+        window: Duration,
+        claim_key: String,
+        claim_ttl: Duration,
+    },
+    /// Removes `member` from the set `index` if the list `list` is empty, atomically (so a job
+    /// pushed meanwhile keeps its list indexed). Replies `Int(1)` when removed.
+    ForgetIfEmpty {
+        index: String,
+        member: String,
+        list: String,
+    },
     /// Releases a lease if `owner` still holds it.
     ReleaseLease {
         key: String,
@@ -195,8 +212,31 @@ pub enum StoreError {
 
 /// The hub's key-value store and publisher.
 pub trait Store: Send + Sync + 'static {
-    /// Runs the ops in order, in one round trip, and returns one reply per op.
+    /// Runs the ops in order, in one round trip, and returns one reply per op. An error reply to
+    /// any op fails the whole call (the other ops may have run).
     fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>>;
+
+    /// Runs the ops in order and returns one outcome per op: an error reply (a wrong key type,
+    /// a script error) affects only its own op. The outer error means nothing is known about the
+    /// batch (the store is unreachable). Both buses run the batch in one round trip; this default
+    /// runs the ops one by one.
+    fn exec_each(
+        &self,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Reply, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for op in ops {
+                let outcome = match self.exec(vec![op]).await {
+                    Ok(mut replies) => Ok(replies.pop().unwrap_or(Reply::Nil)),
+                    Err(StoreError::Command(error)) => Err(StoreError::Command(error)),
+                    Err(unavailable) => return Err(unavailable),
+                };
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
+    }
 }
 
 impl dyn Store {
@@ -257,5 +297,76 @@ impl Keys {
     /// The service's own keys (message-id map, cursors, outboxes, leases) live here.
     pub fn bridge(&self, rest: &str) -> String {
         format!("{}bridge:{rest}", self.prefix)
+    }
+}
+
+/// A store in memory for the SDK's unit tests: text keys only, enough for `/dm` choices and the
+/// rate-limit counters.
+#[cfg(test)]
+pub(crate) mod memory {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+
+    use super::{Op, Reply, Store, StoreError};
+
+    #[derive(Default)]
+    pub(crate) struct MemoryStore {
+        keys: Mutex<HashMap<String, String>>,
+    }
+
+    impl MemoryStore {
+        pub(crate) fn is_empty(&self) -> bool {
+            self.keys.lock().unwrap().is_empty()
+        }
+
+        fn apply(keys: &mut HashMap<String, String>, op: Op) -> Result<Reply, StoreError> {
+            let incr = |keys: &mut HashMap<String, String>, key: String| {
+                let count = keys
+                    .get(&key)
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                keys.insert(key, count.to_string());
+                count
+            };
+            Ok(match op {
+                Op::Get { key } => keys.get(&key).cloned().map_or(Reply::Nil, Reply::Text),
+                Op::Set {
+                    key,
+                    value,
+                    only_if_absent,
+                    ..
+                } => {
+                    if only_if_absent && keys.contains_key(&key) {
+                        return Ok(Reply::Nil);
+                    }
+                    keys.insert(key, value);
+                    Reply::Ok
+                }
+                Op::IncrWindow { key, .. } => Reply::Int(incr(keys, key)),
+                Op::IncrWindowOnce { key, claim_key, .. } => {
+                    if let Some(count) = keys.get(&claim_key) {
+                        return Ok(Reply::Int(count.parse().unwrap_or(0)));
+                    }
+                    let count = incr(keys, key);
+                    keys.insert(claim_key, count.to_string());
+                    Reply::Int(count)
+                }
+                other => return Err(StoreError::Command(format!("unsupported: {other:?}"))),
+            })
+        }
+    }
+
+    impl Store for MemoryStore {
+        fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>> {
+            let mut keys = self.keys.lock().unwrap();
+            let replies = ops
+                .into_iter()
+                .map(|op| Self::apply(&mut keys, op))
+                .collect();
+            Box::pin(async move { replies })
+        }
     }
 }
