@@ -27,6 +27,10 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[api]`: the agent API's stream settings (the API itself is on when an agent has an
+    /// `api_token`).
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
     /// `[agents.{id}]`: how agents are shown on the platforms.
     #[serde(default)]
     pub agents: BTreeMap<String, AgentProfile>,
@@ -54,6 +58,9 @@ pub struct HubConfig {
     pub subscriber_queue: usize,
     /// How long a graceful stop may take, in seconds (default 10).
     pub shutdown_grace_secs: u64,
+    /// The largest hub payload accepted, in bytes (default 1048576); larger ones are rejected
+    /// and counted (SPEC section 5, "Bounded work"), and the agent API answers 413.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -64,6 +71,7 @@ impl Default for HubConfig {
             bridge_queue: 10_000,
             subscriber_queue: 65_536,
             shutdown_grace_secs: 10,
+            max_payload_bytes: 1_048_576,
         }
     }
 }
@@ -174,6 +182,7 @@ impl Config {
                 hub_bridge_sdk::config::check_http_url(&format!("agents.{id}.avatar_url"), url)?;
             }
         }
+        crate::api::validate_config(&self.agents, &self.api)?;
         #[cfg(feature = "telegram")]
         if let Some(telegram) = &self.telegram {
             telegram

@@ -22,6 +22,7 @@ use hub_bridge_sdk::{Delivery, ExternalId, Keys, Op, Reply, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{StreamTap, Tapped};
 use crate::bus::BusMessage;
 use state::{FollowUp, StateSettings, Tracking};
 
@@ -54,6 +55,8 @@ pub struct HubLoop {
     bridges: Vec<BridgeQueue>,
     /// When each tracked presence expires unless refreshed: (channel, agent) -> deadline.
     presence_deadlines: HashMap<(String, String), Instant>,
+    /// The agent API's streams, fed every event read; `None` when the API is off.
+    tap: Option<StreamTap>,
 }
 
 /// One payload that parsed, on its way through a batch.
@@ -83,7 +86,14 @@ impl HubLoop {
             metrics,
             bridges,
             presence_deadlines: HashMap::new(),
+            tap: None,
         }
+    }
+
+    /// Feeds every event the loop reads to the agent API's streams as well.
+    pub fn with_tap(mut self, tap: StreamTap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Runs until `shutdown`, then returns after the batch in hand.
@@ -121,9 +131,22 @@ impl HubLoop {
         let mut follow_ups = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
         for message in batch {
+            // Copied only while someone streams; the tap never waits.
+            let tapped = self
+                .tap
+                .as_ref()
+                .filter(|tap| tap.is_listened())
+                .map(|_| (message.channel.clone(), message.payload.clone()));
             let Some(mut parsed) = self.read(message) else {
                 continue;
             };
+            if let (Some(tap), Some((channel, payload))) = (&self.tap, tapped) {
+                tap.send(Tapped {
+                    channel,
+                    event_type: parsed.inbound.event.type_name().to_owned(),
+                    payload,
+                });
+            }
             let plan = state::plan(&parsed.inbound.event, now, &self.keys, &self.settings);
             follow_ups.extend(plan.follow_ups_at(ops.len()));
             for kind in &plan.writes {
