@@ -588,6 +588,14 @@ async fn bus_events_reach_sse_and_websocket(bus: BusKind) {
         };
         assert_eq!(frame, *payload);
     }
+
+    // A client that goes away ends its forwarder: nothing keeps reading the tap for it.
+    drop(sse);
+    drop(ws);
+    api.wait_metric("no open streams", |m| {
+        sample(m, "hub_bridge_api_streams ") == 0.0
+    })
+    .await;
     api.stop().await;
 }
 

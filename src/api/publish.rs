@@ -381,7 +381,26 @@ fn check_and_fill_sender(
     if !named {
         object.insert((*field).to_owned(), Value::String(agent.to_owned()));
     }
-    if matches!(type_name, "channel.message" | "thread.message") && !object.contains_key("id") {
+    if !matches!(type_name, "channel.message" | "thread.message") {
+        return Ok(());
+    }
+    // These say a person on a platform wrote it; only bridges may say so.
+    for field in ["externalPlatform", "externalSourceId"] {
+        if object.contains_key(field) {
+            return Err(ApiError::Forbidden(format!(
+                "`message.{field}` is set by bridges only"
+            )));
+        }
+    }
+    if object
+        .get("authorType")
+        .is_some_and(|kind| kind.as_str() != Some("agent"))
+    {
+        return Err(ApiError::Forbidden(
+            "`message.authorType` may only be `agent`".to_owned(),
+        ));
+    }
+    if !object.contains_key("id") {
         object.insert("id".to_owned(), Value::String(new_id()));
     }
     Ok(())
@@ -521,6 +540,8 @@ mod tests {
             json!({"type": "channel.reaction.add", "channelId": "C", "messageId": "m", "emoji": "👍", "agentId": "external:telegram:1"}),
             json!({"type": "typing.update", "data": {"agentId": "ceo", "channelId": "C"}, "isTyping": true}),
             json!({"type": "agent.direct_message", "to": "x", "data": {"fromAgent": "ceo", "content": "hi"}}),
+            json!({"type": "channel.message", "channelId": "C", "message": {"content": "x", "authorType": "external"}}),
+            json!({"type": "thread.message", "channelId": "C", "threadId": "t", "message": {"content": "x", "externalPlatform": "telegram"}}),
         ];
         for body in bodies {
             let error = prepare_json(body.clone()).unwrap_err();
