@@ -247,6 +247,18 @@ impl SseReader {
         }
     }
 
+    /// Takes the comment-only blocks (keep-alives) at the front of the buffer and counts them.
+    fn count_comments(&mut self) {
+        while let Some(end) = self.buffer.find("\n\n") {
+            let block = &self.buffer[..end];
+            if !block.lines().all(|line| line.starts_with(':')) {
+                return;
+            }
+            self.comments += 1;
+            self.buffer.drain(..end + 2);
+        }
+    }
+
     /// The next event within `WAIT`; `None` when the stream ended.
     async fn next(&mut self) -> Option<SseEvent> {
         tokio::time::timeout(WAIT, self.next_event())
@@ -706,14 +718,13 @@ fn dechunk(raw: &[u8]) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up() {
+async fn a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up(bus: BusKind) {
     const BUFFER: usize = 32;
     // Each person's message brings the hub loop's member.join and presence with it: 3 events
     // per message, so a batch fits the fast reader's buffer even before it reads any.
     const BATCH: usize = 4;
     const MOST: usize = 4000;
-    let api = Api::start(BusKind::Embedded, |config| {
+    let api = Api::start(bus, |config| {
         config.api.stream_buffer = BUFFER;
     })
     .await;
@@ -809,6 +820,46 @@ async fn a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up
         0.0,
         "{metrics}"
     );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up() {
+    a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up(BusKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_bus_a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up(
+) {
+    a_slow_reader_lags_and_is_dropped_while_the_hub_loop_and_others_keep_up(BusKind::Embedded)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let api = Api::start(BusKind::Embedded, |config| config.api.keepalive_secs = 1).await;
+    let mut sse = SseReader::open(&api, TOKEN, CHANNEL).await;
+    let announcement = json!({"type": "system.announcement", "data": {"message": "after a pause"}});
+    // Wait for a keep-alive comment (the stream is idle), then check the stream still carries
+    // events after it.
+    let deadline = Instant::now() + WAIT;
+    while sse.comments == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no keep-alive comment within 10 s"
+        );
+        let chunk = tokio::time::timeout_at(deadline.into(), sse.response.chunk())
+            .await
+            .expect("a keep-alive within 10 s")
+            .expect("readable")
+            .expect("the stream goes on");
+        sse.buffer
+            .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        sse.count_comments();
+    }
+    api.publish_on_bus("pubsub:global", &announcement).await;
+    let event = sse.next().await.expect("the stream goes on");
+    assert_eq!(event.name, "system.announcement");
     api.stop().await;
 }
 
