@@ -20,10 +20,12 @@ pub struct Line {
     pub detail: String,
 }
 
-/// The whole report; prints one line per check.
+/// The whole report; prints one line per check, then what was found without checking it.
 #[derive(Default)]
 pub struct Report {
     pub lines: Vec<Line>,
+    /// Facts about the configuration worth knowing (`info` lines); not checks, never failures.
+    pub notes: Vec<(String, String)>,
 }
 
 impl Report {
@@ -49,6 +51,9 @@ impl fmt::Display for Report {
         for line in &self.lines {
             let mark = if line.ok { "ok  " } else { "FAIL" };
             writeln!(f, "{mark} {:<16} {}", line.name, line.detail)?;
+        }
+        for (name, detail) in &self.notes {
+            writeln!(f, "info {name:<16} {detail}")?;
         }
         let failed = self.lines.iter().filter(|line| !line.ok).count();
         if failed == 0 {
@@ -78,6 +83,27 @@ pub async fn run(config: &Config, config_path: &Path) -> Report {
         report.add(format!("{} token", bridge.name()), result);
     }
     report
+        .notes
+        .push(("agent api".to_owned(), agent_api(config)));
+    report
+}
+
+/// Whether the agent API is on, and for which agents (never their tokens).
+fn agent_api(config: &Config) -> String {
+    let agents: Vec<&str> = config
+        .agents
+        .iter()
+        .filter(|(_, profile)| profile.api_token.is_some())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if agents.is_empty() {
+        return "disabled: no [agents.*] api_token (/v1 answers 404)".to_owned();
+    }
+    format!(
+        "enabled on http://{}/v1 for {}",
+        config.http.listen,
+        agents.join(", ")
+    )
 }
 
 async fn step<T>(

@@ -27,6 +27,10 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[api]`: the agent API's stream settings (the API itself is on when an agent has an
+    /// `api_token`).
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
     /// `[agents.{id}]`: how agents are shown on the platforms.
     #[serde(default)]
     pub agents: BTreeMap<String, AgentProfile>,
@@ -194,6 +198,7 @@ impl Config {
                 hub_bridge_sdk::config::check_http_url(&format!("agents.{id}.avatar_url"), url)?;
             }
         }
+        crate::api::validate_config(&self.agents, &self.api)?;
         #[cfg(feature = "telegram")]
         if let Some(telegram) = &self.telegram {
             telegram

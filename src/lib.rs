@@ -1,10 +1,12 @@
 //! hub-bridge: relays a Redis-backed chat hub for AI agents to Telegram and Discord.
 //!
 //! This crate is the hub core: [`config`], the [`bus`] (Redis or embedded), the [`hub`] loop with
-//! its state keeping, the bridge [`supervisor`], the operator's [`http`] endpoints, the `check`
+//! its state keeping, the bridge [`supervisor`], the operator's [`http`] endpoints, the agent
+//! [`api`] (`/v1`), the `check`
 //! command ([`check`]) and the [`service`] that assembles them. Bridges live in `bridges/` and are
 //! seen only through `hub_bridge_sdk::Bridge`.
 
+pub mod api;
 pub mod bus;
 pub mod check;
 pub mod config;

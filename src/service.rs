@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::{Api, ApiParts};
 use crate::bus::embedded::{spawn_expiry_sweeper, EmbeddedBus};
 use crate::bus::redis::{InvalidRedisUrl, RedisBus};
 use crate::bus::Bus;
@@ -162,13 +163,29 @@ pub async fn start_with(
         presence_ttl: Duration::from_secs(config.hub.presence_ttl_secs),
         ..StateSettings::default()
     };
+    let api = Api::new(ApiParts {
+        agents: config.agents.clone(),
+        config: config.api.clone(),
+        store: store.clone(),
+        keys: keys.clone(),
+        limiter: limiter.clone(),
+        max_payload_bytes: config.hub.max_payload_bytes,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
     let messages = bus.subscribe(config.hub.subscriber_queue, &tasks, shutdown.clone());
     let bounds = Bounds {
         max_payload_bytes: config.hub.max_payload_bytes,
         max_tracked_presences: config.hub.max_tracked_presences,
     };
-    let hub_loop =
+    let mut hub_loop =
         HubLoop::new(store, keys, settings, limiter, metrics.clone(), queues).with_bounds(bounds);
+    if let Some(api) = &api {
+        api.metrics().register(&mut registry);
+        hub_loop = hub_loop.with_tap(api.tap());
+        let agents: Vec<&str> = api.agents().collect();
+        tracing::info!(?agents, "agent API enabled on /v1");
+    }
     tasks.spawn(hub_loop.run(messages, shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -181,7 +198,10 @@ pub async fn start_with(
         addr: config.http.listen,
         source,
     })?;
-    let app = crate::http::router(health.clone(), Arc::new(registry));
+    let mut app = crate::http::router(health.clone(), Arc::new(registry));
+    if let Some(api) = api {
+        app = app.merge(crate::api::router(api));
+    }
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let serve = axum::serve(listener, app)

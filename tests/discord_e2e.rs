@@ -115,6 +115,7 @@ impl Harness {
                     name: Some("Backend Architect".to_owned()),
                     avatar: Some("🤖".to_owned()),
                     avatar_url: Some(AVATAR.to_owned()),
+                    api_token: None,
                 },
             )]),
             ..Config::default()

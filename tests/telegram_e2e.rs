@@ -153,6 +153,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             name: Some("Backend Architect".into()),
             avatar: Some("🤖".into()),
             avatar_url: None,
+            api_token: None,
         },
     );
     Config {

@@ -22,6 +22,7 @@ use hub_bridge_sdk::{Delivery, ExternalId, Keys, Op, Reply, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{StreamTap, Tapped};
 use crate::bus::BusMessage;
 use state::{FollowUp, StateSettings, Tracking};
 use tracker::PresenceTracker;
@@ -78,6 +79,8 @@ pub struct HubLoop {
     bounds: Bounds,
     /// When each tracked presence expires unless refreshed.
     presences: PresenceTracker,
+    /// The agent API's streams, fed every event read; `None` when the API is off.
+    tap: Option<StreamTap>,
 }
 
 /// One payload that parsed, on its way through a batch.
@@ -108,6 +111,7 @@ impl HubLoop {
             bridges,
             bounds: Bounds::default(),
             presences: PresenceTracker::new(Bounds::default().max_tracked_presences),
+            tap: None,
         }
     }
 
@@ -115,6 +119,12 @@ impl HubLoop {
     pub fn with_bounds(mut self, bounds: Bounds) -> Self {
         self.bounds = bounds;
         self.presences = PresenceTracker::new(bounds.max_tracked_presences);
+        self
+    }
+
+    /// Feeds every event the loop reads to the agent API's streams as well.
+    pub fn with_tap(mut self, tap: StreamTap) -> Self {
+        self.tap = Some(tap);
         self
     }
 
@@ -158,9 +168,22 @@ impl HubLoop {
                 notices.extend(self.refuse_oversized(&message));
                 continue;
             }
+            // Copied only while someone streams; the tap never waits.
+            let tapped = self
+                .tap
+                .as_ref()
+                .filter(|tap| tap.is_listened())
+                .map(|_| (message.channel.clone(), message.payload.clone()));
             let Some(mut parsed) = self.read(message) else {
                 continue;
             };
+            if let (Some(tap), Some((channel, payload))) = (&self.tap, tapped) {
+                tap.send(Tapped {
+                    channel,
+                    event_type: parsed.inbound.event.type_name().to_owned(),
+                    payload,
+                });
+            }
             let plan = state::plan(&parsed.inbound.event, now, &self.keys, &self.settings);
             follow_ups.extend(plan.follow_ups_at(ops.len()));
             for kind in &plan.writes {

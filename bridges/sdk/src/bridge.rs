@@ -84,6 +84,9 @@ pub struct AgentProfile {
     pub avatar: Option<String>,
     /// An image URL used as the Discord webhook avatar.
     pub avatar_url: Option<String>,
+    /// The bearer token with which this agent uses the agent API (`/v1`); the API is on when at
+    /// least one agent has one. A secret: it prints as `***`.
+    pub api_token: Option<crate::config::Secret>,
 }
 
 /// A relay that was given up on, kept in `{prefix}bridge:deadletter:{bridge}`.
