@@ -81,6 +81,7 @@ impl Harness {
                 chat_sends_per_sec: 50,
                 group_sends_per_min: 1000,
                 sends_per_sec: 100,
+                max_parts: 10,
             }),
             discord: Some(DiscordConfig {
                 token: Secret::new(DC_TOKEN),

@@ -176,6 +176,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             chat_sends_per_sec: 50,
             group_sends_per_min: 1000,
             sends_per_sec: 100,
+            max_parts: 10,
         }),
         ..Config::default()
     }
@@ -1536,6 +1537,7 @@ async fn check_verifies_the_token_with_get_me() {
         chat_sends_per_sec: 1,
         group_sends_per_min: 20,
         sends_per_sec: 30,
+        max_parts: 10,
     };
     let who = TelegramBridge::new(config(TOKEN))
         .check()

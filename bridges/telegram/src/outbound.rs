@@ -22,7 +22,7 @@ use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters, Threa
 use teloxide::RequestError;
 
 use crate::bridge::Shared;
-use crate::errors::{classify, is_already_deleted, is_not_modified, is_parse_error};
+use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified};
 use crate::forums::{topic_key, topic_name, topic_thread_key};
 use crate::render::{self, Author, Part};
 
@@ -111,8 +111,17 @@ struct Outgoing {
     /// The hub message it replies to.
     reply_to: Option<String>,
     thread_id: Option<String>,
-    /// The parts already sent, by Telegram message id.
+    /// The Telegram messages already sent, by id (a part refused for its form and sent as plain
+    /// text can take several).
     sent: Vec<i32>,
+    /// How many rendered parts are done; absent in jobs stored before a part could take several
+    /// messages, where it is the number of messages sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    done: Option<usize>,
+    /// The plain-text fallback of the current part: how many of its pieces are sent, once
+    /// Telegram refused its HTML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback: Option<usize>,
 }
 
 /// Where an edit stands: part `step` of `max(old, new)` is next.
@@ -194,6 +203,8 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
                     reply_to: None,
                     thread_id: None,
                     sent: Vec::new(),
+                    done: None,
+                    fallback: None,
                 }),
             };
             outboxes.push(&chat.to_string(), job).await;
@@ -431,6 +442,8 @@ fn send_job(
             reply_to: message.parent_message_id.clone(),
             thread_id,
             sent: Vec::new(),
+            done: None,
+            fallback: None,
         }),
     }
 }
@@ -523,7 +536,9 @@ impl Deliver<Job> for Courier {
                 }
                 Action::Notice { parts, sent } => {
                     while *sent < parts.len() {
-                        self.send_part(chat, &parts[*sent], None, None).await?;
+                        let part = &parts[*sent];
+                        self.send_part(chat, part, None, None, &mut Vec::new(), &mut None)
+                            .await?;
                         *sent += 1;
                     }
                     Ok(())
@@ -569,43 +584,80 @@ impl Deliver<Job> for Courier {
 
 impl Courier {
     async fn send(&self, chat: i64, job: &mut Outgoing) -> Result<(), SendError> {
-        let Outgoing {
-            hub_message_id,
-            look,
-            content,
-            reply_to,
-            thread_id,
-            sent,
-        } = job;
-        let (hub_message_id, reply_to, thread_id) = (
-            hub_message_id.as_deref(),
-            reply_to.as_deref(),
-            thread_id.as_deref(),
+        let parts = render::message(
+            job.look.author.as_ref(),
+            &job.content,
+            &job.look.blocks,
+            self.shared.config.max_parts,
         );
-        let parts = render::message(look.author.as_ref(), content, &look.blocks);
-        if sent.len() < parts.len() {
-            // In a forum topic every part goes to the topic, and none replies to the parent.
-            let topic = match thread_id {
-                Some(thread_id) => self.topic(chat, thread_id).await?,
-                None => None,
-            };
-            let reply_to = if sent.is_empty() && topic.is_none() {
-                self.reply_target(chat, reply_to, thread_id).await?
-            } else {
-                None
-            };
-            while sent.len() < parts.len() {
-                let reply = if sent.is_empty() { reply_to } else { None };
-                let message = self
-                    .send_part(chat, &parts[sent.len()], reply, topic)
-                    .await?;
-                sent.push(message.id.0);
+        let result = self.send_parts(chat, job, &parts).await;
+        match result {
+            Err(SendError::Permanent(reason)) => {
+                // The job is given up on, but the parts already shown stay: map them, so that
+                // edits and deletes of the message still reach them.
+                if !job.sent.is_empty() {
+                    if let Err(error) = self.record_sent(chat, job).await {
+                        tracing::warn!(
+                            chat,
+                            ?error,
+                            "could not map the parts shown before a send failed"
+                        );
+                    }
+                }
+                Err(SendError::Permanent(reason))
             }
+            Err(other) => Err(other),
+            Ok(()) => self.record_sent(chat, job).await,
         }
-        let Some(hub_message_id) = hub_message_id else {
+    }
+
+    /// Sends the parts `job` has not sent yet.
+    async fn send_parts(
+        &self,
+        chat: i64,
+        job: &mut Outgoing,
+        parts: &[Part],
+    ) -> Result<(), SendError> {
+        let mut done = job.done.unwrap_or(job.sent.len());
+        if done >= parts.len() {
+            return Ok(());
+        }
+        let thread_id = job.thread_id.as_deref();
+        // In a forum topic every part goes to the topic, and none replies to the parent.
+        let topic = match thread_id {
+            Some(thread_id) => self.topic(chat, thread_id).await?,
+            None => None,
+        };
+        let reply_to = if job.sent.is_empty() && topic.is_none() {
+            self.reply_target(chat, job.reply_to.as_deref(), thread_id)
+                .await?
+        } else {
+            None
+        };
+        while done < parts.len() {
+            let reply = if job.sent.is_empty() { reply_to } else { None };
+            self.send_part(
+                chat,
+                &parts[done],
+                reply,
+                topic,
+                &mut job.sent,
+                &mut job.fallback,
+            )
+            .await?;
+            job.fallback = None;
+            done += 1;
+            job.done = Some(done);
+        }
+        Ok(())
+    }
+
+    /// Maps the messages `job` sent to its hub message and keeps how it looks.
+    async fn record_sent(&self, chat: i64, job: &Outgoing) -> Result<(), SendError> {
+        let Some(hub_message_id) = job.hub_message_id.as_deref() else {
             return Ok(());
         };
-        let ids: Vec<String> = sent.iter().map(i32::to_string).collect();
+        let ids: Vec<String> = job.sent.iter().map(i32::to_string).collect();
         self.shared
             .map
             .record_parts(Platform::Telegram, hub_message_id, &chat.to_string(), &ids)
@@ -613,11 +665,11 @@ impl Courier {
             .map_err(unavailable)?;
         let mut ops = vec![Op::Set {
             key: look_key(&self.shared, hub_message_id),
-            value: serde_json::to_string(look).unwrap_or_default(),
+            value: serde_json::to_string(&job.look).unwrap_or_default(),
             ttl: Some(KEEP),
             only_if_absent: false,
         }];
-        if let Some(thread_id) = thread_id {
+        if let Some(thread_id) = job.thread_id.as_deref() {
             ops.push(Op::Set {
                 key: thread_of_key(&self.shared, hub_message_id),
                 value: thread_id.to_owned(),
@@ -745,16 +797,20 @@ impl Courier {
         }
     }
 
-    /// Sends one part, paced, replying to `reply_to` and in forum topic `topic`; HTML that
-    /// Telegram refuses is sent again as plain text.
+    /// Sends one part, paced, replying to `reply_to` and in forum topic `topic`, and adds the
+    /// ids of the messages it took to `shown`. HTML that Telegram refuses for its form (entities it
+    /// cannot parse, too long, empty, too many entities) is sent again as plain text, split under
+    /// the limit; `fallback` counts the plain pieces sent, so a retry resumes there.
     async fn send_part(
         &self,
         chat: i64,
         part: &Part,
         reply_to: Option<i32>,
         topic: Option<i32>,
-    ) -> Result<Message, SendError> {
-        let place = |mut request: <Bot as Requester>::SendMessage| {
+        shown: &mut Vec<i32>,
+        fallback: &mut Option<usize>,
+    ) -> Result<(), SendError> {
+        let place = |mut request: <Bot as Requester>::SendMessage, reply_to: Option<i32>| {
             if let Some(id) = reply_to {
                 request = request.reply_parameters(
                     ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
@@ -765,27 +821,44 @@ impl Courier {
             }
             request
         };
-        let html = self
-            .request(chat, |bot| {
-                place(
-                    bot.send_message(ChatId(chat), part.html.clone())
-                        .parse_mode(ParseMode::Html),
-                )
-            })
-            .await?;
-        match html {
-            Ok(message) => Ok(message),
-            Err(error) if is_parse_error(&error) => {
-                self.count_plain_fallback(&error);
-                let plain = self
-                    .request(chat, |bot| {
-                        place(bot.send_message(ChatId(chat), part.plain.clone()))
-                    })
-                    .await?;
-                plain.map_err(|error| classify(&error, &self.shared.redactor))
+        if fallback.is_none() {
+            let html = self
+                .request(chat, |bot| {
+                    place(
+                        bot.send_message(ChatId(chat), part.html.clone())
+                            .parse_mode(ParseMode::Html),
+                        reply_to,
+                    )
+                })
+                .await?;
+            match html {
+                Ok(message) => {
+                    shown.push(message.id.0);
+                    return Ok(());
+                }
+                Err(error) if is_form_error(&error) => {
+                    self.count_plain_fallback(&error);
+                    *fallback = Some(0);
+                }
+                Err(error) => return Err(classify(&error, &self.shared.redactor)),
             }
-            Err(error) => Err(classify(&error, &self.shared.redactor)),
         }
+        let pieces = render::plain_fallback(part);
+        if pieces.is_empty() {
+            self.ignored("empty_part");
+        }
+        while let Some(done) = fallback.filter(|done| *done < pieces.len()) {
+            let reply = if done == 0 { reply_to } else { None };
+            let plain = self
+                .request(chat, |bot| {
+                    place(bot.send_message(ChatId(chat), pieces[done].clone()), reply)
+                })
+                .await?;
+            let message = plain.map_err(|error| classify(&error, &self.shared.redactor))?;
+            shown.push(message.id.0);
+            *fallback = Some(done + 1);
+        }
+        Ok(())
     }
 
     /// Runs one paced send; the outer error is the bridge stopping while it waited.
@@ -809,7 +882,7 @@ impl Courier {
     }
 
     fn count_plain_fallback(&self, error: &RequestError) {
-        tracing::warn!(error = %self.shared.redactor.describe(error), "Telegram refused the HTML; sending plain text");
+        tracing::warn!(error = %self.shared.redactor.describe(error), "Telegram refused the HTML for its form; sending plain text");
         self.shared
             .hub
             .metrics()
@@ -847,7 +920,12 @@ impl Courier {
                 None => None,
             };
             *progress = Some(EditProgress {
-                new: render::message(look.author.as_ref(), content, &look.blocks),
+                new: render::message(
+                    look.author.as_ref(),
+                    content,
+                    &look.blocks,
+                    self.shared.config.max_parts,
+                ),
                 old,
                 ids: Vec::new(),
                 step: 0,
@@ -866,8 +944,10 @@ impl Courier {
                     state.ids.push(old_id.clone());
                 }
                 (None, Some(part)) => {
-                    let message = self.send_part(chat, part, None, state.topic).await?;
-                    state.ids.push(message.id.0.to_string());
+                    let mut shown = Vec::new();
+                    self.send_part(chat, part, None, state.topic, &mut shown, &mut None)
+                        .await?;
+                    state.ids.extend(shown.iter().map(i32::to_string));
                 }
                 (Some(old_id), None) => {
                     let id = parse_id(old_id)?;
@@ -907,9 +987,15 @@ impl Courier {
             .parse_mode(ParseMode::Html)
             .await;
         let result = match html {
-            Err(error) if is_parse_error(&error) => {
+            Err(error) if is_form_error(&error) => {
                 self.count_plain_fallback(&error);
-                bot.edit_message_text(ChatId(chat), MessageId(id), part.plain.clone())
+                // A part's plain text is its source, which was split under the limit; should it
+                // still not fit, the message shows as much of it as one message can.
+                let Some(plain) = render::plain_fallback(part).into_iter().next() else {
+                    self.ignored("empty_part");
+                    return Ok(());
+                };
+                bot.edit_message_text(ChatId(chat), MessageId(id), plain)
                     .await
             }
             other => other,
