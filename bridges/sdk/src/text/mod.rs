@@ -5,6 +5,8 @@
 
 pub mod discord;
 pub mod markdown;
+#[cfg(test)]
+mod props;
 mod split;
 
 pub use split::{cut_note, split, split_capped, split_rendered, Rendered, Unit};

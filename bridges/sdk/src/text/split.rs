@@ -163,6 +163,9 @@ pub fn split_rendered<R>(
 /// [`split`] with at most `max_parts` parts, the last ending with [`cut_note`] when the text
 /// needed more. For platforms that show Markdown as it is sent (Discord).
 pub fn split_capped(text: &str, limit: usize, unit: Unit, max_parts: usize) -> Vec<String> {
+    if text.trim().is_empty() || fits(text, limit, unit) {
+        return split(text, limit, unit);
+    }
     split_rendered(
         text,
         limit,
