@@ -1286,6 +1286,107 @@ async fn awkward_content_is_delivered_and_never_rejected() {
     h.stop().await;
 }
 
+/// Every message the bot showed in `chat`, in order, as people see them.
+fn shown_texts(tg: &FakeTelegram, chat: i64) -> Vec<String> {
+    let mut messages = tg.messages_in(chat);
+    messages.sort_by_key(|m| m.message_id);
+    messages.into_iter().map(|m| m.plain).collect()
+}
+
+async fn dead_letters(h: &Harness) -> Vec<String> {
+    let mut redis = h.redis.connection().await;
+    redis::cmd("LRANGE")
+        .arg("openclaw:bridge:deadletter:telegram")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("LRANGE")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_never_refused_for_their_form_and_huge_ones_are_cut() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP)];
+        telegram(config).max_parts = 3;
+    })
+    .await;
+    // Reference links to a URL Telegram cannot link, expanded after each use: about 550 source
+    // characters render to over 12,000.
+    let url = format!("ftp://files.example.org/{}", "deep/".repeat(57));
+    let growing = format!("{}\n\n[ref]: {url}", "[ref] ".repeat(40));
+    h.agent_says(CHANNEL, AGENT, "m-growing", &growing).await;
+    let uses = |tg: &FakeTelegram| -> usize {
+        shown_texts(tg, GROUP)
+            .iter()
+            .map(|text| text.matches("ref").count())
+            .sum()
+    };
+    h.tg.wait_until("all 40 uses of the reference shown", WAIT, |tg| {
+        uses(tg) >= 40
+    })
+    .await;
+    assert_eq!(uses(&h.tg), 40);
+
+    // An answer whose last part is nothing but reference definitions.
+    let before = shown_texts(&h.tg, GROUP).len();
+    let prose = "Some words that cite a source [1] and another [2].\n\n".repeat(80);
+    let trailing = format!(
+        "{prose}[1]: https://example.com/one\n[2]: https://example.com/two\n[3]: https://example.com/three"
+    );
+    h.agent_says(CHANNEL, AGENT, "m-trailing", &trailing).await;
+    let cites = |tg: &FakeTelegram| -> usize {
+        shown_texts(tg, GROUP)[before..]
+            .iter()
+            .map(|text| text.matches("cite a source").count())
+            .sum()
+    };
+    h.tg.wait_until("all 80 citing lines shown", WAIT, |tg| cites(tg) >= 80)
+        .await;
+    assert_eq!(cites(&h.tg), 80);
+
+    // Telegram refusing a part for its length: the plain text goes out instead, and the message
+    // is mapped, so its delete reaches it.
+    h.tg.fail_next(
+        "sendMessage",
+        Failure::BadRequest("message is too long".into()),
+    );
+    h.agent_says(CHANNEL, AGENT, "m-long", "refused *once* for its length")
+        .await;
+    let shown = h.shown(GROUP, "refused").await;
+    assert_eq!(shown.parse_mode, None);
+    assert!(
+        shown.text.ends_with("refused *once* for its length"),
+        "{}",
+        shown.text
+    );
+
+    // A huge answer is cut at `max_parts` with a note.
+    let before = shown_texts(&h.tg, GROUP).len();
+    let huge = "A line of an enormous answer.\n".repeat(20_000);
+    h.agent_says(CHANNEL, AGENT, "m-huge", &huge).await;
+    let note = h.shown(GROUP, "(message cut: ").await;
+    assert!(
+        note.plain.ends_with("more characters not shown)"),
+        "{}",
+        note.plain
+    );
+    h.agent_says(CHANNEL, AGENT, "m-after", "after the huge one")
+        .await;
+    h.shown(GROUP, "after the huge one").await;
+    assert_eq!(shown_texts(&h.tg, GROUP).len(), before + 3 + 1);
+
+    assert!(
+        h.tg.calls_of("sendMessage")
+            .iter()
+            .filter(|c| c.status != 200)
+            .count()
+            == 1
+    );
+    assert_eq!(dead_letters(&h).await, Vec::<String>::new());
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_chat_is_dead_lettered_the_agent_told_and_the_queue_moves_on() {
     let h = Harness::start(|config| telegram(config).links = vec![link(CHANNEL, GROUP)]).await;
