@@ -1032,7 +1032,11 @@ async fn no_echo_to_the_source_chat_while_the_other_chat_gets_it() {
     h.tg.inject(update.clone());
     h.published_message(GROUP, id).await;
     let relayed = h.shown(OTHER, "hello both").await;
-    assert_eq!(relayed.text, "<b>Alice Liddell (@alice)</b>\nhello both");
+    // A person's name carries their platform (SPEC 9: a person never appears as an agent).
+    assert_eq!(
+        relayed.text,
+        "<b>Alice Liddell (@alice) (Telegram)</b>\nhello both"
+    );
     // An edit from the source chat is relayed the same way.
     h.tg.inject(update.edited("hello all"));
     let edited = h.shown(OTHER, "hello all").await;

@@ -21,6 +21,8 @@ use teloxide::prelude::*;
 use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId};
 use teloxide::RequestError;
 
+use hub_bridge_sdk::text::names::person_name;
+
 use crate::bridge::Shared;
 use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified};
 use crate::forums::{topic_key, topic_name, topic_thread_key};
@@ -449,6 +451,23 @@ fn send_job(
 }
 
 fn author(shared: &Shared, sender_id: &str, author_name: Option<&str>) -> Author {
+    // A person relayed from a platform never looks like an agent: no avatar, their platform after
+    // their name, and a mark when the name is an agent's.
+    if let Some(person) = ExternalId::parse(sender_id) {
+        let platform = match person.platform {
+            Platform::Telegram => "Telegram",
+            Platform::Discord => "Discord",
+        };
+        let agents = shared
+            .hub
+            .agents()
+            .iter()
+            .map(|(id, profile)| (id.as_str(), profile.name.as_deref()));
+        return Author {
+            name: person_name(author_name.unwrap_or(&person.user_id), platform, agents),
+            avatar: None,
+        };
+    }
     Author {
         name: shared.hub.display_name(sender_id, author_name),
         avatar: shared

@@ -5,6 +5,7 @@
 
 pub mod discord;
 pub mod markdown;
+pub mod names;
 #[cfg(test)]
 mod props;
 mod split;
