@@ -1021,6 +1021,27 @@ async fn a_direct_message_to_a_person_is_a_private_message() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.tg.calls_of("sendMessage").len(), 1);
+
+    // A direct message to a group's id (negative) never reaches the group: it is refused, kept
+    // as a dead letter, and the agent is told.
+    publish(
+        &h.url(),
+        &format!("pubsub:agent:external:telegram:{GROUP}"),
+        &json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
+                "content": "into the group?"}, "timestamp": now()}),
+    )
+    .await;
+    let notice = h
+        .spy
+        .wait_for("agent notification", WAIT, |s| {
+            s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
+        })
+        .await;
+    let content = notice.json["data"]["content"].as_str().unwrap_or_default();
+    assert!(content.contains("not a Telegram user"), "{content}");
+    assert_eq!(dead_letters(&h).await.len(), 1);
+    assert_eq!(h.tg.calls_of("sendMessage").len(), 1);
+    assert!(h.tg.messages_in(GROUP).is_empty());
     h.stop().await;
 }
 

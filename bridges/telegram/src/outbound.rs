@@ -177,22 +177,24 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
             let Some(person) = ExternalId::parse(recipient) else {
                 return;
             };
-            let Ok(chat) = person.user_id.parse::<i64>() else {
-                return;
-            };
             if person.platform != Platform::Telegram {
                 return;
             }
             let from = event.data.from_agent.clone().unwrap_or_default();
+            let relay = Relay {
+                event_type: "agent.direct_message".to_owned(),
+                agent_id: (!from.is_empty() && !ExternalId::is_external(&from))
+                    .then(|| from.clone()),
+                channel_id: None,
+                payload: serde_json::to_value(event).unwrap_or_default(),
+                received_at: Some(delivery.received_at),
+            };
+            let Some(chat) = private_chat(&person.user_id) else {
+                refuse_direct_message(shared, recipient, relay).await;
+                return;
+            };
             let job = Job {
-                relay: Relay {
-                    event_type: "agent.direct_message".to_owned(),
-                    agent_id: (!from.is_empty() && !ExternalId::is_external(&from))
-                        .then(|| from.clone()),
-                    channel_id: None,
-                    payload: serde_json::to_value(event).unwrap_or_default(),
-                    received_at: Some(delivery.received_at),
-                },
+                relay,
                 action: Action::Send(Outgoing {
                     hub_message_id: None,
                     look: Look {
@@ -223,6 +225,35 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
             }
         }
         _ => {}
+    }
+}
+
+/// The private chat of a Telegram user id: a positive number. Groups and channels have negative
+/// ids, and a direct message must never reach one (SPEC section 9).
+fn private_chat(user_id: &str) -> Option<i64> {
+    user_id.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// A direct message to an id that is not a Telegram user: counted, kept as a dead letter, and
+/// the agent told.
+async fn refuse_direct_message(shared: &Shared, recipient: &str, relay: Relay) {
+    shared
+        .hub
+        .metrics()
+        .count_ignored("telegram", "direct_message_to_non_user");
+    let letter = DeadLetter {
+        destination: recipient.to_owned(),
+        event_type: relay.event_type,
+        reason: "direct messages go only to a person's private chat, and this id is not a \
+                 Telegram user (groups and channels have negative ids)"
+            .to_owned(),
+        agent_id: relay.agent_id,
+        channel_id: None,
+        payload: relay.payload,
+        at: now_millis(),
+    };
+    if let Err(error) = shared.hub.dead_letter("telegram", letter).await {
+        tracing::warn!(%error, "could not keep a refused direct message as a dead letter");
     }
 }
 
@@ -1149,4 +1180,17 @@ impl Courier {
 fn parse_id(id: &str) -> Result<i32, SendError> {
     id.parse()
         .map_err(|_| SendError::Permanent(format!("`{id}` is not a Telegram message id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_messages_go_only_to_user_ids() {
+        assert_eq!(private_chat("1001"), Some(1001));
+        for id in ["-1001234567890", "0", "-5", "x", "", "99999999999999999999"] {
+            assert_eq!(private_chat(id), None, "{id}");
+        }
+    }
 }
