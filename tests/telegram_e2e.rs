@@ -546,6 +546,97 @@ async fn the_eleventh_message_in_a_minute_is_not_published_and_the_person_is_tol
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_commands_count_against_the_message_limit() {
+    let h = Harness::start(|config| config.limits.message = 3).await;
+    let updates: Vec<i64> = (0..5)
+        .map(|_| {
+            let update =
+                h.tg.text_message(&ChatRef::private(&bob()), &bob(), "/help");
+            h.tg.inject(update)
+        })
+        .collect();
+    h.tg.wait_until("every command acknowledged", WAIT, |tg| {
+        let pending = tg.pending_updates();
+        updates.iter().all(|id| !pending.contains(id))
+    })
+    .await;
+    // A direct message queued after the answers marks the end of what the commands caused.
+    publish(
+        &h.url(),
+        "pubsub:agent:external:telegram:2002",
+        &json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
+                "content": "end marker"}, "timestamp": now()}),
+    )
+    .await;
+    h.shown(2002, "end marker").await;
+    let shown = shown_texts(&h.tg, 2002);
+    let too_fast = shown.iter().filter(|t| t.contains("too fast")).count();
+    assert_eq!(too_fast, 1, "{shown:#?}");
+    // Three answers, the notice, and the marker.
+    assert_eq!(shown.len(), 3 + 1 + 1, "{shown:#?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retried_after_a_store_error_counts_once_against_the_limit() {
+    let h = Harness::start(|_| {}).await;
+    let parent = h.tg.text_message(&group(), &alice(), "the parent");
+    let parent_id = parent.message_id();
+    h.tg.inject(parent);
+    let published = h.published_message(GROUP, parent_id).await;
+    let parent_hub_id = published["message"]["id"].as_str().expect("id").to_owned();
+    let counter = "openclaw:ratelimit:message:external:telegram:1001";
+    let mut redis = h.redis.connection().await;
+    let count = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        async move {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(counter)
+                .query_async(&mut redis)
+                .await
+                .expect("GET");
+            value
+        }
+    };
+    assert_eq!(count(&mut redis).await.as_deref(), Some("1"));
+
+    // A key of the wrong type where the reply's thread is looked up: every attempt to handle the
+    // reply fails with an error reply (after the limit check) until it is removed.
+    let blocker = format!("openclaw:bridge:threadof:{parent_hub_id}");
+    let _: () = redis::cmd("HSET")
+        .arg(&blocker)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+    let reply =
+        h.tg.text_message(&group(), &alice(), "the reply")
+            .reply_to(parent_id, &alice());
+    let reply_id = reply.message_id();
+    let update_id = h.tg.inject(reply);
+    h.tg.wait_until("the reply polled", WAIT, |tg| {
+        tg.calls_of("getUpdates").iter().any(|c| {
+            c.response
+                .as_array()
+                .is_some_and(|a| a.iter().any(|u| u["update_id"] == update_id))
+        })
+    })
+    .await;
+    // Several attempts fail meanwhile (the retries start at 250 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.tg.pending_updates().contains(&update_id));
+    let _: () = redis::cmd("DEL")
+        .arg(&blocker)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    h.published_message(GROUP, reply_id).await;
+    assert_eq!(count(&mut redis).await.as_deref(), Some("2"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_messages_go_to_the_default_then_the_chosen_agent() {
     let h = Harness::start(|_| {}).await;
     let chat = ChatRef::private(&bob());
@@ -1470,6 +1561,113 @@ async fn a_forbidden_chat_is_dead_lettered_the_agent_told_and_the_queue_moves_on
             s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
         })
         .await;
+    h.stop().await;
+}
+
+/// The `channel.message` events published on `channel` with `content`.
+fn published_on(h: &Harness, channel: &str, content: &str) -> Vec<Value> {
+    h.spy
+        .matching(|s| {
+            s.channel == hub_channel(channel)
+                && s.kind() == "channel.message"
+                && s.event()["message"]["content"] == content
+        })
+        .into_iter()
+        .map(|s| s.event().clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_linked_to_two_channels_publishes_to_both_exactly_once_across_store_failures() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP), link(CHANNEL_B, GROUP)];
+    })
+    .await;
+    let mut redis = h.redis.connection().await;
+
+    // Redis refuses writes (OOM) while a message arrives: it waits, then reaches both channels.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let update =
+        h.tg.text_message(&group(), &alice(), "while redis refuses writes");
+    let update_id = h.tg.inject(update);
+    h.tg.wait_until("the update polled", WAIT, |tg| {
+        tg.calls_of("getUpdates").iter().any(|c| {
+            c.response
+                .as_array()
+                .is_some_and(|a| a.iter().any(|u| u["update_id"] == update_id))
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        h.tg.pending_updates().contains(&update_id),
+        "acknowledged while Redis refused writes"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    h.spy
+        .wait_count("the message on both channels", 2, WAIT, |s| {
+            s.kind() == "channel.message"
+                && s.event()["message"]["content"] == "while redis refuses writes"
+        })
+        .await;
+    h.tg.wait_until("the update acknowledged", Duration::from_secs(20), |tg| {
+        !tg.pending_updates().contains(&update_id)
+    })
+    .await;
+    let a = published_on(&h, CHANNEL, "while redis refuses writes");
+    let b = published_on(&h, CHANNEL_B, "while redis refuses writes");
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0]["message"]["id"], b[0]["message"]["id"]);
+
+    // The process died after publishing to the first channel (its claim, the message map entry,
+    // is there): the redelivered update publishes to the second channel only.
+    let update = h.tg.text_message(&group(), &alice(), "after a crash");
+    let id = update.message_id();
+    let _: () = redis::cmd("SET")
+        .arg(format!("openclaw:bridge:msgmap:telegram:{GROUP}:{id}"))
+        .arg("hub-published-before-the-crash")
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    h.tg.inject(update);
+    let event = h
+        .spy
+        .wait_for("the message on the second channel", WAIT, |s| {
+            s.channel == hub_channel(CHANNEL_B)
+                && s.kind() == "channel.message"
+                && s.event()["message"]["content"] == "after a crash"
+        })
+        .await;
+    assert_eq!(
+        event.event()["message"]["id"],
+        "hub-published-before-the-crash"
+    );
+    // A later message shows the update was done with; the first channel did not get it again.
+    let later = h.tg.text_message(&group(), &alice(), "later");
+    let later_id = later.message_id();
+    h.tg.inject(later);
+    h.published_message(GROUP, later_id).await;
+    assert!(published_on(&h, CHANNEL, "after a crash").is_empty());
+    assert_eq!(published_on(&h, CHANNEL_B, "after a crash").len(), 1);
     h.stop().await;
 }
 

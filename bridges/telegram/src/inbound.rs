@@ -54,6 +54,7 @@ pub async fn run(
     let inbound = Inbound {
         shared: &shared,
         outboxes: &outboxes,
+        decided: std::sync::Mutex::new(None),
     };
     let offset_key = shared.hub.keys().bridge("telegram:offset");
     let Some(mut offset) = inbound.load_offset(&offset_key, &status).await else {
@@ -141,6 +142,9 @@ pub async fn run(
 struct Inbound<'a> {
     shared: &'a Shared,
     outboxes: &'a Outboxes<Job>,
+    /// The rate-limit decision taken for the update being handled (updates are handled one at
+    /// a time), kept across its retries. A std mutex: it is never held across an await.
+    decided: std::sync::Mutex<Option<(u32, bool)>>,
 }
 
 impl Inbound<'_> {
@@ -306,18 +310,17 @@ impl Inbound<'_> {
         let chat_key = chat.to_string();
         let message_key = message.id.0.to_string();
         let map = &self.shared.map;
-        if map
+        // Delivered again (a retry after a store error, or after a crash): its first channel has
+        // it already, and was counted against the limit then; the other channels' publishes
+        // below have claims of their own, so those still missing are published now.
+        let known = map
             .hub_id(Platform::Telegram, &chat_key, &message_key)
-            .await?
-            .is_some()
-        {
-            // Delivered again after a crash: it was published already.
-            return Ok(());
-        }
+            .await?;
         let sender = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
-        if !self
-            .within_limit(Action::Message, &sender, chat, from)
-            .await?
+        if known.is_none()
+            && !self
+                .within_limit(update_id, Action::Message, &sender, chat, from)
+                .await?
         {
             return Ok(());
         }
@@ -391,10 +394,13 @@ impl Inbound<'_> {
         let mut hub_message = hub_message;
         if published {
             self.count_published("channel.message");
-        } else if let Some(existing) = map
-            .hub_id(Platform::Telegram, &chat_key, &message_key)
-            .await?
-        {
+        } else if let Some(existing) = match known {
+            Some(known) => Some(known),
+            None => {
+                map.hub_id(Platform::Telegram, &chat_key, &message_key)
+                    .await?
+            }
+        } {
             hub_message.id = existing;
         }
         let mut ops = Vec::new();
@@ -461,14 +467,30 @@ impl Inbound<'_> {
     }
 
     /// Counts the action against the person's limit; over it, tells them once per window.
+    ///
+    /// An update is handled again after a store error; the decision taken for it the first time
+    /// stands, so one platform message counts once however often it is retried.
     async fn within_limit(
         &self,
+        update_id: u32,
         action: Action,
         sender: &str,
         chat: i64,
         from: &User,
     ) -> Result<bool, StoreError> {
+        let decided = self
+            .decided
+            .lock()
+            .ok()
+            .and_then(|decided| decided.filter(|(id, _)| *id == update_id));
+        if let Some((_, within)) = decided {
+            return Ok(within);
+        }
         let decision = self.shared.hub.limiter().check(action, sender).await?;
+        let within = !matches!(decision, Decision::Rejected { .. });
+        if let Ok(mut decided) = self.decided.lock() {
+            *decided = Some((update_id, within));
+        }
         let Decision::Rejected {
             limit,
             first_in_window,
@@ -669,7 +691,7 @@ impl Inbound<'_> {
         }
         let sender = ExternalId::new(Platform::Telegram, user.id.0.to_string()).to_string();
         if !self
-            .within_limit(Action::Reaction, &sender, chat, user)
+            .within_limit(update_id, Action::Reaction, &sender, chat, user)
             .await?
         {
             return Ok(());
@@ -731,6 +753,16 @@ impl Inbound<'_> {
             self.ignored("unsupported_message");
             return Ok(());
         };
+        // Commands (`/help`, `/agents`, `/dm`) count against the person's message limit like
+        // direct messages do, so nobody can make the bot answer without bound. A direct message
+        // is counted here, once: `direct_message` finds this decision.
+        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        if !self
+            .within_limit(update_id, Action::Message, &person, chat, from)
+            .await?
+        {
+            return Ok(());
+        }
         let private = PrivateChats::new(
             self.shared.hub.clone(),
             Platform::Telegram,
@@ -759,7 +791,7 @@ impl Inbound<'_> {
     ) -> Result<(), StoreError> {
         let person = ExternalId::new(Platform::Telegram, from.id.0.to_string());
         if !self
-            .within_limit(Action::Message, &person.to_string(), chat, from)
+            .within_limit(update_id, Action::Message, &person.to_string(), chat, from)
             .await?
         {
             return Ok(());
