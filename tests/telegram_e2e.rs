@@ -1672,6 +1672,71 @@ async fn a_chat_linked_to_two_channels_publishes_to_both_exactly_once_across_sto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offset_is_kept_per_bot_and_the_old_key_is_taken_over_once() {
+    let redis = RedisServer::start();
+    let tg = FakeTelegram::start(TOKEN).await;
+    // Updates the old version already handled: the new one must not publish them again.
+    let old = tg.text_message(&group(), &alice(), "handled before the upgrade");
+    let old_update = tg.inject(old);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("openclaw:bridge:telegram:offset")
+        .arg(old_update + 1)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let spy = HubSpy::start(&redis.url()).await;
+    let service = start(config(&redis, &tg))
+        .await
+        .expect("the service starts");
+    wait_ready(&service).await;
+    let h = Harness {
+        redis,
+        tg,
+        spy,
+        service: Some(service),
+    };
+    let update = h.tg.text_message(&group(), &alice(), "after the upgrade");
+    let message_id = update.message_id();
+    h.tg.inject(update);
+    h.published_message(GROUP, message_id).await;
+    assert!(h
+        .spy
+        .matching(|s| s.kind() == "channel.message"
+            && s.event()["message"]["content"] == "handled before the upgrade")
+        .is_empty());
+    // The bot id is the token's part before `:`.
+    let bot_key = format!(
+        "openclaw:bridge:telegram:{}:offset",
+        TOKEN.split(':').next().unwrap_or_default()
+    );
+    let mut conn = h.redis.connection().await;
+    let mut stored: Option<i64> = None;
+    for _ in 0..100 {
+        stored = redis::cmd("GET")
+            .arg(&bot_key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        if stored.is_some_and(|offset| offset > old_update + 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stored.is_some_and(|offset| offset > old_update + 1),
+        "{stored:?}"
+    );
+    let legacy: Option<String> = redis::cmd("GET")
+        .arg("openclaw:bridge:telegram:offset")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(legacy, None, "the old key is taken over once and deleted");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_while_a_message_arrives_delays_it_until_redis_is_back() {
     let mut h = Harness::start(|_| {}).await;
     // A first message proves the path works and the spy listens.

@@ -2,7 +2,7 @@
 //! events (SPEC sections 5 and 6).
 //!
 //! Delivery is at least once on Telegram's side and exactly once on the hub's: the update offset
-//! is stored under `{prefix}bridge:telegram:offset` and advanced only after an update's events are
+//! is stored under `{prefix}bridge:telegram:{botId}:offset` and advanced only after an update's events are
 //! published, and every publish claims a key in the same atomic step (the platform message id for
 //! messages, the update id otherwise), so an update delivered again after a crash publishes
 //! nothing new. While the store is unreachable the update is retried, never skipped.
@@ -56,8 +56,9 @@ pub async fn run(
         outboxes: &outboxes,
         decided: std::sync::Mutex::new(None),
     };
-    let offset_key = shared.hub.keys().bridge("telegram:offset");
-    let Some(mut offset) = inbound.load_offset(&offset_key, &status).await else {
+    let offset_key = offset_key(&shared.hub.keys().bridge("telegram"), shared.me_id);
+    let legacy_key = shared.hub.keys().bridge("telegram:offset");
+    let Some(mut offset) = inbound.load_offset(&offset_key, &legacy_key, &status).await else {
         return Ok(());
     };
     let ready = format!("polling Telegram as @{}", shared.me_username);
@@ -158,19 +159,22 @@ impl Inbound<'_> {
 
     /// The stored offset (`None` before the first update ever); waits for the store. `None` from
     /// the outer option means the bridge stopped meanwhile.
-    async fn load_offset(&self, key: &str, status: &Component) -> Option<Option<i32>> {
+    ///
+    /// Versions before the offset was keyed by bot kept it under `legacy_key`. When the bot's key
+    /// is absent and that one exists, it is taken over once (moved to the bot's key and deleted):
+    /// the old key cannot say which bot it belonged to, so an upgrade that also changes the token
+    /// starts the new bot from that offset once, which at worst skips updates the new bot never
+    /// had below it (Telegram's update ids are per bot).
+    async fn load_offset(
+        &self,
+        key: &str,
+        legacy_key: &str,
+        status: &Component,
+    ) -> Option<Option<i32>> {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match self
-                .shared
-                .hub
-                .store()
-                .one(Op::Get {
-                    key: key.to_owned(),
-                })
-                .await
-            {
-                Ok(reply) => return Some(reply.into_text().and_then(|text| text.parse().ok())),
+            match self.read_offset(key, legacy_key).await {
+                Ok(offset) => return Some(offset),
                 Err(error) => {
                     status.not_ready(&format!("waiting for the store: {error}"));
                     if !self.sleep(backoff).await {
@@ -180,6 +184,45 @@ impl Inbound<'_> {
                 }
             }
         }
+    }
+
+    async fn read_offset(&self, key: &str, legacy_key: &str) -> Result<Option<i32>, StoreError> {
+        let store = self.shared.hub.store();
+        let get = |key: &str| Op::Get {
+            key: key.to_owned(),
+        };
+        let mut replies = store
+            .exec(vec![get(key), get(legacy_key)])
+            .await?
+            .into_iter();
+        let parse = |reply: Option<hub_bridge_sdk::Reply>| {
+            reply
+                .and_then(|reply| reply.into_text())
+                .and_then(|text| text.parse::<i32>().ok())
+        };
+        let current = parse(replies.next());
+        let legacy = parse(replies.next());
+        let (None, Some(legacy)) = (current, legacy) else {
+            return Ok(current);
+        };
+        tracing::info!(
+            offset = legacy,
+            "taking over the Telegram offset stored before it was keyed by bot"
+        );
+        store
+            .exec(vec![
+                Op::Set {
+                    key: key.to_owned(),
+                    value: legacy.to_string(),
+                    ttl: None,
+                    only_if_absent: false,
+                },
+                Op::Del {
+                    key: legacy_key.to_owned(),
+                },
+            ])
+            .await?;
+        Ok(Some(legacy))
     }
 
     /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.
@@ -805,6 +848,13 @@ impl Inbound<'_> {
         );
         self.exec_publishes(vec![op], "agent.direct_message").await
     }
+}
+
+/// `{prefix}bridge:telegram:{botId}:offset`: the update offset of one bot (update ids are per
+/// bot, so a new token must not inherit another bot's offset). `base` is
+/// `{prefix}bridge:telegram`.
+fn offset_key(base: &str, bot_id: u64) -> String {
+    format!("{base}:{bot_id}:offset")
 }
 
 /// `First Last (@username)`: how a person is named in the hub.
