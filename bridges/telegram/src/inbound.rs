@@ -359,10 +359,17 @@ impl Inbound<'_> {
         let known = map
             .hub_id(Platform::Telegram, &chat_key, &message_key)
             .await?;
-        let sender = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        let speaker = Speaker::of(message, from);
+        let sender = speaker.id.to_string();
         if known.is_none()
             && !self
-                .within_limit(update_id, Action::Message, &sender, chat, from)
+                .within_limit(
+                    update_id,
+                    Action::Message,
+                    &sender,
+                    chat,
+                    &speaker.short_name,
+                )
                 .await?
         {
             return Ok(());
@@ -414,7 +421,7 @@ impl Inbound<'_> {
             edited: None,
             reactions: None,
             author_type: Some("external".to_owned()),
-            author_name: Some(display_name(from)),
+            author_name: Some(speaker.name),
             external_platform: Some(Platform::Telegram.as_str().to_owned()),
             external_source_id: Some(format!("{chat}:{}", message.id.0)),
             content_blocks: (!blocks.is_empty()).then_some(blocks),
@@ -519,7 +526,7 @@ impl Inbound<'_> {
         action: Action,
         sender: &str,
         chat: i64,
-        from: &User,
+        name: &str,
     ) -> Result<bool, StoreError> {
         let decided = self
             .decided
@@ -558,7 +565,7 @@ impl Inbound<'_> {
             let text = format!(
                 "⏳ {}, you are sending {what} too fast: the hub takes {limit} per minute. What you \
                  send in the next minute is not relayed.",
-                from.first_name
+                name
             );
             self.outboxes
                 .push(&chat.to_string(), Job::notice(&text, "rate_limit.notice"))
@@ -734,7 +741,7 @@ impl Inbound<'_> {
         }
         let sender = ExternalId::new(Platform::Telegram, user.id.0.to_string()).to_string();
         if !self
-            .within_limit(update_id, Action::Reaction, &sender, chat, user)
+            .within_limit(update_id, Action::Reaction, &sender, chat, &user.first_name)
             .await?
         {
             return Ok(());
@@ -801,7 +808,7 @@ impl Inbound<'_> {
         // is counted here, once: `direct_message` finds this decision.
         let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
         if !self
-            .within_limit(update_id, Action::Message, &person, chat, from)
+            .within_limit(update_id, Action::Message, &person, chat, &from.first_name)
             .await?
         {
             return Ok(());
@@ -834,7 +841,13 @@ impl Inbound<'_> {
     ) -> Result<(), StoreError> {
         let person = ExternalId::new(Platform::Telegram, from.id.0.to_string());
         if !self
-            .within_limit(update_id, Action::Message, &person.to_string(), chat, from)
+            .within_limit(
+                update_id,
+                Action::Message,
+                &person.to_string(),
+                chat,
+                &from.first_name,
+            )
             .await?
         {
             return Ok(());
@@ -848,6 +861,64 @@ impl Inbound<'_> {
         );
         self.exec_publishes(vec![op], "agent.direct_message").await
     }
+}
+
+/// Telegram's stand-in sender of messages that anonymous group admins write (as the group).
+const GROUP_ANONYMOUS_BOT: u64 = 1_087_968_824;
+
+/// Who a group message is from, as the hub sees them.
+#[derive(Debug, PartialEq, Eq)]
+struct Speaker {
+    id: ExternalId,
+    /// The name the hub shows.
+    name: String,
+    /// The name the bridge addresses them with.
+    short_name: String,
+}
+
+impl Speaker {
+    /// A person, or a chat speaking for itself: an anonymous admin (whom Telegram shows as the
+    /// group, `from` being the GroupAnonymousBot) or a channel posting in the group. A chat is
+    /// never a person: its id is the chat's (negative) id, so it cannot be merged with a user,
+    /// and each admin's signature (`author_signature`, when the group shows them) makes an
+    /// identity of its own, stable across messages.
+    fn of(message: &Message, from: &User) -> Self {
+        let sender_chat = message
+            .sender_chat
+            .as_ref()
+            .or((from.id.0 == GROUP_ANONYMOUS_BOT).then_some(&message.chat));
+        let Some(chat) = sender_chat else {
+            return Self {
+                id: ExternalId::new(Platform::Telegram, from.id.0.to_string()),
+                name: display_name(from),
+                short_name: from.first_name.clone(),
+            };
+        };
+        let title = chat.title().unwrap_or("anonymous admin").to_owned();
+        match message.author_signature().filter(|s| !s.trim().is_empty()) {
+            Some(signature) => Self {
+                id: ExternalId::new(
+                    Platform::Telegram,
+                    format!("{}_{:016x}", chat.id.0, fnv1a(signature)),
+                ),
+                name: format!("{signature} ({title})"),
+                short_name: signature.to_owned(),
+            },
+            None => Self {
+                id: ExternalId::new(Platform::Telegram, chat.id.0.to_string()),
+                name: title.clone(),
+                short_name: title,
+            },
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds or versions, so that an admin's
+/// signature maps to the same id forever.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `{prefix}bridge:telegram:{botId}:offset`: the update offset of one bot (update ids are per
@@ -1027,5 +1098,55 @@ mod tests {
         let user: User =
             serde_json::from_str(r#"{"id":1,"is_bot":false,"first_name":"Bob"}"#).unwrap();
         assert_eq!(display_name(&user), "Bob");
+    }
+
+    fn group_message(extra: &str) -> (Message, User) {
+        let json = format!(
+            r#"{{"message_id":7,"date":1700000000,"text":"hi",
+                "chat":{{"id":-100123,"type":"supergroup","title":"Ops Room"}},
+                "from":{{"id":1087968824,"is_bot":true,"first_name":"Group","username":"GroupAnonymousBot"}}
+                {extra}}}"#
+        );
+        let message: Message = serde_json::from_str(&json).expect("a message");
+        let from = message.from.clone().expect("from");
+        (message, from)
+    }
+
+    #[test]
+    fn anonymous_admins_are_the_chat_or_their_signature_never_one_person() {
+        let group = r#","sender_chat":{"id":-100123,"type":"supergroup","title":"Ops Room"}"#;
+        let (message, from) = group_message(group);
+        let plain = Speaker::of(&message, &from);
+        assert_eq!(plain.id.to_string(), "external:telegram:-100123");
+        assert_eq!(plain.name, "Ops Room");
+
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Ann""#));
+        let ann = Speaker::of(&message, &from);
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Bob""#));
+        let bob = Speaker::of(&message, &from);
+        assert_eq!(ann.name, "Ann (Ops Room)");
+        assert_ne!(ann.id, bob.id);
+        assert_ne!(ann.id, plain.id);
+        // Stable: the same signature is the same identity every time.
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Ann""#));
+        assert_eq!(Speaker::of(&message, &from), ann);
+        assert!(ann.id.to_string().starts_with("external:telegram:-100123_"));
+
+        // Without `sender_chat`, the GroupAnonymousBot still speaks for the group, not as a user.
+        let (message, from) = group_message("");
+        assert_eq!(
+            Speaker::of(&message, &from).id.to_string(),
+            "external:telegram:-100123"
+        );
+
+        // A person is a person.
+        let json = r#"{"message_id":8,"date":1700000000,"text":"hi",
+            "chat":{"id":-100123,"type":"supergroup","title":"Ops Room"},
+            "from":{"id":42,"is_bot":false,"first_name":"Alice"}}"#;
+        let message: Message = serde_json::from_str(json).expect("a message");
+        let from = message.from.clone().expect("from");
+        let alice = Speaker::of(&message, &from);
+        assert_eq!(alice.id.to_string(), "external:telegram:42");
+        assert_eq!(alice.name, "Alice");
     }
 }
