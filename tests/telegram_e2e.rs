@@ -1504,6 +1504,43 @@ async fn messages_are_never_refused_for_their_form_and_huge_ones_are_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_shown_before_a_refusal_are_mapped_so_a_delete_reaches_them() {
+    let h = Harness::start(|config| telegram(config).links = vec![link(CHANNEL, GROUP)]).await;
+    let long = [
+        format!("first part {}", "word ".repeat(700)),
+        format!("second part {}", "word ".repeat(700)),
+    ]
+    .join("\n\n");
+    h.tg.fail_after(
+        "sendMessage",
+        1,
+        Failure::Forbidden("bot was kicked from the supergroup chat".into()),
+    );
+    h.agent_says(CHANNEL, AGENT, "m-half", &long).await;
+    let first = h.shown(GROUP, "first part").await;
+    h.spy
+        .wait_for("agent notification", WAIT, |s| {
+            s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
+        })
+        .await;
+    assert_eq!(dead_letters(&h).await.len(), 1);
+
+    h.channel_event(
+        CHANNEL,
+        json!({"type": "channel.message.delete", "channelId": CHANNEL, "messageId": "m-half",
+               "deletedAt": now()}),
+    )
+    .await;
+    h.tg.wait_until("the shown part deleted", WAIT, |tg| {
+        tg.messages_in(GROUP)
+            .iter()
+            .all(|m| m.message_id != first.message_id)
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_chat_is_dead_lettered_the_agent_told_and_the_queue_moves_on() {
     let h = Harness::start(|config| telegram(config).links = vec![link(CHANNEL, GROUP)]).await;
     h.tg.fail_next(
