@@ -129,3 +129,30 @@ impl TelegramConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> TelegramConfig {
+        let mut json = serde_json::json!({"token": "123:ABC"});
+        if let (Some(json), Some(extra)) = (json.as_object_mut(), extra.as_object()) {
+            json.extend(extra.clone());
+        }
+        serde_json::from_value(json).expect("a config")
+    }
+
+    #[test]
+    fn max_parts_defaults_to_ten_and_must_be_positive() {
+        let default = config(serde_json::json!({}));
+        assert_eq!(default.max_parts, 10);
+        assert!(default.validate().is_ok());
+        assert!(config(serde_json::json!({"max_parts": 1}))
+            .validate()
+            .is_ok());
+        let error = config(serde_json::json!({"max_parts": 0}))
+            .validate()
+            .expect_err("zero parts");
+        assert!(format!("{error:?}").contains("max_parts"), "{error:?}");
+    }
+}
