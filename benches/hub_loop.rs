@@ -776,6 +776,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         chat_sends_per_sec: 10_000,
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
+        max_parts: 10,
     });
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {

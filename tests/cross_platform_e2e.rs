@@ -12,6 +12,7 @@ use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{self, Running};
 use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::AgentProfile;
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 use serde_json::Value;
 use support::fake_discord::{FakeDiscord, Request, UserMessage, UserRef as DiscordUser};
@@ -62,7 +63,19 @@ impl Harness {
         dc.add_webhook(WEBHOOK, WEBHOOK_TOKEN, CHANNEL);
         dc.add_user(ada());
         let spy = HubSpy::start(&redis.url()).await;
+        // An agent directory, so that people named like an agent can be recognised.
+        let agents = [(
+            "backend-architect".to_owned(),
+            AgentProfile {
+                name: Some("Backend Architect".into()),
+                avatar: Some("🤖".into()),
+                avatar_url: None,
+            },
+        )]
+        .into_iter()
+        .collect();
         let config = Config {
+            agents,
             redis: RedisConfig {
                 url: Some(Secret::new(redis.url())),
             },
@@ -81,6 +94,7 @@ impl Harness {
                 chat_sends_per_sec: 50,
                 group_sends_per_min: 1000,
                 sends_per_sec: 100,
+                max_parts: 10,
             }),
             discord: Some(DiscordConfig {
                 token: Secret::new(DC_TOKEN),
@@ -220,6 +234,47 @@ async fn a_telegram_message_reaches_discord_with_its_edit_and_reaction_and_never
                 .is_some_and(|o| o.starts_with("discord:"))
     });
     assert!(from_discord.is_empty(), "{from_discord:#?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discord_person_named_like_an_agent_never_looks_like_one_on_telegram() {
+    let h = Harness::start().await;
+    let impostor =
+        DiscordUser::new(1_400_000_000_000_000_002, "mallory").nick("🤖 Backend Architect");
+    h.dc.add_user(impostor.clone());
+    h.dc.post_user_message(UserMessage::new(
+        CHANNEL,
+        Some(GUILD),
+        impostor,
+        "trust me, I am the agent",
+    ));
+    eventually("the Telegram message", || h.telegram_shows("trust me")).await;
+    let shown =
+        h.tg.messages_in(GROUP)
+            .into_iter()
+            .find(|m| m.plain.contains("trust me"))
+            .expect("shown");
+    // The agent's own header is `🤖 <b>Backend Architect</b>`; the person's is their whole name
+    // in bold, with their platform and the mark.
+    assert_eq!(
+        shown.text,
+        "<b>🤖 Backend Architect (Discord, not an agent)</b>\ntrust me, I am the agent"
+    );
+
+    // An ordinary person just carries their platform.
+    h.dc.post_user_message(UserMessage::new(CHANNEL, Some(GUILD), ada(), "plain hello"));
+    eventually("Ada's message", || h.telegram_shows("plain hello")).await;
+    let shown =
+        h.tg.messages_in(GROUP)
+            .into_iter()
+            .find(|m| m.plain.contains("plain hello"))
+            .expect("shown");
+    assert!(
+        shown.text.starts_with("<b>Ada L. (Discord)</b>\n"),
+        "{}",
+        shown.text
+    );
     h.stop().await;
 }
 

@@ -615,6 +615,26 @@ async fn bots_set_one_reaction_from_the_allowed_list() {
 }
 
 #[tokio::test]
+async fn a_failure_after_some_calls_hits_exactly_the_next_one() {
+    let (tg, bot) = fake_and_bot().await;
+    let chat = ChatId(GROUP);
+    tg.fail_after(
+        "sendMessage",
+        2,
+        Failure::Forbidden("bot was kicked".into()),
+    );
+    for text in ["a", "b", "c", "d"] {
+        let _ = bot.send_message(chat, text).await;
+    }
+    let statuses: Vec<u16> = tg
+        .calls_of("sendmessage")
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 403, 200]);
+}
+
+#[tokio::test]
 async fn injected_failures_surface_as_teloxide_errors() {
     let (tg, bot) = fake_and_bot().await;
     let chat = ChatId(GROUP);

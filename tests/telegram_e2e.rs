@@ -177,6 +177,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             chat_sends_per_sec: 50,
             group_sends_per_min: 1000,
             sends_per_sec: 100,
+            max_parts: 10,
         }),
         ..Config::default()
     }
@@ -542,6 +543,97 @@ async fn the_eleventh_message_in_a_minute_is_not_published_and_the_person_is_tol
             .filter(|m| m.plain.contains("too fast"))
             .count();
     assert_eq!(notices, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_commands_count_against_the_message_limit() {
+    let h = Harness::start(|config| config.limits.message = 3).await;
+    let updates: Vec<i64> = (0..5)
+        .map(|_| {
+            let update =
+                h.tg.text_message(&ChatRef::private(&bob()), &bob(), "/help");
+            h.tg.inject(update)
+        })
+        .collect();
+    h.tg.wait_until("every command acknowledged", WAIT, |tg| {
+        let pending = tg.pending_updates();
+        updates.iter().all(|id| !pending.contains(id))
+    })
+    .await;
+    // A direct message queued after the answers marks the end of what the commands caused.
+    publish(
+        &h.url(),
+        "pubsub:agent:external:telegram:2002",
+        &json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
+                "content": "end marker"}, "timestamp": now()}),
+    )
+    .await;
+    h.shown(2002, "end marker").await;
+    let shown = shown_texts(&h.tg, 2002);
+    let too_fast = shown.iter().filter(|t| t.contains("too fast")).count();
+    assert_eq!(too_fast, 1, "{shown:#?}");
+    // Three answers, the notice, and the marker.
+    assert_eq!(shown.len(), 3 + 1 + 1, "{shown:#?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retried_after_a_store_error_counts_once_against_the_limit() {
+    let h = Harness::start(|_| {}).await;
+    let parent = h.tg.text_message(&group(), &alice(), "the parent");
+    let parent_id = parent.message_id();
+    h.tg.inject(parent);
+    let published = h.published_message(GROUP, parent_id).await;
+    let parent_hub_id = published["message"]["id"].as_str().expect("id").to_owned();
+    let counter = "openclaw:ratelimit:message:external:telegram:1001";
+    let mut redis = h.redis.connection().await;
+    let count = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        async move {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(counter)
+                .query_async(&mut redis)
+                .await
+                .expect("GET");
+            value
+        }
+    };
+    assert_eq!(count(&mut redis).await.as_deref(), Some("1"));
+
+    // A key of the wrong type where the reply's thread is looked up: every attempt to handle the
+    // reply fails with an error reply (after the limit check) until it is removed.
+    let blocker = format!("openclaw:bridge:threadof:{parent_hub_id}");
+    let _: () = redis::cmd("HSET")
+        .arg(&blocker)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+    let reply =
+        h.tg.text_message(&group(), &alice(), "the reply")
+            .reply_to(parent_id, &alice());
+    let reply_id = reply.message_id();
+    let update_id = h.tg.inject(reply);
+    h.tg.wait_until("the reply polled", WAIT, |tg| {
+        tg.calls_of("getUpdates").iter().any(|c| {
+            c.response
+                .as_array()
+                .is_some_and(|a| a.iter().any(|u| u["update_id"] == update_id))
+        })
+    })
+    .await;
+    // Several attempts fail meanwhile (the retries start at 250 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.tg.pending_updates().contains(&update_id));
+    let _: () = redis::cmd("DEL")
+        .arg(&blocker)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    h.published_message(GROUP, reply_id).await;
+    assert_eq!(count(&mut redis).await.as_deref(), Some("2"));
     h.stop().await;
 }
 
@@ -1021,6 +1113,27 @@ async fn a_direct_message_to_a_person_is_a_private_message() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.tg.calls_of("sendMessage").len(), 1);
+
+    // A direct message to a group's id (negative) never reaches the group: it is refused, kept
+    // as a dead letter, and the agent is told.
+    publish(
+        &h.url(),
+        &format!("pubsub:agent:external:telegram:{GROUP}"),
+        &json!({"type": "agent.direct_message", "data": {"fromAgent": AGENT,
+                "content": "into the group?"}, "timestamp": now()}),
+    )
+    .await;
+    let notice = h
+        .spy
+        .wait_for("agent notification", WAIT, |s| {
+            s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
+        })
+        .await;
+    let content = notice.json["data"]["content"].as_str().unwrap_or_default();
+    assert!(content.contains("not a Telegram user"), "{content}");
+    assert_eq!(dead_letters(&h).await.len(), 1);
+    assert_eq!(h.tg.calls_of("sendMessage").len(), 1);
+    assert!(h.tg.messages_in(GROUP).is_empty());
     h.stop().await;
 }
 
@@ -1032,7 +1145,11 @@ async fn no_echo_to_the_source_chat_while_the_other_chat_gets_it() {
     h.tg.inject(update.clone());
     h.published_message(GROUP, id).await;
     let relayed = h.shown(OTHER, "hello both").await;
-    assert_eq!(relayed.text, "<b>Alice Liddell (@alice)</b>\nhello both");
+    // A person's name carries their platform (SPEC 9: a person never appears as an agent).
+    assert_eq!(
+        relayed.text,
+        "<b>Alice Liddell (@alice) (Telegram)</b>\nhello both"
+    );
     // An edit from the source chat is relayed the same way.
     h.tg.inject(update.edited("hello all"));
     let edited = h.shown(OTHER, "hello all").await;
@@ -1286,6 +1403,144 @@ async fn awkward_content_is_delivered_and_never_rejected() {
     h.stop().await;
 }
 
+/// Every message the bot showed in `chat`, in order, as people see them.
+fn shown_texts(tg: &FakeTelegram, chat: i64) -> Vec<String> {
+    let mut messages = tg.messages_in(chat);
+    messages.sort_by_key(|m| m.message_id);
+    messages.into_iter().map(|m| m.plain).collect()
+}
+
+async fn dead_letters(h: &Harness) -> Vec<String> {
+    let mut redis = h.redis.connection().await;
+    redis::cmd("LRANGE")
+        .arg("openclaw:bridge:deadletter:telegram")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("LRANGE")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_never_refused_for_their_form_and_huge_ones_are_cut() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP)];
+        telegram(config).max_parts = 3;
+    })
+    .await;
+    // Reference links to a URL Telegram cannot link, expanded after each use: about 550 source
+    // characters render to over 12,000.
+    let url = format!("ftp://files.example.org/{}", "deep/".repeat(57));
+    let growing = format!("{}\n\n[ref]: {url}", "[ref] ".repeat(40));
+    h.agent_says(CHANNEL, AGENT, "m-growing", &growing).await;
+    let uses = |tg: &FakeTelegram| -> usize {
+        shown_texts(tg, GROUP)
+            .iter()
+            .map(|text| text.matches("ref").count())
+            .sum()
+    };
+    h.tg.wait_until("all 40 uses of the reference shown", WAIT, |tg| {
+        uses(tg) >= 40
+    })
+    .await;
+    assert_eq!(uses(&h.tg), 40);
+
+    // An answer whose last part is nothing but reference definitions.
+    let before = shown_texts(&h.tg, GROUP).len();
+    let prose = "Some words that cite a source [1] and another [2].\n\n".repeat(80);
+    let trailing = format!(
+        "{prose}[1]: https://example.com/one\n[2]: https://example.com/two\n[3]: https://example.com/three"
+    );
+    h.agent_says(CHANNEL, AGENT, "m-trailing", &trailing).await;
+    let cites = |tg: &FakeTelegram| -> usize {
+        shown_texts(tg, GROUP)[before..]
+            .iter()
+            .map(|text| text.matches("cite a source").count())
+            .sum()
+    };
+    h.tg.wait_until("all 80 citing lines shown", WAIT, |tg| cites(tg) >= 80)
+        .await;
+    assert_eq!(cites(&h.tg), 80);
+
+    // Telegram refusing a part for its length: the plain text goes out instead, and the message
+    // is mapped, so its delete reaches it.
+    h.tg.fail_next(
+        "sendMessage",
+        Failure::BadRequest("message is too long".into()),
+    );
+    h.agent_says(CHANNEL, AGENT, "m-long", "refused *once* for its length")
+        .await;
+    let shown = h.shown(GROUP, "refused").await;
+    assert_eq!(shown.parse_mode, None);
+    assert!(
+        shown.text.ends_with("refused *once* for its length"),
+        "{}",
+        shown.text
+    );
+
+    // A huge answer is cut at `max_parts` with a note.
+    let before = shown_texts(&h.tg, GROUP).len();
+    let huge = "A line of an enormous answer.\n".repeat(20_000);
+    h.agent_says(CHANNEL, AGENT, "m-huge", &huge).await;
+    let note = h.shown(GROUP, "(message cut: ").await;
+    assert!(
+        note.plain.ends_with("more characters not shown)"),
+        "{}",
+        note.plain
+    );
+    h.agent_says(CHANNEL, AGENT, "m-after", "after the huge one")
+        .await;
+    h.shown(GROUP, "after the huge one").await;
+    assert_eq!(shown_texts(&h.tg, GROUP).len(), before + 3 + 1);
+
+    assert!(
+        h.tg.calls_of("sendMessage")
+            .iter()
+            .filter(|c| c.status != 200)
+            .count()
+            == 1
+    );
+    assert_eq!(dead_letters(&h).await, Vec::<String>::new());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_shown_before_a_refusal_are_mapped_so_a_delete_reaches_them() {
+    let h = Harness::start(|config| telegram(config).links = vec![link(CHANNEL, GROUP)]).await;
+    let long = [
+        format!("first part {}", "word ".repeat(700)),
+        format!("second part {}", "word ".repeat(700)),
+    ]
+    .join("\n\n");
+    h.tg.fail_after(
+        "sendMessage",
+        1,
+        Failure::Forbidden("bot was kicked from the supergroup chat".into()),
+    );
+    h.agent_says(CHANNEL, AGENT, "m-half", &long).await;
+    let first = h.shown(GROUP, "first part").await;
+    h.spy
+        .wait_for("agent notification", WAIT, |s| {
+            s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
+        })
+        .await;
+    assert_eq!(dead_letters(&h).await.len(), 1);
+
+    h.channel_event(
+        CHANNEL,
+        json!({"type": "channel.message.delete", "channelId": CHANNEL, "messageId": "m-half",
+               "deletedAt": now()}),
+    )
+    .await;
+    h.tg.wait_until("the shown part deleted", WAIT, |tg| {
+        tg.messages_in(GROUP)
+            .iter()
+            .all(|m| m.message_id != first.message_id)
+    })
+    .await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_chat_is_dead_lettered_the_agent_told_and_the_queue_moves_on() {
     let h = Harness::start(|config| telegram(config).links = vec![link(CHANNEL, GROUP)]).await;
@@ -1344,6 +1599,178 @@ async fn a_forbidden_chat_is_dead_lettered_the_agent_told_and_the_queue_moves_on
             s.channel == format!("pubsub:agent:{AGENT}") && s.kind() == "agent.notification"
         })
         .await;
+    h.stop().await;
+}
+
+/// The `channel.message` events published on `channel` with `content`.
+fn published_on(h: &Harness, channel: &str, content: &str) -> Vec<Value> {
+    h.spy
+        .matching(|s| {
+            s.channel == hub_channel(channel)
+                && s.kind() == "channel.message"
+                && s.event()["message"]["content"] == content
+        })
+        .into_iter()
+        .map(|s| s.event().clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_linked_to_two_channels_publishes_to_both_exactly_once_across_store_failures() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP), link(CHANNEL_B, GROUP)];
+    })
+    .await;
+    let mut redis = h.redis.connection().await;
+
+    // Redis refuses writes (OOM) while a message arrives: it waits, then reaches both channels.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    let update =
+        h.tg.text_message(&group(), &alice(), "while redis refuses writes");
+    let update_id = h.tg.inject(update);
+    h.tg.wait_until("the update polled", WAIT, |tg| {
+        tg.calls_of("getUpdates").iter().any(|c| {
+            c.response
+                .as_array()
+                .is_some_and(|a| a.iter().any(|u| u["update_id"] == update_id))
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        h.tg.pending_updates().contains(&update_id),
+        "acknowledged while Redis refused writes"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    h.spy
+        .wait_count("the message on both channels", 2, WAIT, |s| {
+            s.kind() == "channel.message"
+                && s.event()["message"]["content"] == "while redis refuses writes"
+        })
+        .await;
+    h.tg.wait_until("the update acknowledged", Duration::from_secs(20), |tg| {
+        !tg.pending_updates().contains(&update_id)
+    })
+    .await;
+    let a = published_on(&h, CHANNEL, "while redis refuses writes");
+    let b = published_on(&h, CHANNEL_B, "while redis refuses writes");
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0]["message"]["id"], b[0]["message"]["id"]);
+
+    // The process died after publishing to the first channel (its claim, the message map entry,
+    // is there): the redelivered update publishes to the second channel only.
+    let update = h.tg.text_message(&group(), &alice(), "after a crash");
+    let id = update.message_id();
+    let _: () = redis::cmd("SET")
+        .arg(format!("openclaw:bridge:msgmap:telegram:{GROUP}:{id}"))
+        .arg("hub-published-before-the-crash")
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    h.tg.inject(update);
+    let event = h
+        .spy
+        .wait_for("the message on the second channel", WAIT, |s| {
+            s.channel == hub_channel(CHANNEL_B)
+                && s.kind() == "channel.message"
+                && s.event()["message"]["content"] == "after a crash"
+        })
+        .await;
+    assert_eq!(
+        event.event()["message"]["id"],
+        "hub-published-before-the-crash"
+    );
+    // A later message shows the update was done with; the first channel did not get it again.
+    let later = h.tg.text_message(&group(), &alice(), "later");
+    let later_id = later.message_id();
+    h.tg.inject(later);
+    h.published_message(GROUP, later_id).await;
+    assert!(published_on(&h, CHANNEL, "after a crash").is_empty());
+    assert_eq!(published_on(&h, CHANNEL_B, "after a crash").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offset_is_kept_per_bot_and_the_old_key_is_taken_over_once() {
+    let redis = RedisServer::start();
+    let tg = FakeTelegram::start(TOKEN).await;
+    // Updates the old version already handled: the new one must not publish them again.
+    let old = tg.text_message(&group(), &alice(), "handled before the upgrade");
+    let old_update = tg.inject(old);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("openclaw:bridge:telegram:offset")
+        .arg(old_update + 1)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let spy = HubSpy::start(&redis.url()).await;
+    let service = start(config(&redis, &tg))
+        .await
+        .expect("the service starts");
+    wait_ready(&service).await;
+    let h = Harness {
+        redis,
+        tg,
+        spy,
+        service: Some(service),
+    };
+    let update = h.tg.text_message(&group(), &alice(), "after the upgrade");
+    let message_id = update.message_id();
+    h.tg.inject(update);
+    h.published_message(GROUP, message_id).await;
+    assert!(h
+        .spy
+        .matching(|s| s.kind() == "channel.message"
+            && s.event()["message"]["content"] == "handled before the upgrade")
+        .is_empty());
+    // The bot id is the token's part before `:`.
+    let bot_key = format!(
+        "openclaw:bridge:telegram:{}:offset",
+        TOKEN.split(':').next().unwrap_or_default()
+    );
+    let mut conn = h.redis.connection().await;
+    let mut stored: Option<i64> = None;
+    for _ in 0..100 {
+        stored = redis::cmd("GET")
+            .arg(&bot_key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        if stored.is_some_and(|offset| offset > old_update + 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stored.is_some_and(|offset| offset > old_update + 1),
+        "{stored:?}"
+    );
+    let legacy: Option<String> = redis::cmd("GET")
+        .arg("openclaw:bridge:telegram:offset")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(legacy, None, "the old key is taken over once and deleted");
     h.stop().await;
 }
 
@@ -1537,6 +1964,7 @@ async fn check_verifies_the_token_with_get_me() {
         chat_sends_per_sec: 1,
         group_sends_per_min: 20,
         sends_per_sec: 30,
+        max_parts: 10,
     };
     let who = TelegramBridge::new(config(TOKEN))
         .check()

@@ -389,6 +389,8 @@ struct State {
     poll_generation: u64,
     chats: HashMap<i64, ChatLog>,
     failures: HashMap<String, VecDeque<Failure>>,
+    /// A failure answered once after that many more calls of the method have passed.
+    failures_after: HashMap<String, (usize, Failure)>,
     forbidden: HashSet<i64>,
     limits: Option<Limits>,
     /// Accepted sends of the last minute, for the sliding flood windows.
@@ -626,6 +628,14 @@ impl FakeTelegram {
             .push_back(failure);
     }
 
+    /// Lets `calls` more calls of `method` pass, then answers the one after with `failure`.
+    pub fn fail_after(&self, method: &str, calls: usize, failure: Failure) {
+        self.shared
+            .lock()
+            .failures_after
+            .insert(method.to_ascii_lowercase(), (calls, failure));
+    }
+
     /// Makes every call about `chat_id` fail with 403 as if the bot had been removed (or, for a
     /// private chat, blocked), with the description Telegram uses for that kind of chat.
     pub fn forbid_chat(&self, chat_id: i64) {
@@ -857,11 +867,19 @@ fn parse_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Map<String, Val
 }
 
 async fn dispatch(shared: &Shared, method: &str, p: &Map<String, Value>) -> Answer {
-    let failure = shared
-        .lock()
-        .failures
-        .get_mut(method)
-        .and_then(VecDeque::pop_front);
+    let failure = {
+        let mut st = shared.lock();
+        let queued = st.failures.get_mut(method).and_then(VecDeque::pop_front);
+        let due = match st.failures_after.get_mut(method) {
+            Some((0, _)) => st.failures_after.remove(method).map(|(_, failure)| failure),
+            Some((calls, _)) => {
+                *calls -= 1;
+                None
+            }
+            None => None,
+        };
+        queued.or(due)
+    };
     if let Some(failure) = failure {
         return Err(failure.into_error());
     }

@@ -33,6 +33,11 @@ pub struct TelegramConfig {
     /// limit).
     #[serde(default = "default_sends_per_sec")]
     pub sends_per_sec: u32,
+    /// The most Telegram messages one hub message becomes (default 10, at least 1): a longer
+    /// message is cut, and its last message says how many characters were left out. The list of
+    /// a message's attachments comes on top.
+    #[serde(default = "default_max_parts")]
+    pub max_parts: usize,
 }
 
 /// One `[[telegram.links]]` entry.
@@ -65,6 +70,10 @@ fn default_sends_per_sec() -> u32 {
     30
 }
 
+fn default_max_parts() -> usize {
+    10
+}
+
 impl TelegramConfig {
     /// Cross-field checks; the key in the issue is relative to `[telegram]`.
     pub fn validate(&self) -> Result<(), ConfigIssue> {
@@ -87,6 +96,12 @@ impl TelegramConfig {
                     "must be at least 1 (Telegram has no unlimited rate)",
                 ));
             }
+        }
+        if self.max_parts == 0 {
+            return Err(ConfigIssue::new(
+                "max_parts",
+                "must be at least 1 (a message needs one part to be shown)",
+            ));
         }
         for (index, link) in self.links.iter().enumerate() {
             if link.channel.trim().is_empty() {
@@ -112,5 +127,32 @@ impl TelegramConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> TelegramConfig {
+        let mut json = serde_json::json!({"token": "123:ABC"});
+        if let (Some(json), Some(extra)) = (json.as_object_mut(), extra.as_object()) {
+            json.extend(extra.clone());
+        }
+        serde_json::from_value(json).expect("a config")
+    }
+
+    #[test]
+    fn max_parts_defaults_to_ten_and_must_be_positive() {
+        let default = config(serde_json::json!({}));
+        assert_eq!(default.max_parts, 10);
+        assert!(default.validate().is_ok());
+        assert!(config(serde_json::json!({"max_parts": 1}))
+            .validate()
+            .is_ok());
+        let error = config(serde_json::json!({"max_parts": 0}))
+            .validate()
+            .expect_err("zero parts");
+        assert!(format!("{error:?}").contains("max_parts"), "{error:?}");
     }
 }

@@ -57,9 +57,34 @@ pub fn is_unauthorized(error: &RequestError) -> bool {
     matches!(error, RequestError::Api(ApiError::InvalidToken))
 }
 
-/// Whether Telegram refused HTML it could not parse; the caller then sends plain text.
-pub fn is_parse_error(error: &RequestError) -> bool {
-    matches!(error, RequestError::Api(ApiError::CantParseEntities(_)))
+/// Whether Telegram refused a text for its form rather than its destination: entities it could
+/// not parse, too many entities, too long, or empty once the markup was removed. The caller then
+/// sends the plain text, split under the limit, instead of giving the message up.
+pub fn is_form_error(error: &RequestError) -> bool {
+    /// Texts of form refusals teloxide has no variant for (the Bot API's wording varies by
+    /// method and version).
+    const FORM_TEXTS: [&str; 8] = [
+        "can't parse entities",
+        "message is too long",
+        "message_too_long",
+        "text is empty",
+        "text must be non-empty",
+        "message must be non-empty",
+        "entities",
+        "entity",
+    ];
+    match error {
+        RequestError::Api(
+            ApiError::CantParseEntities(_)
+            | ApiError::MessageIsTooLong
+            | ApiError::MessageTextIsEmpty,
+        ) => true,
+        RequestError::Api(ApiError::Unknown(text)) => {
+            let text = text.to_ascii_lowercase();
+            text.starts_with("bad request") && FORM_TEXTS.iter().any(|form| text.contains(form))
+        }
+        _ => false,
+    }
 }
 
 /// Whether an edit failed only because the text did not change.
@@ -152,6 +177,32 @@ mod tests {
             classify(&json, &redactor),
             SendError::Transient(_)
         ));
+    }
+
+    #[test]
+    fn refusals_of_the_form_are_told_apart_from_refusals_of_the_chat() {
+        for form in [
+            RequestError::Api(ApiError::CantParseEntities(
+                "Bad Request: can't parse entities: unexpected end tag".to_owned(),
+            )),
+            RequestError::Api(ApiError::MessageIsTooLong),
+            RequestError::Api(ApiError::MessageTextIsEmpty),
+            unknown("Bad Request: text must be non-empty"),
+            unknown("Bad Request: MESSAGE_TOO_LONG"),
+            unknown("Bad Request: too many entities"),
+            unknown("Bad Request: ENTITY_BOUNDS_INVALID"),
+        ] {
+            assert!(is_form_error(&form), "{form:?}");
+        }
+        for other in [
+            RequestError::Api(ApiError::ChatNotFound),
+            RequestError::Api(ApiError::BotBlocked),
+            unknown("Forbidden: bot is not a member"),
+            unknown("Internal Server Error: entity store down"),
+            RequestError::RetryAfter(Seconds::from_seconds(1)),
+        ] {
+            assert!(!is_form_error(&other), "{other:?}");
+        }
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! events (SPEC sections 5 and 6).
 //!
 //! Delivery is at least once on Telegram's side and exactly once on the hub's: the update offset
-//! is stored under `{prefix}bridge:telegram:offset` and advanced only after an update's events are
+//! is stored under `{prefix}bridge:telegram:{botId}:offset` and advanced only after an update's events are
 //! published, and every publish claims a key in the same atomic step (the platform message id for
 //! messages, the update id otherwise), so an update delivered again after a crash publishes
 //! nothing new. While the store is unreachable the update is retried, never skipped.
@@ -54,9 +54,11 @@ pub async fn run(
     let inbound = Inbound {
         shared: &shared,
         outboxes: &outboxes,
+        decided: std::sync::Mutex::new(None),
     };
-    let offset_key = shared.hub.keys().bridge("telegram:offset");
-    let Some(mut offset) = inbound.load_offset(&offset_key, &status).await else {
+    let offset_key = offset_key(&shared.hub.keys().bridge("telegram"), shared.me_id);
+    let legacy_key = shared.hub.keys().bridge("telegram:offset");
+    let Some(mut offset) = inbound.load_offset(&offset_key, &legacy_key, &status).await else {
         return Ok(());
     };
     let ready = format!("polling Telegram as @{}", shared.me_username);
@@ -141,6 +143,9 @@ pub async fn run(
 struct Inbound<'a> {
     shared: &'a Shared,
     outboxes: &'a Outboxes<Job>,
+    /// The rate-limit decision taken for the update being handled (updates are handled one at
+    /// a time), kept across its retries. A std mutex: it is never held across an await.
+    decided: std::sync::Mutex<Option<(u32, bool)>>,
 }
 
 impl Inbound<'_> {
@@ -154,19 +159,22 @@ impl Inbound<'_> {
 
     /// The stored offset (`None` before the first update ever); waits for the store. `None` from
     /// the outer option means the bridge stopped meanwhile.
-    async fn load_offset(&self, key: &str, status: &Component) -> Option<Option<i32>> {
+    ///
+    /// Versions before the offset was keyed by bot kept it under `legacy_key`. When the bot's key
+    /// is absent and that one exists, it is taken over once (moved to the bot's key and deleted):
+    /// the old key cannot say which bot it belonged to, so an upgrade that also changes the token
+    /// starts the new bot from that offset once, which at worst skips updates the new bot never
+    /// had below it (Telegram's update ids are per bot).
+    async fn load_offset(
+        &self,
+        key: &str,
+        legacy_key: &str,
+        status: &Component,
+    ) -> Option<Option<i32>> {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match self
-                .shared
-                .hub
-                .store()
-                .one(Op::Get {
-                    key: key.to_owned(),
-                })
-                .await
-            {
-                Ok(reply) => return Some(reply.into_text().and_then(|text| text.parse().ok())),
+            match self.read_offset(key, legacy_key).await {
+                Ok(offset) => return Some(offset),
                 Err(error) => {
                     status.not_ready(&format!("waiting for the store: {error}"));
                     if !self.sleep(backoff).await {
@@ -176,6 +184,45 @@ impl Inbound<'_> {
                 }
             }
         }
+    }
+
+    async fn read_offset(&self, key: &str, legacy_key: &str) -> Result<Option<i32>, StoreError> {
+        let store = self.shared.hub.store();
+        let get = |key: &str| Op::Get {
+            key: key.to_owned(),
+        };
+        let mut replies = store
+            .exec(vec![get(key), get(legacy_key)])
+            .await?
+            .into_iter();
+        let parse = |reply: Option<hub_bridge_sdk::Reply>| {
+            reply
+                .and_then(|reply| reply.into_text())
+                .and_then(|text| text.parse::<i32>().ok())
+        };
+        let current = parse(replies.next());
+        let legacy = parse(replies.next());
+        let (None, Some(legacy)) = (current, legacy) else {
+            return Ok(current);
+        };
+        tracing::info!(
+            offset = legacy,
+            "taking over the Telegram offset stored before it was keyed by bot"
+        );
+        store
+            .exec(vec![
+                Op::Set {
+                    key: key.to_owned(),
+                    value: legacy.to_string(),
+                    ttl: None,
+                    only_if_absent: false,
+                },
+                Op::Del {
+                    key: legacy_key.to_owned(),
+                },
+            ])
+            .await?;
+        Ok(Some(legacy))
     }
 
     /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.
@@ -306,18 +353,24 @@ impl Inbound<'_> {
         let chat_key = chat.to_string();
         let message_key = message.id.0.to_string();
         let map = &self.shared.map;
-        if map
+        // Delivered again (a retry after a store error, or after a crash): its first channel has
+        // it already, and was counted against the limit then; the other channels' publishes
+        // below have claims of their own, so those still missing are published now.
+        let known = map
             .hub_id(Platform::Telegram, &chat_key, &message_key)
-            .await?
-            .is_some()
-        {
-            // Delivered again after a crash: it was published already.
-            return Ok(());
-        }
-        let sender = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
-        if !self
-            .within_limit(Action::Message, &sender, chat, from)
-            .await?
+            .await?;
+        let speaker = Speaker::of(message, from);
+        let sender = speaker.id.to_string();
+        if known.is_none()
+            && !self
+                .within_limit(
+                    update_id,
+                    Action::Message,
+                    &sender,
+                    chat,
+                    &speaker.short_name,
+                )
+                .await?
         {
             return Ok(());
         }
@@ -368,7 +421,7 @@ impl Inbound<'_> {
             edited: None,
             reactions: None,
             author_type: Some("external".to_owned()),
-            author_name: Some(display_name(from)),
+            author_name: Some(speaker.name),
             external_platform: Some(Platform::Telegram.as_str().to_owned()),
             external_source_id: Some(format!("{chat}:{}", message.id.0)),
             content_blocks: (!blocks.is_empty()).then_some(blocks),
@@ -391,10 +444,13 @@ impl Inbound<'_> {
         let mut hub_message = hub_message;
         if published {
             self.count_published("channel.message");
-        } else if let Some(existing) = map
-            .hub_id(Platform::Telegram, &chat_key, &message_key)
-            .await?
-        {
+        } else if let Some(existing) = match known {
+            Some(known) => Some(known),
+            None => {
+                map.hub_id(Platform::Telegram, &chat_key, &message_key)
+                    .await?
+            }
+        } {
             hub_message.id = existing;
         }
         let mut ops = Vec::new();
@@ -461,14 +517,30 @@ impl Inbound<'_> {
     }
 
     /// Counts the action against the person's limit; over it, tells them once per window.
+    ///
+    /// An update is handled again after a store error; the decision taken for it the first time
+    /// stands, so one platform message counts once however often it is retried.
     async fn within_limit(
         &self,
+        update_id: u32,
         action: Action,
         sender: &str,
         chat: i64,
-        from: &User,
+        name: &str,
     ) -> Result<bool, StoreError> {
+        let decided = self
+            .decided
+            .lock()
+            .ok()
+            .and_then(|decided| decided.filter(|(id, _)| *id == update_id));
+        if let Some((_, within)) = decided {
+            return Ok(within);
+        }
         let decision = self.shared.hub.limiter().check(action, sender).await?;
+        let within = !matches!(decision, Decision::Rejected { .. });
+        if let Ok(mut decided) = self.decided.lock() {
+            *decided = Some((update_id, within));
+        }
         let Decision::Rejected {
             limit,
             first_in_window,
@@ -493,7 +565,7 @@ impl Inbound<'_> {
             let text = format!(
                 "⏳ {}, you are sending {what} too fast: the hub takes {limit} per minute. What you \
                  send in the next minute is not relayed.",
-                from.first_name
+                name
             );
             self.outboxes
                 .push(&chat.to_string(), Job::notice(&text, "rate_limit.notice"))
@@ -669,7 +741,7 @@ impl Inbound<'_> {
         }
         let sender = ExternalId::new(Platform::Telegram, user.id.0.to_string()).to_string();
         if !self
-            .within_limit(Action::Reaction, &sender, chat, user)
+            .within_limit(update_id, Action::Reaction, &sender, chat, &user.first_name)
             .await?
         {
             return Ok(());
@@ -731,6 +803,16 @@ impl Inbound<'_> {
             self.ignored("unsupported_message");
             return Ok(());
         };
+        // Commands (`/help`, `/agents`, `/dm`) count against the person's message limit like
+        // direct messages do, so nobody can make the bot answer without bound. A direct message
+        // is counted here, once: `direct_message` finds this decision.
+        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        if !self
+            .within_limit(update_id, Action::Message, &person, chat, &from.first_name)
+            .await?
+        {
+            return Ok(());
+        }
         let private = PrivateChats::new(
             self.shared.hub.clone(),
             Platform::Telegram,
@@ -759,7 +841,13 @@ impl Inbound<'_> {
     ) -> Result<(), StoreError> {
         let person = ExternalId::new(Platform::Telegram, from.id.0.to_string());
         if !self
-            .within_limit(Action::Message, &person.to_string(), chat, from)
+            .within_limit(
+                update_id,
+                Action::Message,
+                &person.to_string(),
+                chat,
+                &from.first_name,
+            )
             .await?
         {
             return Ok(());
@@ -773,6 +861,71 @@ impl Inbound<'_> {
         );
         self.exec_publishes(vec![op], "agent.direct_message").await
     }
+}
+
+/// Telegram's stand-in sender of messages that anonymous group admins write (as the group).
+const GROUP_ANONYMOUS_BOT: u64 = 1_087_968_824;
+
+/// Who a group message is from, as the hub sees them.
+#[derive(Debug, PartialEq, Eq)]
+struct Speaker {
+    id: ExternalId,
+    /// The name the hub shows.
+    name: String,
+    /// The name the bridge addresses them with.
+    short_name: String,
+}
+
+impl Speaker {
+    /// A person, or a chat speaking for itself: an anonymous admin (whom Telegram shows as the
+    /// group, `from` being the GroupAnonymousBot) or a channel posting in the group. A chat is
+    /// never a person: its id is the chat's (negative) id, so it cannot be merged with a user,
+    /// and each admin's signature (`author_signature`, when the group shows them) makes an
+    /// identity of its own, stable across messages.
+    fn of(message: &Message, from: &User) -> Self {
+        let sender_chat = message
+            .sender_chat
+            .as_ref()
+            .or((from.id.0 == GROUP_ANONYMOUS_BOT).then_some(&message.chat));
+        let Some(chat) = sender_chat else {
+            return Self {
+                id: ExternalId::new(Platform::Telegram, from.id.0.to_string()),
+                name: display_name(from),
+                short_name: from.first_name.clone(),
+            };
+        };
+        let title = chat.title().unwrap_or("anonymous admin").to_owned();
+        match message.author_signature().filter(|s| !s.trim().is_empty()) {
+            Some(signature) => Self {
+                id: ExternalId::new(
+                    Platform::Telegram,
+                    format!("{}_{:016x}", chat.id.0, fnv1a(signature)),
+                ),
+                name: format!("{signature} ({title})"),
+                short_name: signature.to_owned(),
+            },
+            None => Self {
+                id: ExternalId::new(Platform::Telegram, chat.id.0.to_string()),
+                name: title.clone(),
+                short_name: title,
+            },
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds or versions, so that an admin's
+/// signature maps to the same id forever.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `{prefix}bridge:telegram:{botId}:offset`: the update offset of one bot (update ids are per
+/// bot, so a new token must not inherit another bot's offset). `base` is
+/// `{prefix}bridge:telegram`.
+fn offset_key(base: &str, bot_id: u64) -> String {
+    format!("{base}:{bot_id}:offset")
 }
 
 /// `First Last (@username)`: how a person is named in the hub.
@@ -945,5 +1098,55 @@ mod tests {
         let user: User =
             serde_json::from_str(r#"{"id":1,"is_bot":false,"first_name":"Bob"}"#).unwrap();
         assert_eq!(display_name(&user), "Bob");
+    }
+
+    fn group_message(extra: &str) -> (Message, User) {
+        let json = format!(
+            r#"{{"message_id":7,"date":1700000000,"text":"hi",
+                "chat":{{"id":-100123,"type":"supergroup","title":"Ops Room"}},
+                "from":{{"id":1087968824,"is_bot":true,"first_name":"Group","username":"GroupAnonymousBot"}}
+                {extra}}}"#
+        );
+        let message: Message = serde_json::from_str(&json).expect("a message");
+        let from = message.from.clone().expect("from");
+        (message, from)
+    }
+
+    #[test]
+    fn anonymous_admins_are_the_chat_or_their_signature_never_one_person() {
+        let group = r#","sender_chat":{"id":-100123,"type":"supergroup","title":"Ops Room"}"#;
+        let (message, from) = group_message(group);
+        let plain = Speaker::of(&message, &from);
+        assert_eq!(plain.id.to_string(), "external:telegram:-100123");
+        assert_eq!(plain.name, "Ops Room");
+
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Ann""#));
+        let ann = Speaker::of(&message, &from);
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Bob""#));
+        let bob = Speaker::of(&message, &from);
+        assert_eq!(ann.name, "Ann (Ops Room)");
+        assert_ne!(ann.id, bob.id);
+        assert_ne!(ann.id, plain.id);
+        // Stable: the same signature is the same identity every time.
+        let (message, from) = group_message(&format!(r#"{group},"author_signature":"Ann""#));
+        assert_eq!(Speaker::of(&message, &from), ann);
+        assert!(ann.id.to_string().starts_with("external:telegram:-100123_"));
+
+        // Without `sender_chat`, the GroupAnonymousBot still speaks for the group, not as a user.
+        let (message, from) = group_message("");
+        assert_eq!(
+            Speaker::of(&message, &from).id.to_string(),
+            "external:telegram:-100123"
+        );
+
+        // A person is a person.
+        let json = r#"{"message_id":8,"date":1700000000,"text":"hi",
+            "chat":{"id":-100123,"type":"supergroup","title":"Ops Room"},
+            "from":{"id":42,"is_bot":false,"first_name":"Alice"}}"#;
+        let message: Message = serde_json::from_str(json).expect("a message");
+        let from = message.from.clone().expect("from");
+        let alice = Speaker::of(&message, &from);
+        assert_eq!(alice.id.to_string(), "external:telegram:42");
+        assert_eq!(alice.name, "Alice");
     }
 }

@@ -21,8 +21,10 @@ use teloxide::prelude::*;
 use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId};
 use teloxide::RequestError;
 
+use hub_bridge_sdk::text::names::person_name;
+
 use crate::bridge::Shared;
-use crate::errors::{classify, is_already_deleted, is_not_modified, is_parse_error};
+use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified};
 use crate::forums::{topic_key, topic_name, topic_thread_key};
 use crate::render::{self, Author, Part};
 
@@ -111,8 +113,17 @@ struct Outgoing {
     /// The hub message it replies to.
     reply_to: Option<String>,
     thread_id: Option<String>,
-    /// The parts already sent, by Telegram message id.
+    /// The Telegram messages already sent, by id (a part refused for its form and sent as plain
+    /// text can take several).
     sent: Vec<i32>,
+    /// How many rendered parts are done; absent in jobs stored before a part could take several
+    /// messages, where it is the number of messages sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    done: Option<usize>,
+    /// The plain-text fallback of the current part: how many of its pieces are sent, once
+    /// Telegram refused its HTML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback: Option<usize>,
 }
 
 /// Where an edit stands: part `step` of `max(old, new)` is next.
@@ -166,22 +177,24 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
             let Some(person) = ExternalId::parse(recipient) else {
                 return;
             };
-            let Ok(chat) = person.user_id.parse::<i64>() else {
-                return;
-            };
             if person.platform != Platform::Telegram {
                 return;
             }
             let from = event.data.from_agent.clone().unwrap_or_default();
+            let relay = Relay {
+                event_type: "agent.direct_message".to_owned(),
+                agent_id: (!from.is_empty() && !ExternalId::is_external(&from))
+                    .then(|| from.clone()),
+                channel_id: None,
+                payload: serde_json::to_value(event).unwrap_or_default(),
+                received_at: Some(delivery.received_at),
+            };
+            let Some(chat) = private_chat(&person.user_id) else {
+                refuse_direct_message(shared, recipient, relay).await;
+                return;
+            };
             let job = Job {
-                relay: Relay {
-                    event_type: "agent.direct_message".to_owned(),
-                    agent_id: (!from.is_empty() && !ExternalId::is_external(&from))
-                        .then(|| from.clone()),
-                    channel_id: None,
-                    payload: serde_json::to_value(event).unwrap_or_default(),
-                    received_at: Some(delivery.received_at),
-                },
+                relay,
                 action: Action::Send(Outgoing {
                     hub_message_id: None,
                     look: Look {
@@ -194,6 +207,8 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
                     reply_to: None,
                     thread_id: None,
                     sent: Vec::new(),
+                    done: None,
+                    fallback: None,
                 }),
             };
             outboxes.push(&chat.to_string(), job).await;
@@ -210,6 +225,35 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
             }
         }
         _ => {}
+    }
+}
+
+/// The private chat of a Telegram user id: a positive number. Groups and channels have negative
+/// ids, and a direct message must never reach one (SPEC section 9).
+fn private_chat(user_id: &str) -> Option<i64> {
+    user_id.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// A direct message to an id that is not a Telegram user: counted, kept as a dead letter, and
+/// the agent told.
+async fn refuse_direct_message(shared: &Shared, recipient: &str, relay: Relay) {
+    shared
+        .hub
+        .metrics()
+        .count_ignored("telegram", "direct_message_to_non_user");
+    let letter = DeadLetter {
+        destination: recipient.to_owned(),
+        event_type: relay.event_type,
+        reason: "direct messages go only to a person's private chat, and this id is not a \
+                 Telegram user (groups and channels have negative ids)"
+            .to_owned(),
+        agent_id: relay.agent_id,
+        channel_id: None,
+        payload: relay.payload,
+        at: now_millis(),
+    };
+    if let Err(error) = shared.hub.dead_letter("telegram", letter).await {
+        tracing::warn!(%error, "could not keep a refused direct message as a dead letter");
     }
 }
 
@@ -431,11 +475,30 @@ fn send_job(
             reply_to: message.parent_message_id.clone(),
             thread_id,
             sent: Vec::new(),
+            done: None,
+            fallback: None,
         }),
     }
 }
 
 fn author(shared: &Shared, sender_id: &str, author_name: Option<&str>) -> Author {
+    // A person relayed from a platform never looks like an agent: no avatar, their platform after
+    // their name, and a mark when the name is an agent's.
+    if let Some(person) = ExternalId::parse(sender_id) {
+        let platform = match person.platform {
+            Platform::Telegram => "Telegram",
+            Platform::Discord => "Discord",
+        };
+        let agents = shared
+            .hub
+            .agents()
+            .iter()
+            .map(|(id, profile)| (id.as_str(), profile.name.as_deref()));
+        return Author {
+            name: person_name(author_name.unwrap_or(&person.user_id), platform, agents),
+            avatar: None,
+        };
+    }
     Author {
         name: shared.hub.display_name(sender_id, author_name),
         avatar: shared
@@ -523,7 +586,9 @@ impl Deliver<Job> for Courier {
                 }
                 Action::Notice { parts, sent } => {
                     while *sent < parts.len() {
-                        self.send_part(chat, &parts[*sent], None, None).await?;
+                        let part = &parts[*sent];
+                        self.send_part(chat, part, None, None, &mut Vec::new(), &mut None)
+                            .await?;
                         *sent += 1;
                     }
                     Ok(())
@@ -569,43 +634,80 @@ impl Deliver<Job> for Courier {
 
 impl Courier {
     async fn send(&self, chat: i64, job: &mut Outgoing) -> Result<(), SendError> {
-        let Outgoing {
-            hub_message_id,
-            look,
-            content,
-            reply_to,
-            thread_id,
-            sent,
-        } = job;
-        let (hub_message_id, reply_to, thread_id) = (
-            hub_message_id.as_deref(),
-            reply_to.as_deref(),
-            thread_id.as_deref(),
+        let parts = render::message(
+            job.look.author.as_ref(),
+            &job.content,
+            &job.look.blocks,
+            self.shared.config.max_parts,
         );
-        let parts = render::message(look.author.as_ref(), content, &look.blocks);
-        if sent.len() < parts.len() {
-            // In a forum topic every part goes to the topic, and none replies to the parent.
-            let topic = match thread_id {
-                Some(thread_id) => self.topic(chat, thread_id).await?,
-                None => None,
-            };
-            let reply_to = if sent.is_empty() && topic.is_none() {
-                self.reply_target(chat, reply_to, thread_id).await?
-            } else {
-                None
-            };
-            while sent.len() < parts.len() {
-                let reply = if sent.is_empty() { reply_to } else { None };
-                let message = self
-                    .send_part(chat, &parts[sent.len()], reply, topic)
-                    .await?;
-                sent.push(message.id.0);
+        let result = self.send_parts(chat, job, &parts).await;
+        match result {
+            Err(SendError::Permanent(reason)) => {
+                // The job is given up on, but the parts already shown stay: map them, so that
+                // edits and deletes of the message still reach them.
+                if !job.sent.is_empty() {
+                    if let Err(error) = self.record_sent(chat, job).await {
+                        tracing::warn!(
+                            chat,
+                            ?error,
+                            "could not map the parts shown before a send failed"
+                        );
+                    }
+                }
+                Err(SendError::Permanent(reason))
             }
+            Err(other) => Err(other),
+            Ok(()) => self.record_sent(chat, job).await,
         }
-        let Some(hub_message_id) = hub_message_id else {
+    }
+
+    /// Sends the parts `job` has not sent yet.
+    async fn send_parts(
+        &self,
+        chat: i64,
+        job: &mut Outgoing,
+        parts: &[Part],
+    ) -> Result<(), SendError> {
+        let mut done = job.done.unwrap_or(job.sent.len());
+        if done >= parts.len() {
+            return Ok(());
+        }
+        let thread_id = job.thread_id.as_deref();
+        // In a forum topic every part goes to the topic, and none replies to the parent.
+        let topic = match thread_id {
+            Some(thread_id) => self.topic(chat, thread_id).await?,
+            None => None,
+        };
+        let reply_to = if job.sent.is_empty() && topic.is_none() {
+            self.reply_target(chat, job.reply_to.as_deref(), thread_id)
+                .await?
+        } else {
+            None
+        };
+        while done < parts.len() {
+            let reply = if job.sent.is_empty() { reply_to } else { None };
+            self.send_part(
+                chat,
+                &parts[done],
+                reply,
+                topic,
+                &mut job.sent,
+                &mut job.fallback,
+            )
+            .await?;
+            job.fallback = None;
+            done += 1;
+            job.done = Some(done);
+        }
+        Ok(())
+    }
+
+    /// Maps the messages `job` sent to its hub message and keeps how it looks.
+    async fn record_sent(&self, chat: i64, job: &Outgoing) -> Result<(), SendError> {
+        let Some(hub_message_id) = job.hub_message_id.as_deref() else {
             return Ok(());
         };
-        let ids: Vec<String> = sent.iter().map(i32::to_string).collect();
+        let ids: Vec<String> = job.sent.iter().map(i32::to_string).collect();
         self.shared
             .map
             .record_parts(Platform::Telegram, hub_message_id, &chat.to_string(), &ids)
@@ -613,11 +715,11 @@ impl Courier {
             .map_err(unavailable)?;
         let mut ops = vec![Op::Set {
             key: look_key(&self.shared, hub_message_id),
-            value: serde_json::to_string(look).unwrap_or_default(),
+            value: serde_json::to_string(&job.look).unwrap_or_default(),
             ttl: Some(KEEP),
             only_if_absent: false,
         }];
-        if let Some(thread_id) = thread_id {
+        if let Some(thread_id) = job.thread_id.as_deref() {
             ops.push(Op::Set {
                 key: thread_of_key(&self.shared, hub_message_id),
                 value: thread_id.to_owned(),
@@ -745,16 +847,20 @@ impl Courier {
         }
     }
 
-    /// Sends one part, paced, replying to `reply_to` and in forum topic `topic`; HTML that
-    /// Telegram refuses is sent again as plain text.
+    /// Sends one part, paced, replying to `reply_to` and in forum topic `topic`, and adds the
+    /// ids of the messages it took to `shown`. HTML that Telegram refuses for its form (entities it
+    /// cannot parse, too long, empty, too many entities) is sent again as plain text, split under
+    /// the limit; `fallback` counts the plain pieces sent, so a retry resumes there.
     async fn send_part(
         &self,
         chat: i64,
         part: &Part,
         reply_to: Option<i32>,
         topic: Option<i32>,
-    ) -> Result<Message, SendError> {
-        let place = |mut request: <Bot as Requester>::SendMessage| {
+        shown: &mut Vec<i32>,
+        fallback: &mut Option<usize>,
+    ) -> Result<(), SendError> {
+        let place = |mut request: <Bot as Requester>::SendMessage, reply_to: Option<i32>| {
             if let Some(id) = reply_to {
                 request = request.reply_parameters(
                     ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
@@ -765,27 +871,44 @@ impl Courier {
             }
             request
         };
-        let html = self
-            .request(chat, |bot| {
-                place(
-                    bot.send_message(ChatId(chat), part.html.clone())
-                        .parse_mode(ParseMode::Html),
-                )
-            })
-            .await?;
-        match html {
-            Ok(message) => Ok(message),
-            Err(error) if is_parse_error(&error) => {
-                self.count_plain_fallback(&error);
-                let plain = self
-                    .request(chat, |bot| {
-                        place(bot.send_message(ChatId(chat), part.plain.clone()))
-                    })
-                    .await?;
-                plain.map_err(|error| classify(&error, &self.shared.redactor))
+        if fallback.is_none() {
+            let html = self
+                .request(chat, |bot| {
+                    place(
+                        bot.send_message(ChatId(chat), part.html.clone())
+                            .parse_mode(ParseMode::Html),
+                        reply_to,
+                    )
+                })
+                .await?;
+            match html {
+                Ok(message) => {
+                    shown.push(message.id.0);
+                    return Ok(());
+                }
+                Err(error) if is_form_error(&error) => {
+                    self.count_plain_fallback(&error);
+                    *fallback = Some(0);
+                }
+                Err(error) => return Err(classify(&error, &self.shared.redactor)),
             }
-            Err(error) => Err(classify(&error, &self.shared.redactor)),
         }
+        let pieces = render::plain_fallback(part);
+        if pieces.is_empty() {
+            self.ignored("empty_part");
+        }
+        while let Some(done) = fallback.filter(|done| *done < pieces.len()) {
+            let reply = if done == 0 { reply_to } else { None };
+            let plain = self
+                .request(chat, |bot| {
+                    place(bot.send_message(ChatId(chat), pieces[done].clone()), reply)
+                })
+                .await?;
+            let message = plain.map_err(|error| classify(&error, &self.shared.redactor))?;
+            shown.push(message.id.0);
+            *fallback = Some(done + 1);
+        }
+        Ok(())
     }
 
     /// Runs one paced send; the outer error is the bridge stopping while it waited.
@@ -809,7 +932,7 @@ impl Courier {
     }
 
     fn count_plain_fallback(&self, error: &RequestError) {
-        tracing::warn!(error = %self.shared.redactor.describe(error), "Telegram refused the HTML; sending plain text");
+        tracing::warn!(error = %self.shared.redactor.describe(error), "Telegram refused the HTML for its form; sending plain text");
         self.shared
             .hub
             .metrics()
@@ -847,7 +970,12 @@ impl Courier {
                 None => None,
             };
             *progress = Some(EditProgress {
-                new: render::message(look.author.as_ref(), content, &look.blocks),
+                new: render::message(
+                    look.author.as_ref(),
+                    content,
+                    &look.blocks,
+                    self.shared.config.max_parts,
+                ),
                 old,
                 ids: Vec::new(),
                 step: 0,
@@ -866,8 +994,10 @@ impl Courier {
                     state.ids.push(old_id.clone());
                 }
                 (None, Some(part)) => {
-                    let message = self.send_part(chat, part, None, state.topic).await?;
-                    state.ids.push(message.id.0.to_string());
+                    let mut shown = Vec::new();
+                    self.send_part(chat, part, None, state.topic, &mut shown, &mut None)
+                        .await?;
+                    state.ids.extend(shown.iter().map(i32::to_string));
                 }
                 (Some(old_id), None) => {
                     let id = parse_id(old_id)?;
@@ -907,9 +1037,15 @@ impl Courier {
             .parse_mode(ParseMode::Html)
             .await;
         let result = match html {
-            Err(error) if is_parse_error(&error) => {
+            Err(error) if is_form_error(&error) => {
                 self.count_plain_fallback(&error);
-                bot.edit_message_text(ChatId(chat), MessageId(id), part.plain.clone())
+                // A part's plain text is its source, which was split under the limit; should it
+                // still not fit, the message shows as much of it as one message can.
+                let Some(plain) = render::plain_fallback(part).into_iter().next() else {
+                    self.ignored("empty_part");
+                    return Ok(());
+                };
+                bot.edit_message_text(ChatId(chat), MessageId(id), plain)
                     .await
             }
             other => other,
@@ -1044,4 +1180,17 @@ impl Courier {
 fn parse_id(id: &str) -> Result<i32, SendError> {
     id.parse()
         .map_err(|_| SendError::Permanent(format!("`{id}` is not a Telegram message id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_messages_go_only_to_user_ids() {
+        assert_eq!(private_chat("1001"), Some(1001));
+        for id in ["-1001234567890", "0", "-5", "x", "", "99999999999999999999"] {
+            assert_eq!(private_chat(id), None, "{id}");
+        }
+    }
 }

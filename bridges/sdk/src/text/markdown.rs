@@ -6,6 +6,108 @@
 
 use pulldown_cmark::{CodeBlockKind, Event, LinkType, Options, Parser, Tag, TagEnd};
 
+use super::{split, split_rendered, utf16_len, Rendered, Unit};
+
+/// Telegram's limit on a message's visible text, in UTF-16 units.
+pub const TELEGRAM_LIMIT: usize = 4096;
+
+/// One Telegram message of a rendered text: the HTML, and the plain text sent instead when
+/// Telegram refuses the HTML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelegramPart {
+    pub html: String,
+    pub plain: String,
+}
+
+impl TelegramPart {
+    /// A part showing `text` as it is.
+    pub fn plain(text: &str) -> Self {
+        Self {
+            html: escape_html(text),
+            plain: text.to_owned(),
+        }
+    }
+}
+
+/// Renders Markdown into the Telegram messages that show it, each within `budget` UTF-16 units
+/// of visible text (Telegram's limit minus whatever the caller adds, such as a header).
+///
+/// Fit is decided on the rendering: a part that grows past `budget` when rendered (a reference
+/// link expanded after every use, a table) is split again, and a part that renders to nothing
+/// (only reference definitions) is dropped. A few characters that still expand too much are sent
+/// as their source text. At most `max_parts` parts come back; a longer text is cut with
+/// [`super::cut_note`] at the end of the last one.
+pub fn telegram_parts(md: &str, budget: usize, max_parts: usize) -> Vec<TelegramPart> {
+    // Room kept below the budget when splitting the source, for what rendering commonly adds
+    // (list bullets, table separators), so that parts rarely need a second split.
+    const MARGIN: usize = 64;
+    let limit = budget.saturating_sub(MARGIN).max(budget / 2).max(1);
+    split_rendered(
+        md,
+        limit,
+        Unit::Utf16,
+        max_parts,
+        |source| {
+            let html = to_telegram_html(source);
+            match visible_len(&html) {
+                0 => Rendered::Empty,
+                len if len > budget => Rendered::TooLong,
+                _ => Rendered::Fits(TelegramPart {
+                    html,
+                    plain: to_plain_text(source),
+                }),
+            }
+        },
+        TelegramPart::plain,
+    )
+}
+
+/// Splits plain text (a notice, a list of files) into Telegram messages within `budget`.
+pub fn telegram_plain_parts(text: &str, budget: usize) -> Vec<TelegramPart> {
+    split(text, budget, Unit::Utf16)
+        .iter()
+        .map(|part| TelegramPart::plain(part))
+        .collect()
+}
+
+/// The length Telegram checks: the text after tags are removed and entities decoded, trimmed,
+/// in UTF-16 units.
+pub fn visible_len(html: &str) -> usize {
+    let mut text = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(c) = rest.chars().next() {
+        match c {
+            '<' => match rest.find('>') {
+                Some(end) => rest = &rest[end + 1..],
+                None => {
+                    text.push_str(rest);
+                    break;
+                }
+            },
+            '&' => {
+                let entity_end = rest.bytes().take(12).position(|b| b == b';');
+                match entity_end {
+                    Some(end) => {
+                        // The entities the renderer writes (`&amp;`, `&lt;`, `&gt;`, `&quot;`)
+                        // decode to one unit each.
+                        text.push('x');
+                        rest = &rest[end + 1..];
+                    }
+                    None => {
+                        text.push('&');
+                        rest = &rest[1..];
+                    }
+                }
+            }
+            _ => {
+                text.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    utf16_len(text.trim())
+}
+
 /// URL schemes Telegram accepts in `<a href>`; anything else (relative paths, `javascript:`) is
 /// shown as text instead of becoming a link.
 const LINK_SCHEMES: [&str; 4] = ["http://", "https://", "tg://", "mailto:"];

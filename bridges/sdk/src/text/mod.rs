@@ -5,9 +5,12 @@
 
 pub mod discord;
 pub mod markdown;
+pub mod names;
+#[cfg(test)]
+mod props;
 mod split;
 
-pub use split::{split, Unit};
+pub use split::{cut_note, split, split_capped, split_rendered, Rendered, Unit};
 
 /// Returns the length of `text` in UTF-16 code units, the unit in which Telegram measures
 /// message length (a character outside the Basic Multilingual Plane, such as most emoji, counts

@@ -62,6 +62,152 @@ pub fn split(text: &str, limit: usize, unit: Unit) -> Vec<String> {
         .collect()
 }
 
+/// What rendering one part of a split gave (see [`split_rendered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered<R> {
+    /// The rendering, within the platform's limit.
+    Fits(R),
+    /// The rendering is over the platform's limit: the part is split again.
+    TooLong,
+    /// The part shows nothing (only reference definitions, an empty code block): it is dropped.
+    Empty,
+}
+
+/// Splits Markdown `text` under `limit` and renders each part, deciding fit on the rendering:
+/// a part whose rendering is too long is split again (in halves, until it fits), and a part that
+/// renders to nothing is dropped, so every returned part is within the platform's limit and shows
+/// something.
+///
+/// A piece that still renders too long when it cannot usefully be split any more (a few
+/// characters that expand, such as a reference link to a very long URL) is passed to `plain`,
+/// which must return a rendering of the source as literal text (within the limit, since the
+/// source is).
+///
+/// At most `max_parts` parts are returned (0 counts as 1). When the text needs more, the last
+/// part ends with [`cut_note`], saying how many characters of the source were left out; the
+/// splitter stops there, so a huge text costs no more than the parts that are shown plus one
+/// count of the rest.
+pub fn split_rendered<R>(
+    text: &str,
+    limit: usize,
+    unit: Unit,
+    max_parts: usize,
+    mut render: impl FnMut(&str) -> Rendered<R>,
+    mut plain: impl FnMut(&str) -> R,
+) -> Vec<R> {
+    let max_parts = max_parts.max(1);
+    let mut parts = Vec::new();
+    if text.trim().is_empty() {
+        return parts;
+    }
+    let mut splitter = Splitter::new(text, limit, unit);
+    // Pieces of a piece that rendered too long, rendered before the splitter's next; the next
+    // one is last.
+    let mut pending: Vec<String> = Vec::new();
+    // The splitter's remaining characters, counted once when the cut is first needed.
+    let mut rest_chars: Option<usize> = None;
+    loop {
+        let piece = match pending.pop() {
+            Some(piece) => piece,
+            None => match splitter.next_piece() {
+                Some(piece) => piece.text,
+                None => break,
+            },
+        };
+        let more = !pending.is_empty() || !splitter.is_done();
+        if parts.len() + 1 == max_parts && more {
+            let rest = *rest_chars.get_or_insert_with(|| splitter.remaining_chars());
+            let omitted = rest + pending.iter().map(|p| p.chars().count()).sum::<usize>();
+            let with_note = format!("{piece}\n\n{}", cut_note(omitted));
+            if unit.measure(&with_note) > limit {
+                let room = limit.saturating_sub(unit.measure(&with_note) - unit.measure(&piece));
+                match resplit(&piece, room, unit) {
+                    Some(pieces) => {
+                        pending.extend(pieces.into_iter().rev());
+                        continue;
+                    }
+                    None => {
+                        // No room for any of the piece: the last part is the note alone.
+                        let rest = omitted + piece.chars().count();
+                        parts.push(plain(&cut_note(rest)));
+                        break;
+                    }
+                }
+            }
+            match render(&with_note) {
+                Rendered::Fits(part) => parts.push(part),
+                Rendered::TooLong | Rendered::Empty => {
+                    match resplit(&piece, unit.measure(&piece) / 2, unit) {
+                        Some(pieces) => {
+                            pending.extend(pieces.into_iter().rev());
+                            continue;
+                        }
+                        None => parts.push(plain(&with_note)),
+                    }
+                }
+            }
+            break;
+        }
+        match render(&piece) {
+            Rendered::Fits(part) => parts.push(part),
+            Rendered::Empty => {}
+            Rendered::TooLong => match resplit(&piece, unit.measure(&piece) / 2, unit) {
+                Some(pieces) => pending.extend(pieces.into_iter().rev()),
+                None => parts.push(plain(&piece)),
+            },
+        }
+    }
+    parts
+}
+
+/// [`split`] with at most `max_parts` parts, the last ending with [`cut_note`] when the text
+/// needed more. For platforms that show Markdown as it is sent (Discord).
+pub fn split_capped(text: &str, limit: usize, unit: Unit, max_parts: usize) -> Vec<String> {
+    if text.trim().is_empty() || fits(text, limit, unit) {
+        return split(text, limit, unit);
+    }
+    split_rendered(
+        text,
+        limit,
+        unit,
+        max_parts,
+        |part| Rendered::Fits(part.to_owned()),
+        str::to_owned,
+    )
+}
+
+/// The line that ends the last part of a message cut at `max_parts`:
+/// `… (message cut: 12,345 more characters not shown)`.
+pub fn cut_note(omitted_chars: usize) -> String {
+    let digits = omitted_chars.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    let noun = if omitted_chars == 1 {
+        "character"
+    } else {
+        "characters"
+    };
+    format!("… (message cut: {grouped} more {noun} not shown)")
+}
+
+/// Pieces below this length are not split again when their rendering is too long: what they
+/// expand is a single construct, which the plain-text rendering shows as written.
+const MIN_RESPLIT: usize = 16;
+
+/// Splits `piece` again under `limit`, or `None` when that would not make it smaller.
+fn resplit(piece: &str, limit: usize, unit: Unit) -> Option<Vec<String>> {
+    if limit < MIN_RESPLIT {
+        return None;
+    }
+    let pieces = split(piece, limit, unit);
+    (pieces.len() > 1 || pieces.first().is_some_and(|p| unit.measure(p) <= limit)).then_some(pieces)
+}
+
 /// One part of a split, with the lengths (in bytes) of the fence lines the splitter added at
 /// its start and end, so tests can tell the original content from the additions.
 #[derive(Debug)]
@@ -140,75 +286,139 @@ struct Cut {
 
 /// Splits text that does not fit into pieces; the heart of [`split`].
 fn split_pieces(text: &str, limit: usize, unit: Unit) -> Vec<Piece> {
-    let mut pieces = Vec::new();
-    // The first line keeps its indentation (it may be an indented code block); only whole blank
-    // lines and trailing whitespace go.
-    let trimmed = text.trim_start();
-    let first = match text[..text.len() - trimmed.len()].rfind('\n') {
-        Some(i) => &text[i + 1..],
-        None => text,
-    };
-    let mut rest = first.trim_end().to_owned();
-    // Bytes at the start of `rest` that are a reopening fence line, which must not make up a
-    // part on its own.
-    let mut added_prefix = 0;
-    // Whether that line is the original opener, carried over from a part that was skipped for
-    // holding nothing else (only matters for telling original content from additions).
-    let mut prefix_is_original = false;
-    loop {
-        if rest[added_prefix..].trim().is_empty() {
-            break;
-        }
-        if fits(&rest, limit, unit) {
-            pieces.push(Piece {
-                text: rest,
-                added_prefix: if prefix_is_original { 0 } else { added_prefix },
-                added_suffix: 0,
-            });
-            break;
-        }
-        let (cut, fences) = find_cut(&rest, added_prefix, limit, unit);
-        let body_end = rest[..cut.pos].trim_end().len();
-        let fence = cut.fence.and_then(|i| fences.into_iter().nth(i));
-        // A part with nothing but an opener line (or nothing at all) is not worth a message; its
-        // opener travels on as the next part's reopening line.
-        let content_from = fence.as_ref().map_or(added_prefix, |f| f.opener_end);
-        let has_content = rest[content_from.min(body_end)..body_end]
-            .chars()
-            .any(|c| !c.is_whitespace());
-        if has_content {
-            let mut part = rest[..body_end].to_owned();
-            let mut added_suffix = 0;
-            if let Some(f) = &fence {
-                part.push('\n');
-                part.push_str(&f.closer);
-                added_suffix = 1 + f.closer.len();
-            }
-            pieces.push(Piece {
-                text: part,
-                added_prefix: if prefix_is_original { 0 } else { added_prefix },
-                added_suffix,
-            });
-        }
-        let remainder = skip_blank_lines(&rest[cut.pos..]);
-        // `fence` borrows `rest`, so the next round's text is built before replacing it.
-        let next = match fence {
-            Some(f) => {
-                // The opener is original text when no part showed it and it either comes from
-                // the original text or was already carried over as such.
-                let carried = f.opener_end > added_prefix || prefix_is_original;
-                let original = !has_content && carried;
-                (
-                    format!("{}\n{remainder}", f.opener),
-                    f.opener.len() + 1,
-                    original,
-                )
-            }
-            None => (remainder.to_owned(), 0, false),
+    let mut splitter = Splitter::new(text, limit, unit);
+    std::iter::from_fn(|| splitter.next_piece()).collect()
+}
+
+/// Cuts pieces off the front of a text one at a time.
+///
+/// Each round looks only at a bounded window at the front of what is left (the longest prefix
+/// that can fit, plus room to classify the lines around its end), and what is left is a slice of
+/// the original text, never a copy: splitting costs time proportional to the text, however many
+/// parts it makes and however long its lines are.
+struct Splitter<'a> {
+    /// The original text not yet in a piece.
+    tail: &'a str,
+    /// A reopening fence line and its line break, put before `tail` when the last piece ended
+    /// inside a code block; empty otherwise.
+    prefix: String,
+    /// Whether that line is the original opener, carried over from a part that was skipped for
+    /// holding nothing else (only matters for telling original content from additions).
+    prefix_is_original: bool,
+    limit: usize,
+    unit: Unit,
+}
+
+impl<'a> Splitter<'a> {
+    fn new(text: &'a str, limit: usize, unit: Unit) -> Self {
+        // The first line keeps its indentation (it may be an indented code block); only whole
+        // blank lines and trailing whitespace go.
+        let trimmed = text.trim_start();
+        let first = match text[..text.len() - trimmed.len()].rfind('\n') {
+            Some(i) => &text[i + 1..],
+            None => text,
         };
-        (rest, added_prefix, prefix_is_original) = next;
+        Self {
+            tail: first.trim_end(),
+            prefix: String::new(),
+            prefix_is_original: false,
+            limit,
+            unit,
+        }
     }
-    pieces
+
+    /// Whether nothing but whitespace is left.
+    fn is_done(&self) -> bool {
+        self.tail.trim_start().is_empty()
+    }
+
+    /// How many characters of the original text are not in a piece yet.
+    fn remaining_chars(&self) -> usize {
+        self.tail.chars().count()
+    }
+
+    fn next_piece(&mut self) -> Option<Piece> {
+        let (limit, unit) = (self.limit, self.unit);
+        loop {
+            if self.is_done() {
+                return None;
+            }
+            let added_prefix = self.prefix.len();
+            let added = |prefix_is_original: bool| {
+                if prefix_is_original {
+                    0
+                } else {
+                    added_prefix
+                }
+            };
+            // The window holds at most `limit` units (at most four bytes each); twice that
+            // leaves room for the lines around its end, whose kind decides how good a cut is.
+            let mut chunk_end = self.tail.len().min(
+                limit
+                    .saturating_mul(8)
+                    .saturating_add(64)
+                    .saturating_add(added_prefix),
+            );
+            while !self.tail.is_char_boundary(chunk_end) {
+                chunk_end -= 1;
+            }
+            let whole = chunk_end == self.tail.len();
+            let mut rest = String::with_capacity(added_prefix + chunk_end);
+            rest.push_str(&self.prefix);
+            rest.push_str(&self.tail[..chunk_end]);
+            if whole && fits(&rest, limit, unit) {
+                let piece = Piece {
+                    text: rest,
+                    added_prefix: added(self.prefix_is_original),
+                    added_suffix: 0,
+                };
+                self.tail = "";
+                self.prefix.clear();
+                return Some(piece);
+            }
+            let (cut, fences) = find_cut(&rest, added_prefix, limit, unit);
+            let body_end = rest[..cut.pos].trim_end().len();
+            let fence = cut.fence.and_then(|i| fences.into_iter().nth(i));
+            // A part with nothing but an opener line (or nothing at all) is not worth a message;
+            // its opener travels on as the next part's reopening line.
+            let content_from = fence.as_ref().map_or(added_prefix, |f| f.opener_end);
+            let has_content = rest[content_from.min(body_end)..body_end]
+                .chars()
+                .any(|c| !c.is_whitespace());
+            let piece = has_content.then(|| {
+                let mut text = rest[..body_end].to_owned();
+                let mut added_suffix = 0;
+                if let Some(f) = &fence {
+                    text.push('\n');
+                    text.push_str(&f.closer);
+                    added_suffix = 1 + f.closer.len();
+                }
+                Piece {
+                    text,
+                    added_prefix: added(self.prefix_is_original),
+                    added_suffix,
+                }
+            });
+            // Every cut lies past the reopening line (see `find_cut`), so it is in `tail`.
+            self.tail = skip_blank_lines(&self.tail[cut.pos - added_prefix..]);
+            match fence {
+                Some(f) => {
+                    // The opener is original text when no part showed it and it either comes
+                    // from the original text or was already carried over as such.
+                    let carried = f.opener_end > added_prefix || self.prefix_is_original;
+                    self.prefix_is_original = !has_content && carried;
+                    self.prefix = format!("{}\n", f.opener);
+                }
+                None => {
+                    self.prefix.clear();
+                    self.prefix_is_original = false;
+                }
+            }
+            if piece.is_some() {
+                return piece;
+            }
+        }
+    }
 }
 
 /// Whether `text` is at most `limit` long, looking no further than the limit (the remaining
@@ -765,6 +975,131 @@ mod tests {
         assert!(!parts.is_empty());
         for part in &parts {
             assert!(part.chars().count() <= 12);
+        }
+    }
+
+    #[test]
+    fn the_cut_note_groups_thousands() {
+        assert_eq!(cut_note(1), "… (message cut: 1 more character not shown)");
+        assert_eq!(
+            cut_note(999),
+            "… (message cut: 999 more characters not shown)"
+        );
+        assert_eq!(
+            cut_note(12_345),
+            "… (message cut: 12,345 more characters not shown)"
+        );
+        assert_eq!(
+            cut_note(3_000_000),
+            "… (message cut: 3,000,000 more characters not shown)"
+        );
+    }
+
+    #[test]
+    fn a_capped_split_ends_with_the_note_and_counts_what_is_left() {
+        let text = (0..100)
+            .map(|i| format!("paragraph {i:03} {}", "x".repeat(80)))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let parts = split_capped(&text, 200, Unit::Chars, 3);
+        assert_eq!(parts.len(), 3);
+        for part in &parts {
+            assert!(part.chars().count() <= 200, "{part:?}");
+        }
+        let last = &parts[2];
+        assert!(last.contains("\n\n… (message cut: "), "{last:?}");
+        // What the parts show and what the note counts add up to the source.
+        let shown: usize = parts[..2].iter().map(|p| p.chars().count()).sum::<usize>()
+            + last
+                .split("\n\n… (")
+                .next()
+                .map_or(0, |p| p.chars().count());
+        let note = last.rsplit("message cut: ").next().unwrap_or_default();
+        let omitted: usize = note
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .replace(',', "")
+            .parse()
+            .expect("a count in the note");
+        // Only the blank lines where the text was cut (four places here) are neither shown nor
+        // counted.
+        let total = text.chars().count();
+        assert!(
+            shown + omitted <= total && total - (shown + omitted) <= 4 * 2,
+            "{shown} + {omitted} of {total}"
+        );
+        // Under the cap nothing changes.
+        assert_eq!(
+            split_capped(&text, 200, Unit::Chars, 1000),
+            split(&text, 200, Unit::Chars)
+        );
+        // One part allowed: the note still fits in it.
+        let one = split_capped(&text, 200, Unit::Chars, 1);
+        assert_eq!(one.len(), 1);
+        assert!(one[0].starts_with("paragraph 000") && one[0].ends_with("not shown)"));
+    }
+
+    #[test]
+    fn parts_that_render_too_long_are_split_again_and_empty_ones_dropped() {
+        // A renderer that doubles every `x` and shows nothing for lines starting with `[`.
+        let render = |part: &str| {
+            let shown: String = part
+                .lines()
+                .filter(|l| !l.starts_with('['))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .replace('x', "xx");
+            if shown.trim().is_empty() {
+                Rendered::Empty
+            } else if shown.chars().count() > 100 {
+                Rendered::TooLong
+            } else {
+                Rendered::Fits(shown)
+            }
+        };
+        let text = format!(
+            "{}\n\n[1]: https://e.com/a\n[2]: https://e.com/b",
+            "x ".repeat(120)
+        );
+        let parts = split_rendered(&text, 100, Unit::Chars, usize::MAX, render, |p: &str| {
+            p.to_owned()
+        });
+        assert!(parts.len() >= 5, "{parts:?}");
+        for part in &parts {
+            assert!(
+                part.chars().count() <= 100 && !part.trim().is_empty(),
+                "{part:?}"
+            );
+        }
+        let xs: usize = parts.iter().map(|p| p.matches('x').count()).sum();
+        assert_eq!(xs, 240);
+        // A piece too small to split again is shown as literal text.
+        let parts = split_rendered(
+            "tiny",
+            100,
+            Unit::Chars,
+            10,
+            |_: &str| Rendered::<String>::TooLong,
+            |p: &str| format!("plain:{p}"),
+        );
+        assert_eq!(parts, vec!["plain:tiny".to_owned()]);
+    }
+
+    #[test]
+    fn three_megabytes_split_in_one_pass() {
+        // One enormous line, the worst case of the old splitter (it copied and rescanned the rest
+        // of the text for every part), and ordinary prose. Timing is not asserted; the splitter
+        // never copies or scans more than a bounded window per part.
+        let line = "word ".repeat(600_000);
+        let prose = "A sentence of prose, with some words.\n".repeat(80_000);
+        for text in [line, prose] {
+            assert!(text.len() >= 3_000_000);
+            let parts = split(&text, 4096, Unit::Utf16);
+            assert!(parts.len() >= 700, "{}", parts.len());
+            let capped = split_capped(&text, 4096, Unit::Utf16, 10);
+            assert_eq!(capped.len(), 10);
+            assert!(capped[9].ends_with("more characters not shown)"));
         }
     }
 }
