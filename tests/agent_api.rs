@@ -884,6 +884,7 @@ async fn api_messages_reach_telegram_and_a_full_window_answers_429(bus: BusKind)
             chat_sends_per_sec: 50,
             group_sends_per_min: 1000,
             sends_per_sec: 100,
+            max_parts: 10,
         });
     })
     .await;

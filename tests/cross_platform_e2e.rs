@@ -70,6 +70,7 @@ impl Harness {
                 name: Some("Backend Architect".into()),
                 avatar: Some("🤖".into()),
                 avatar_url: None,
+                api_token: None,
             },
         )]
         .into_iter()
