@@ -3,13 +3,13 @@
 //! credentials) stops it instead of looping. A panic inside a bridge is caught, logged and counted
 //! like an error, and the bridge restarts; `/readyz` shows why it is down meanwhile.
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use hub_bridge_sdk::guard::panic_message;
 use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::{Bridge, BridgeContext, Keys, Op, Reply, Store};
 use tokio_util::sync::CancellationToken;
@@ -189,102 +189,4 @@ pub async fn supervise(
     }
     active.store(false, Ordering::Relaxed);
     lease.release().await;
-}
-
-/// The longest panic message shown in logs and `/readyz`.
-const PANIC_MESSAGE_MAX: usize = 300;
-
-/// What a panic said, when it said it with a string (as `panic!` and `unwrap` do), shortened and
-/// with credentials taken out: an `unwrap` of an HTTP error prints the URL, and a Telegram URL
-/// holds the bot token (`/bot123:ABC/...`), a Discord webhook URL its token.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    let text = if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        return "a panic without a message".to_owned();
-    };
-    let text = redact_credentials(&text);
-    match text.char_indices().nth(PANIC_MESSAGE_MAX) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
-    }
-}
-
-/// Replaces what follows `bot{digits}:` and `webhooks/{digits}/` up to the next delimiter.
-fn redact_credentials(text: &str) -> String {
-    let is_delimiter = |c: char| c.is_whitespace() || matches!(c, '/' | '"' | '\'' | ')' | '?');
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    loop {
-        let id_follows = |after: &str, separator: char| {
-            let digits = after.chars().take_while(char::is_ascii_digit).count();
-            digits > 0 && after[digits..].starts_with(separator)
-        };
-        let bot = rest
-            .match_indices("bot")
-            .map(|(at, _)| at)
-            .find(|at| id_follows(&rest[at + 3..], ':'));
-        let webhook = rest
-            .match_indices("webhooks/")
-            .map(|(at, _)| at)
-            .find(|at| id_follows(&rest[at + 9..], '/'));
-        let secret_from = match (bot, webhook) {
-            (Some(b), Some(w)) if w < b => w + 9,
-            (Some(b), _) => b + 3,
-            (None, Some(w)) => w + 9,
-            (None, None) => break,
-        };
-        let after_prefix = &rest[secret_from..];
-        let id_len = after_prefix
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .count();
-        // Keep the id (not a secret) and its separator; drop the token after it.
-        let secret_start = secret_from + id_len + 1;
-        let secret_len = rest[secret_start..]
-            .find(is_delimiter)
-            .unwrap_or(rest.len() - secret_start);
-        out.push_str(&rest[..secret_start]);
-        out.push_str("<redacted>");
-        rest = &rest[secret_start + secret_len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panic_messages_lose_their_credentials() {
-        let telegram = r#"called `Result::unwrap()` on an `Err` value: reqwest::Error { url: "https://api.telegram.org/bot123456:AAH-secret_x/getMe" }"#;
-        let shown = redact_credentials(telegram);
-        assert!(!shown.contains("AAH-secret_x"), "{shown}");
-        assert!(shown.contains("/bot123456:<redacted>/getMe"), "{shown}");
-        let discord = "POST https://discord.com/api/webhooks/42/tok.en-value?wait=true failed";
-        let shown = redact_credentials(discord);
-        assert!(!shown.contains("tok.en-value"), "{shown}");
-        assert!(
-            shown.contains("webhooks/42/<redacted>?wait=true"),
-            "{shown}"
-        );
-        let plain = "zero id in a mention; robot 7: fine";
-        assert_eq!(redact_credentials(plain), plain);
-        let later = "robot said: see https://api.telegram.org/bot1:SECRET/x and bot2:OTHER";
-        let shown = redact_credentials(later);
-        assert!(
-            !shown.contains("SECRET") && !shown.contains("OTHER"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn long_panic_messages_are_cut() {
-        let panic: Box<dyn Any + Send> = Box::new("é".repeat(1000));
-        let shown = panic_message(panic.as_ref());
-        assert_eq!(shown.chars().count(), PANIC_MESSAGE_MAX + 1);
-    }
 }

@@ -108,6 +108,7 @@ impl Harness {
                     ))),
                 }],
                 dm_agent: None,
+                max_parts: 10,
             }),
             ..Config::default()
         };

@@ -108,6 +108,7 @@ impl Harness {
                     },
                 ],
                 dm_agent: None,
+                max_parts: 10,
             }),
             agents: BTreeMap::from([(
                 AGENT.to_owned(),
@@ -1246,6 +1247,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         api_url: good.api_url(),
         links: Vec::new(),
         dm_agent: None,
+        max_parts: 10,
     };
     let bridge = hub_bridge_discord::DiscordBridge::new(config(TOKEN));
     let report = bridge.check().await.expect("check passes");

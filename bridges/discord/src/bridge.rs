@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use hub_bridge_sdk::guard::isolate;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
@@ -17,7 +18,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DiscordConfig;
 use crate::gateway::{self, Handler, IdentifyGate};
-use crate::guard::isolate;
 use crate::inbound::{Cursors, Inbound};
 use crate::outbound::{self, DiscordDeliver};
 use crate::rest::{Rest, RestError};

@@ -21,6 +21,10 @@ pub struct DiscordConfig {
     /// The agent a DM to the bot goes to until the person picks one with `/dm`.
     #[serde(default)]
     pub dm_agent: Option<String>,
+    /// The most Discord messages one hub message becomes (default 10); a longer one is cut after
+    /// the last with a note saying how much was left out (SPEC section 5, "Bounded work").
+    #[serde(default = "default_max_parts")]
+    pub max_parts: usize,
 }
 
 /// One `[[discord.links]]` entry.
@@ -35,6 +39,10 @@ pub struct DiscordLink {
     /// it embeds a token, so it is never logged).
     #[serde(default)]
     pub webhook_url: Option<Secret>,
+}
+
+fn default_max_parts() -> usize {
+    10
 }
 
 fn default_api_url() -> String {
@@ -92,6 +100,12 @@ impl DiscordConfig {
     pub fn validate(&self) -> Result<(), ConfigIssue> {
         check_token("token", &self.token)?;
         check_http_url("api_url", &self.api_url)?;
+        if self.max_parts == 0 {
+            return Err(ConfigIssue::new(
+                "max_parts",
+                "must be at least 1 (a message needs one part to be shown)",
+            ));
+        }
         for (index, link) in self.links.iter().enumerate() {
             if link.channel.trim().is_empty() {
                 return Err(ConfigIssue::new(
@@ -182,7 +196,18 @@ mod tests {
                 webhook_url: Some(Secret::new(url)),
             }],
             dm_agent: None,
+            max_parts: default_max_parts(),
         }
+    }
+
+    #[test]
+    fn max_parts_defaults_to_ten_and_must_be_positive() {
+        let mut config = config_with_webhook("https://discord.com/api/webhooks/1/token");
+        assert_eq!(config.max_parts, 10);
+        assert!(config.validate().is_ok());
+        config.max_parts = 0;
+        let issue = config.validate().unwrap_err();
+        assert!(format!("{issue:?}").contains("max_parts"), "{issue:?}");
     }
 
     #[test]

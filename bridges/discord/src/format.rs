@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use hub_bridge_sdk::event::ContentBlock;
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
-use hub_bridge_sdk::text::{split, Unit};
+use hub_bridge_sdk::text::{split_capped, Unit};
 use hub_bridge_sdk::Platform;
 use serenity::model::channel::{Attachment, ReactionType};
 
@@ -215,8 +215,9 @@ pub enum Header {
 }
 
 /// Splits `text` into the parts posted on Discord, each at most [`MAX_CHARS`] characters with the
-/// header on the first, never cutting inside a code block (the splitter closes and reopens it).
-pub fn compose(header: &Header, text: &str) -> Vec<String> {
+/// header on the first, never cutting inside a code block (the splitter closes and reopens it);
+/// at most `max_parts` parts, the last ending with a note of how much was cut.
+pub fn compose(header: &Header, text: &str, max_parts: usize) -> Vec<String> {
     let head = match header {
         Header::None => String::new(),
         Header::Name(name) => {
@@ -231,7 +232,7 @@ pub fn compose(header: &Header, text: &str) -> Vec<String> {
         Header::Prefix(prefix) => prefix.clone(),
     };
     let budget = MAX_CHARS.saturating_sub(head.chars().count()).max(1);
-    let mut parts = split(text, budget, Unit::Chars);
+    let mut parts = split_capped(text, budget, Unit::Chars, max_parts);
     if parts.is_empty() {
         // Nothing but whitespace (or a message with only a header): Discord rejects empty posts.
         parts.push(if head.is_empty() {
@@ -384,17 +385,31 @@ mod tests {
 
     #[test]
     fn bot_header_keeps_a_leading_fence_on_its_own_line() {
-        let parts = compose(&Header::Name("A*gent".into()), "```rust\nfn x() {}\n```");
+        let parts = compose(
+            &Header::Name("A*gent".into()),
+            "```rust\nfn x() {}\n```",
+            10,
+        );
         assert_eq!(parts, vec!["**A\\*gent**:\n```rust\nfn x() {}\n```"]);
-        let parts = compose(&Header::Name("Agent".into()), "hello");
+        let parts = compose(&Header::Name("Agent".into()), "hello", 10);
         assert_eq!(parts, vec!["**Agent**: hello"]);
+    }
+
+    #[test]
+    fn a_message_past_max_parts_is_cut_after_the_last_with_a_note() {
+        let text = "word ".repeat(2_000);
+        let parts = compose(&Header::Name("Agent".into()), &text, 2);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(parts.iter().all(|part| part.chars().count() <= MAX_CHARS));
+        assert!(parts[1].contains("message cut"), "{}", parts[1]);
+        assert_eq!(compose(&Header::None, "short", 1), vec!["short"]);
     }
 
     #[test]
     fn long_text_splits_under_the_limit_with_the_header_counted() {
         let text = "word ".repeat(1000);
         let quote = quote("Ann", "parent", "https://discord.com/channels/1/2/3");
-        let parts = compose(&Header::Prefix(quote.clone()), &text);
+        let parts = compose(&Header::Prefix(quote.clone()), &text, 10);
         assert!(parts.len() >= 3);
         assert!(parts[0].starts_with(&quote));
         for part in &parts {
@@ -408,8 +423,8 @@ mod tests {
 
     #[test]
     fn empty_text_still_posts_something() {
-        assert_eq!(compose(&Header::None, "  "), vec!["\u{200b}"]);
-        assert_eq!(compose(&Header::Name("A".into()), ""), vec!["**A**: "]);
+        assert_eq!(compose(&Header::None, "  ", 10), vec!["\u{200b}"]);
+        assert_eq!(compose(&Header::Name("A".into()), "", 10), vec!["**A**: "]);
     }
 
     #[test]
@@ -504,7 +519,7 @@ mod tests {
         ] {
             let text = hub_text(content, Some(blocks));
             for header in [Header::None, Header::Name("Backend Architect".into())] {
-                let parts = compose(&header, &text);
+                let parts = compose(&header, &text, 10);
                 assert!(
                     parts.len() > 1,
                     "{} chars in one part",

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
+use hub_bridge_sdk::guard::isolate;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::{label, labels2};
 use hub_bridge_sdk::outbox::Outboxes;
@@ -34,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::format::{self, MentionNames};
 use crate::gateway::GatewayEvent;
-use crate::guard::isolate;
 use crate::ids;
 use crate::outbound::Job;
 use crate::rest::RestError;
@@ -545,7 +545,7 @@ impl Inbound {
             self.outboxes
                 .push(
                     &destination,
-                    Job::notice(text, Some(message.author.id.get())),
+                    Job::notice(text, Some(message.author.id.get()), self.shared.max_parts),
                 )
                 .await;
         }
@@ -670,7 +670,10 @@ impl Inbound {
         match request {
             Private::Reply(answer) => {
                 self.outboxes
-                    .push(&destination, Job::notice(answer, None))
+                    .push(
+                        &destination,
+                        Job::notice(answer, None, self.shared.max_parts),
+                    )
                     .await;
             }
             Private::Send { agent, text } => self.to_agent(message, &agent, text).await,

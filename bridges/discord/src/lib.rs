@@ -8,14 +8,12 @@
 //! - `rest`: REST calls that read Discord's rate-limit headers;
 //! - `format`: mention rendering, splitting, quoting and people's names, as pure functions;
 //! - `ids`: Discord ids read from untrusted text, and checked route ids (never 0);
-//! - `guard`: one event's panic is counted and logged, and the next event is handled;
 //! - `shared`: what one run's parts share (links, caches, the bridge's keys).
 
 mod bridge;
 pub mod config;
 mod format;
 mod gateway;
-mod guard;
 mod ids;
 mod inbound;
 mod outbound;

@@ -29,6 +29,7 @@ use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::{Deliver, SendError};
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
+use hub_bridge_sdk::text::names::is_like_an_agent;
 use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, Op, Platform, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -37,7 +38,6 @@ use serenity::model::id::WebhookId;
 
 use crate::config::WebhookRef;
 use crate::format::{self, Header};
-use crate::guard::isolate;
 use crate::ids;
 use crate::rest::{path_segment, RestError};
 use crate::shared::{Link, Shared};
@@ -180,8 +180,8 @@ impl Job {
     }
 
     /// A bot notice (rate-limit warnings, archive notices), pinging `mention` if given.
-    pub fn notice(text: String, mention: Option<u64>) -> Self {
-        let parts = format::compose(&Header::None, &text);
+    pub fn notice(text: String, mention: Option<u64>, max_parts: usize) -> Self {
+        let parts = format::compose(&Header::None, &text, max_parts);
         Self::new(
             JobKind::Text {
                 parts,
@@ -252,7 +252,7 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
                 .active_channels()
                 .into_iter()
                 .map(|channel| {
-                    let mut job = Job::notice(format!("📢 {message}"), None);
+                    let mut job = Job::notice(format!("📢 {message}"), None, shared.max_parts);
                     "system.announcement".clone_into(&mut job.event_type);
                     (channel.to_string(), job)
                 })
@@ -287,7 +287,7 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
                 return Vec::new();
             };
             let name = shared.hub.display_name(from, None);
-            let parts = format::compose(&Header::Name(name), content);
+            let parts = format::compose(&Header::Name(name), content, shared.max_parts);
             let mut job = Job::new(
                 JobKind::Text {
                     parts,
@@ -397,7 +397,7 @@ async fn channel_jobs(
                 let text = format!(
                     "This channel's hub channel was {what}; messages are no longer relayed."
                 );
-                Some(Job::notice(text, None).kind)
+                Some(Job::notice(text, None, shared.max_parts).kind)
             }
             _ => None,
         };
@@ -430,17 +430,9 @@ async fn refuse(
     }
 }
 
-/// Whether `name` is an agent's: its display name or id, compared case-insensitively after
-/// trimming.
+/// Whether `name` reads like an agent's display name or id (SPEC section 9).
 fn is_agent_name(shared: &Shared, name: &str) -> bool {
-    let name = name.trim().to_lowercase();
-    shared.hub.agents().iter().any(|(id, profile)| {
-        id.trim().to_lowercase() == name
-            || profile
-                .name
-                .as_deref()
-                .is_some_and(|agent| agent.trim().to_lowercase() == name)
-    })
+    is_like_an_agent(name, shared.hub.agent_names())
 }
 
 fn post(
@@ -685,7 +677,7 @@ impl DiscordDeliver {
             }
         }
         Ok(Plan {
-            parts: format::compose(&header, &post.text),
+            parts: format::compose(&header, &post.text, self.shared.max_parts),
             channel,
             thread,
             reference,
@@ -926,7 +918,7 @@ impl DiscordDeliver {
                 .filter(|header| !header.is_empty())
                 .map_or(Header::None, Header::Prefix);
             edit.progress = Some(Rewrite {
-                new: format::compose(&header, &edit.text),
+                new: format::compose(&header, &edit.text, self.shared.max_parts),
                 location,
                 old,
                 ids: Vec::new(),
@@ -1302,19 +1294,7 @@ impl Deliver<Job> for DiscordDeliver {
         job: &'a mut Job,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            // One job's panic must not take the destination's worker with it: it fails that job
-            // (dead letter, the agent is told) and the next job is handled.
-            let result = match isolate(self.run(destination, job)).await {
-                Ok(result) => result,
-                Err(panic) => {
-                    self.shared
-                        .hub
-                        .metrics()
-                        .count_ignored("discord", "job_panicked");
-                    tracing::error!(destination, panic, "a Discord job panicked");
-                    Err(SendError::Permanent(format!("internal error: {panic}")))
-                }
-            };
+            let result = self.run(destination, job).await;
             if result.is_ok() {
                 self.shared
                     .hub
@@ -1323,6 +1303,10 @@ impl Deliver<Job> for DiscordDeliver {
             }
             result
         })
+    }
+
+    fn agent(&self, job: &Job) -> Option<String> {
+        job.agent_id.clone()
     }
 
     fn dead_letter<'a>(

@@ -91,6 +91,8 @@ pub struct Shared {
     pub map: MessageMap,
     pub links: Vec<Arc<Link>>,
     pub dm_agent: Option<String>,
+    /// `[discord] max_parts`: the most messages one hub message becomes.
+    pub max_parts: usize,
     bot_id: AtomicU64,
     own_webhooks: HashSet<u64>,
     // std mutexes: each is held for a map operation only, never across an await.
@@ -130,6 +132,7 @@ impl Shared {
             hub,
             links,
             dm_agent: config.dm_agent.clone(),
+            max_parts: config.max_parts,
             bot_id: AtomicU64::new(0),
             own_webhooks,
             deleted_by_us: Mutex::new(HashMap::new()),

@@ -170,6 +170,13 @@ impl HubHandle {
             .unwrap_or_else(|| agent_id.to_owned())
     }
 
+    /// The configured agents as (id, display name), to recognise people named like one.
+    pub fn agent_names(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.agents
+            .iter()
+            .map(|(id, profile)| (id.as_str(), profile.name.as_deref()))
+    }
+
     pub fn profile(&self, agent_id: &str) -> Option<&AgentProfile> {
         self.agents.get(agent_id)
     }

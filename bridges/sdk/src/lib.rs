@@ -9,6 +9,7 @@ pub mod config;
 pub mod dm;
 pub mod emoji;
 pub mod event;
+pub mod guard;
 pub mod health;
 pub mod ids;
 pub mod limits;

@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bridge::{DeadLetter, HubHandle};
 use crate::event::now_millis;
+use crate::guard::isolate;
 use crate::metrics::{label, labels2};
 use crate::store::{Op, StoreError};
 
@@ -608,7 +609,24 @@ impl<J: Send + 'static> Worker<J> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(250);
         loop {
-            let wait = match inner.deliver.deliver(destination, &mut entry.job).await {
+            // One job's panic must not take the destination's worker with it: it fails that job
+            // (dead letter, the agent is told) and the next job is handled.
+            let attempt = isolate(inner.deliver.deliver(destination, &mut entry.job))
+                .await
+                .unwrap_or_else(|panic| {
+                    inner
+                        .hub
+                        .metrics()
+                        .count_ignored(inner.bridge, "job_panicked");
+                    tracing::error!(
+                        bridge = inner.bridge,
+                        destination,
+                        panic,
+                        "a relay job panicked"
+                    );
+                    Err(SendError::Permanent(format!("internal error: {panic}")))
+                });
+            let wait = match attempt {
                 Ok(()) => return outboxes.finish(destination, entry, None).await,
                 Err(SendError::Permanent(reason)) => {
                     tracing::warn!(bridge = inner.bridge, destination, %reason, "relay dead-lettered");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use hub_bridge_sdk::guard::isolate;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, HubHandle};
@@ -142,7 +143,14 @@ impl TelegramBridge {
                     Err(error) => Err(BridgeError::Transient(format!("the update loop failed: {error}"))),
                 },
                 delivery = ctx.deliveries.recv() => match delivery {
-                    Some(delivery) => dispatch(&shared, &outboxes, &delivery).await,
+                    // One event that makes routing panic is counted and skipped; the next is
+                    // routed (SPEC section 9).
+                    Some(delivery) => {
+                        if let Err(panic) = isolate(dispatch(&shared, &outboxes, &delivery)).await {
+                            ctx.hub.metrics().count_ignored("telegram", "event_panicked");
+                            tracing::error!(panic, "routing a hub event to Telegram panicked; it is skipped");
+                        }
+                    }
                     // The hub loop is gone: the service is stopping.
                     None => break Ok(()),
                 },

@@ -15,6 +15,7 @@ use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{
     now_millis, ChannelEvent, ChannelMessage, ContentBlock, Envelope, Member,
 };
+use hub_bridge_sdk::guard::isolate;
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::labels2;
@@ -230,7 +231,18 @@ impl Inbound<'_> {
         let mut backoff = Duration::from_millis(250);
         let mut failing = false;
         loop {
-            match self.handle(update).await {
+            // An update whose handling panics is counted, logged and acknowledged: retrying it
+            // would panic again and keep every later update waiting (SPEC section 9).
+            let handled = isolate(self.handle(update)).await.unwrap_or_else(|panic| {
+                self.ignored("event_panicked");
+                tracing::error!(
+                    update = update.id.0,
+                    panic,
+                    "handling a Telegram update panicked; it is skipped"
+                );
+                Ok(())
+            });
+            match handled {
                 Ok(()) => {
                     if failing {
                         status.ready(ready);

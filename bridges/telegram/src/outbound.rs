@@ -489,13 +489,12 @@ fn author(shared: &Shared, sender_id: &str, author_name: Option<&str>) -> Author
             Platform::Telegram => "Telegram",
             Platform::Discord => "Discord",
         };
-        let agents = shared
-            .hub
-            .agents()
-            .iter()
-            .map(|(id, profile)| (id.as_str(), profile.name.as_deref()));
         return Author {
-            name: person_name(author_name.unwrap_or(&person.user_id), platform, agents),
+            name: person_name(
+                author_name.unwrap_or(&person.user_id),
+                platform,
+                shared.hub.agent_names(),
+            ),
             avatar: None,
         };
     }
@@ -607,6 +606,10 @@ impl Deliver<Job> for Courier {
             }
             result
         })
+    }
+
+    fn agent(&self, job: &Job) -> Option<String> {
+        job.relay.agent_id.clone()
     }
 
     fn dead_letter<'a>(

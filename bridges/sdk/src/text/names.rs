@@ -14,16 +14,26 @@ pub fn person_name<'a>(
     agents: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> String {
     let name = name.trim();
-    let key = comparable(name);
-    let like_an_agent = !key.is_empty()
-        && agents.into_iter().any(|(id, display)| {
-            comparable(id) == key || display.is_some_and(|display| comparable(display) == key)
-        });
-    if like_an_agent {
+    if is_like_an_agent(name, agents) {
         format!("{name} ({platform}, not an agent)")
     } else {
         format!("{name} ({platform})")
     }
+}
+
+/// Whether a person's `name` reads like one of the `agents` (id, display name): equal ignoring
+/// case, surrounding whitespace, anything before the first letter or digit (an emoji avatar) and
+/// a trailing Telegram handle. Platforms that must shape the name themselves (Discord's username
+/// rules) mark it with this.
+pub fn is_like_an_agent<'a>(
+    name: &str,
+    agents: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> bool {
+    let key = comparable(name);
+    !key.is_empty()
+        && agents.into_iter().any(|(id, display)| {
+            comparable(id) == key || display.is_some_and(|display| comparable(display) == key)
+        })
 }
 
 /// The part of a name that identifies it: lowercase, from the first letter or digit on, without
