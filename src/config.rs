@@ -198,7 +198,7 @@ impl Config {
                 hub_bridge_sdk::config::check_http_url(&format!("agents.{id}.avatar_url"), url)?;
             }
         }
-        crate::api::validate_config(&self.agents, &self.api)?;
+        crate::api::validate_config(&self.agents, &self.api, self.http.listen)?;
         #[cfg(feature = "telegram")]
         if let Some(telegram) = &self.telegram {
             telegram

@@ -47,7 +47,7 @@ fn ada() -> DiscordUser {
 }
 
 struct Harness {
-    _redis: RedisServer,
+    redis: RedisServer,
     tg: FakeTelegram,
     dc: FakeDiscord,
     spy: HubSpy,
@@ -123,7 +123,7 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Self {
-            _redis: redis,
+            redis,
             tg,
             dc,
             spy,
@@ -348,5 +348,51 @@ async fn a_discord_message_reaches_telegram_with_its_edit_delete_and_reaction_an
             .filter(|c| chat_of(&c.body) == GROUP)
             .count();
     assert_eq!(to_telegram_chat, 1, "one relayed message, no duplicates");
+    h.stop().await;
+}
+
+/// The issue-7 fault test: Redis refuses every write (OOM) for five seconds while a person speaks on
+/// each platform. Neither message may be lost or published twice: both wait unacknowledged and
+/// are published exactly once after Redis recovers, and each reaches the other platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_both_platforms_wait_out_a_redis_that_refuses_writes() {
+    let h = Harness::start().await;
+    h.redis.refuse_writes(true).await;
+    h.tg.inject(h.tg.text_message(&group(), &alice(), "telegram during the refusal"));
+    h.dc.post_user_message(UserMessage::new(
+        CHANNEL,
+        Some(GUILD),
+        ada(),
+        "discord during the refusal",
+    ));
+    // The outage itself: five seconds of OOM answers to every write.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let published = |content: &str| {
+        h.spy
+            .matching(|s| {
+                s.kind() == "channel.message" && s.event()["message"]["content"] == content
+            })
+            .len()
+    };
+    assert_eq!(published("telegram during the refusal"), 0);
+    assert_eq!(published("discord during the refusal"), 0);
+    h.redis.refuse_writes(false).await;
+
+    h.hub_message("telegram during the refusal").await;
+    h.hub_message("discord during the refusal").await;
+    eventually("the Telegram message on Discord", || {
+        !h.webhook_posts("telegram during the refusal").is_empty()
+    })
+    .await;
+    eventually("the Discord message on Telegram", || {
+        h.telegram_shows("discord during the refusal")
+    })
+    .await;
+    // Later messages flow as before; by then any duplicate would have been published.
+    h.tg.inject(h.tg.text_message(&group(), &alice(), "telegram after"));
+    h.hub_message("telegram after").await;
+    assert_eq!(published("telegram during the refusal"), 1);
+    assert_eq!(published("discord during the refusal"), 1);
+    assert_eq!(h.webhook_posts("telegram during the refusal").len(), 1);
     h.stop().await;
 }

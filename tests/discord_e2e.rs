@@ -1480,20 +1480,7 @@ async fn relayed_people_ping_nobody_carry_their_platform_and_agents_ping_only_th
 async fn a_message_that_arrives_while_redis_refuses_writes_is_published_once_afterwards() {
     let h = Harness::start().await;
     h.person_says(CHANNEL, ada(), "before the refusal").await;
-    let mut redis = h.redis.connection().await;
-    let set = |key: &'static str, value: &'static str| {
-        let mut command = redis::cmd("CONFIG");
-        command.arg("SET").arg(key).arg(value);
-        command
-    };
-    let _: () = set("maxmemory-policy", "noeviction")
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
-    let _: () = set("maxmemory", "1")
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
+    h.redis.refuse_writes(true).await;
     h.fake.post_user_message(UserMessage::new(
         CHANNEL,
         Some(GUILD),
@@ -1506,10 +1493,7 @@ async fn a_message_that_arrives_while_redis_refuses_writes_is_published_once_aft
         .spy
         .matching(|s| is_person_message(s, "while redis refuses writes"))
         .is_empty());
-    let _: () = set("maxmemory", "0")
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
+    h.redis.refuse_writes(false).await;
     h.spy
         .wait_for("the refused message", Duration::from_secs(30), |s| {
             is_person_message(s, "while redis refuses writes")

@@ -178,21 +178,7 @@ async fn writes_refused_for_now_are_unavailable_not_bad_commands() {
         channel: "pubsub:channel:C".into(),
         payload: "{}".into(),
     };
-    let mut admin = server.connection().await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    server.refuse_writes(true).await;
     let refused = store.exec(vec![write()]).await;
     assert!(
         matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("OOM")),
@@ -203,13 +189,7 @@ async fn writes_refused_for_now_are_unavailable_not_bad_commands() {
         matches!(&each[..], [Err(StoreError::Unavailable(_))]),
         "{each:?}"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    server.refuse_writes(false).await;
     let replies = store.exec(vec![write()]).await.unwrap();
     assert_eq!(replies, [hub_bridge_sdk::Reply::Int(1)]);
 }

@@ -1624,20 +1624,7 @@ async fn a_chat_linked_to_two_channels_publishes_to_both_exactly_once_across_sto
     let mut redis = h.redis.connection().await;
 
     // Redis refuses writes (OOM) while a message arrives: it waits, then reaches both channels.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(1)
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
+    h.redis.refuse_writes(true).await;
     let update =
         h.tg.text_message(&group(), &alice(), "while redis refuses writes");
     let update_id = h.tg.inject(update);
@@ -1654,13 +1641,7 @@ async fn a_chat_linked_to_two_channels_publishes_to_both_exactly_once_across_sto
         h.tg.pending_updates().contains(&update_id),
         "acknowledged while Redis refused writes"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async(&mut redis)
-        .await
-        .expect("CONFIG SET");
+    h.redis.refuse_writes(false).await;
     h.spy
         .wait_count("the message on both channels", 2, WAIT, |s| {
             s.kind() == "channel.message"

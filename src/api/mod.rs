@@ -61,11 +61,15 @@ impl Default for ApiConfig {
 /// The shortest `api_token` accepted: a bearer token is the agent's whole identity.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
+/// The token of the example config's demo agent (`config/hub-bridge.example.toml`).
+pub const DEMO_TOKEN: &str = "demo-token-change-me";
+
 /// Checks the API settings and every agent's `api_token` (non-empty, long enough, usable in an
 /// HTTP header, and no two agents sharing one: a shared token could not say who the agent is).
 pub fn validate_config(
     agents: &BTreeMap<String, AgentProfile>,
     api: &ApiConfig,
+    listen: std::net::SocketAddr,
 ) -> Result<(), ConfigIssue> {
     if api.stream_buffer == 0 {
         return Err(ConfigIssue::new("api.stream_buffer", "must be at least 1"));
@@ -90,6 +94,17 @@ pub fn validate_config(
             return Err(ConfigIssue::new(
                 key,
                 "must be printable ASCII without spaces (it travels in an HTTP header)",
+            ));
+        }
+        // The example config's token is public: fine for trying the service on this machine,
+        // never on a listener others can reach (the Docker image listens on 0.0.0.0).
+        if value == DEMO_TOKEN && !listen.ip().is_loopback() {
+            return Err(ConfigIssue::new(
+                key,
+                format!(
+                    "is the example config's public demo token, accepted only on a loopback \
+                     http.listen (this one is {listen}); set a secret token or remove it"
+                ),
             ));
         }
         if let Some((other, _)) = seen.iter().find(|(_, known)| *known == value) {
@@ -403,9 +418,9 @@ mod tests {
     #[test]
     fn weak_or_shared_tokens_are_rejected_naming_the_key() {
         let api = ApiConfig::default();
-        let short = validate_config(&agents(&[("a", "short")]), &api).unwrap_err();
+        let short = validate_config(&agents(&[("a", "short")]), &api, LOOPBACK).unwrap_err();
         assert_eq!(short.key, "agents.a.api_token");
-        let spaced = validate_config(&agents(&[("a", "has a space in it, 0123")]), &api);
+        let spaced = validate_config(&agents(&[("a", "has a space in it, 0123")]), &api, LOOPBACK);
         assert_eq!(spaced.unwrap_err().key, "agents.a.api_token");
         let shared = validate_config(
             &agents(&[
@@ -413,12 +428,31 @@ mod tests {
                 ("b", "same-token-0123456789"),
             ]),
             &api,
+            LOOPBACK,
         )
         .unwrap_err();
         assert_eq!(shared.key, "agents.b.api_token");
         assert!(!shared.message.contains("same-token"), "{}", shared.message);
-        assert!(validate_config(&agents(&[("a", "good-token-0123456789")]), &api).is_ok());
+        assert!(
+            validate_config(&agents(&[("a", "good-token-0123456789")]), &api, LOOPBACK).is_ok()
+        );
     }
+
+    #[test]
+    fn the_demo_token_is_refused_on_a_listener_others_can_reach() {
+        let api = ApiConfig::default();
+        let demo = agents(&[("demo", DEMO_TOKEN)]);
+        assert!(validate_config(&demo, &api, LOOPBACK).is_ok());
+        let exposed = "0.0.0.0:9464".parse().expect("address");
+        let issue = validate_config(&demo, &api, exposed).unwrap_err();
+        assert_eq!(issue.key, "agents.demo.api_token");
+        assert!(issue.message.contains("0.0.0.0:9464"), "{}", issue.message);
+    }
+
+    const LOOPBACK: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        9464,
+    ));
 
     #[test]
     fn the_bearer_scheme_is_required() {

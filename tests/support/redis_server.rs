@@ -56,6 +56,25 @@ impl RedisServer {
             .expect("connect to the test redis-server")
     }
 
+    /// Makes the server refuse every write with `OOM` (`maxmemory 1`, `noeviction`), as a full
+    /// or failing Redis would, or accept writes again.
+    pub async fn refuse_writes(&self, refuse: bool) {
+        let mut connection = self.connection().await;
+        let settings = [
+            ("maxmemory-policy", "noeviction"),
+            ("maxmemory", if refuse { "1" } else { "0" }),
+        ];
+        for (key, value) in settings {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(key)
+                .arg(value)
+                .query_async(&mut connection)
+                .await
+                .expect("CONFIG SET on the test redis-server");
+        }
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
