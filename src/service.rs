@@ -136,6 +136,8 @@ pub async fn start_with(
 
     let instance_id = uuid::Uuid::new_v4().to_string();
     let mut queues = Vec::new();
+    // With no bridge, no hub loop counts agents' limits: the agent API then counts them itself.
+    let api_counts_limits = bridges.is_empty();
     for bridge in bridges {
         let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
         let active = Arc::new(AtomicBool::new(false));
@@ -170,6 +172,7 @@ pub async fn start_with(
         keys: keys.clone(),
         limiter: limiter.clone(),
         max_payload_bytes: config.hub.max_payload_bytes,
+        counts_limits: api_counts_limits,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     });

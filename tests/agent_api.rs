@@ -951,6 +951,26 @@ async fn on_the_embedded_bus_api_messages_reach_telegram_and_a_full_window_answe
     api_messages_reach_telegram_and_a_full_window_answers_429(BusKind::Embedded).await;
 }
 
+/// With no bridge in the service nothing else counts an agent's actions: the API counts them, so
+/// the quick start's embedded bus enforces `[limits]` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bridges_the_api_counts_the_limit_itself() {
+    let api = Api::start(BusKind::Embedded, |config| config.limits.message = 2).await;
+    for text in ["one", "two"] {
+        assert_eq!(api.post(Some(TOKEN), &a_message(text)).await.status(), 202);
+    }
+    let response = api.post(Some(TOKEN), &a_message("three")).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        api.post(Some(OTHER_TOKEN), &a_message("other"))
+            .await
+            .status(),
+        202
+    );
+    api.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // hub-bridge check
 // ---------------------------------------------------------------------------------------------

@@ -227,6 +227,7 @@ pub struct Api {
     keys: Keys,
     limiter: RateLimiter,
     max_payload_bytes: usize,
+    counts_limits: bool,
     config: ApiConfig,
     tap: StreamTap,
     metrics: Arc<ApiMetrics>,
@@ -242,6 +243,9 @@ pub struct ApiParts {
     pub keys: Keys,
     pub limiter: RateLimiter,
     pub max_payload_bytes: usize,
+    /// Whether the API counts agents' rate limits itself: only when this service runs no bridge,
+    /// since the hub loop counts only what it hands to a bridge (see `publish`).
+    pub counts_limits: bool,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -259,6 +263,7 @@ impl Api {
             keys: parts.keys,
             limiter: parts.limiter,
             max_payload_bytes: parts.max_payload_bytes,
+            counts_limits: parts.counts_limits,
             tap: StreamTap::new(stream::TAP_CAPACITY),
             config: parts.config,
             metrics: Arc::default(),

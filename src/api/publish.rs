@@ -8,9 +8,10 @@
 //! `pubsub:agent:{to}`. `system.*` events are not the agents' to send.
 //!
 //! Rate limits: the hub loop counts an agent's relayable actions when it sees the published event
-//! (SPEC section 4), and so does every other publisher's. The API only *reads* that counter and
-//! answers 429 when the window is already full, so an event is counted once, by the hub loop,
-//! whichever way it arrived.
+//! and hands it to a bridge (SPEC section 4), whoever published it. The API then only *reads* that
+//! counter and answers 429 when the window is already full, so an event is counted once, by the
+//! hub loop, whichever way it arrived. A service that runs no bridge has nothing that counts: there
+//! the API counts the agent's actions itself.
 
 use std::sync::Arc;
 
@@ -96,16 +97,22 @@ async fn refuse_when_window_full(api: &Api, action: Action, agent: &str) -> Resu
         return Ok(());
     }
     let key = api.keys.rate_limit(action.as_str(), agent);
+    // Counting (INCR) makes the count include this event; reading leaves it to the hub loop.
+    let (first, count_this) = if api.counts_limits {
+        (api.limiter.op(action, agent), 1)
+    } else {
+        (Op::Get { key: key.clone() }, 0)
+    };
     let replies = api
         .store
-        .exec(vec![Op::Get { key: key.clone() }, Op::TtlMillis { key }])
+        .exec(vec![first, Op::TtlMillis { key }])
         .await
         .map_err(|error| {
             tracing::warn!(%error, agent, "agent API could not read the rate limit");
             ApiError::Unavailable
         })?;
     let count = replies.first().and_then(Reply::as_int).unwrap_or(0);
-    if count < i64::from(limit) {
+    if count - count_this < i64::from(limit) {
         return Ok(());
     }
     let ttl_ms = replies.get(1).and_then(Reply::as_int).unwrap_or(0);
