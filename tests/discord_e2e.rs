@@ -1177,6 +1177,34 @@ async fn after_a_failed_resume_the_catch_up_publishes_the_gap_exactly_once() {
     assert!(fetches.iter().any(|r| r.query_param("after").is_some()));
 }
 
+/// A channel that was empty at the first start has the cursor `0`; a restart must catch up from it
+/// (a cursor read as an id, where 0 is invalid, once skipped the catch-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_empty_at_the_first_start_is_caught_up_after_a_restart() {
+    let mut h = Harness::start().await;
+    let mut redis = h.redis.connection().await;
+    let cursor_key = format!("openclaw:bridge:discord:last_seen:{CHANNEL}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let cursor: Option<String> = redis::cmd("GET")
+            .arg(&cursor_key)
+            .query_async(&mut redis)
+            .await
+            .expect("GET");
+        if let Some(cursor) = cursor {
+            assert_eq!(cursor, "0", "the channel is empty");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cursor stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop_service().await;
+    h.fake
+        .post_user_message_silently(UserMessage::new(CHANNEL, Some(GUILD), ada(), "first words"));
+    h.start_service().await;
+    h.hub_message("first words").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_service_catches_up_once_and_spaces_its_identifies() {
     let mut h = Harness::start().await;

@@ -972,7 +972,10 @@ impl Inbound {
             .await
             .ok()
             .and_then(|i| i.guild_id);
-        let stored = reply.into_text().and_then(|text| ids::parse(&text));
+        // Our own value, not an id from a message: `0` is the start of a channel that was empty
+        // at the first start, and must stay a cursor (read as "no cursor", it skipped the
+        // catch-up after a restart).
+        let stored = reply.into_text().and_then(|text| text.parse::<u64>().ok());
         let remembered = self
             .last_seen
             .lock()
