@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::guard::isolate;
+use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
@@ -152,16 +152,11 @@ impl Bridge for DiscordBridge {
                 while let Some(delivery) = ctx.deliveries.recv().await {
                     // One event that makes routing panic is counted and skipped; the next is
                     // routed (SPEC section 9).
-                    let jobs = match isolate(outbound::route(&shared, &delivery)).await {
-                        Ok(jobs) => jobs,
-                        Err(panic) => {
-                            ctx.hub.metrics().count_ignored("discord", "event_panicked");
-                            tracing::error!(
-                                panic,
-                                "routing a hub event to Discord panicked; it is skipped"
-                            );
-                            continue;
-                        }
+                    let routed = outbound::route(&shared, &delivery);
+                    let Some(jobs) =
+                        handle_event(ctx.hub.metrics(), "discord", "hub event", routed).await
+                    else {
+                        continue;
                     };
                     for (destination, job) in jobs {
                         outboxes.push(&destination, job).await;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
-use hub_bridge_sdk::guard::isolate;
+use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::{label, labels2};
 use hub_bridge_sdk::outbox::Outboxes;
@@ -138,14 +138,8 @@ impl Inbound {
     /// (SPEC section 9: one event's failure never stops the bridge).
     async fn handle_safely(&mut self, event: GatewayEvent, attempt: u32) {
         let kind = event.kind();
-        if let Err(panic) = isolate(self.handle(event, attempt)).await {
-            self.ignored("event_panicked");
-            tracing::error!(
-                event = kind,
-                panic,
-                "handling a Discord event panicked; it is skipped"
-            );
-        }
+        let hub = self.shared.hub.clone();
+        handle_event(hub.metrics(), "discord", kind, self.handle(event, attempt)).await;
     }
 
     async fn handle(&mut self, event: GatewayEvent, attempt: u32) {
@@ -508,8 +502,10 @@ impl Inbound {
     /// published, and the person is told once per window, where they wrote.
     async fn allowed(&self, action: Action, sender: &str, message: &Message) -> bool {
         let limiter = self.shared.hub.limiter();
+        // Counted once per message and action, also when a catch-up replays it after a crash.
+        let event = format!("discord:message:{}:{}", message.id, action.as_str());
         let Some(decision) = self
-            .store("rate limit", || limiter.check(action, sender))
+            .store("rate limit", || limiter.check_once(action, sender, &event))
             .await
         else {
             return false;

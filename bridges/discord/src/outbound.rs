@@ -271,7 +271,7 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
             };
             let from = event.data.from_agent.as_deref().unwrap_or("hub");
             // Only a user id opens a DM: anything else is refused before it reaches a request.
-            let Some(user) = ids::parse(&person.user_id) else {
+            let Some(user) = person.private_chat_user_id() else {
                 refuse(
                     shared,
                     Some(from),

@@ -9,6 +9,8 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
+use crate::metrics::Metrics;
+
 /// Runs `future`; a panic in it becomes `Err` with the panic's message.
 ///
 /// `AssertUnwindSafe` is sound here because what a handler shares across events (caches behind
@@ -19,6 +21,30 @@ pub async fn isolate<F: Future>(future: F) -> Result<F::Output, String> {
         .catch_unwind()
         .await
         .map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// Handles one event of a bridge under [`isolate`]: a panic is counted
+/// (`ignored_total{bridge, reason="event_panicked"}`) and logged with `what` the event was, and
+/// `None` tells the caller to go on with the next event.
+pub async fn handle_event<F: Future>(
+    metrics: &Metrics,
+    bridge: &str,
+    what: &str,
+    future: F,
+) -> Option<F::Output> {
+    match isolate(future).await {
+        Ok(output) => Some(output),
+        Err(panic) => {
+            metrics.count_ignored(bridge, "event_panicked");
+            tracing::error!(
+                bridge,
+                what,
+                panic,
+                "handling an event panicked; it is skipped"
+            );
+            None
+        }
+    }
 }
 
 /// The longest panic message shown in logs and `/readyz`.

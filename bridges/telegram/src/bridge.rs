@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::guard::isolate;
+use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, HubHandle};
@@ -146,10 +146,8 @@ impl TelegramBridge {
                     // One event that makes routing panic is counted and skipped; the next is
                     // routed (SPEC section 9).
                     Some(delivery) => {
-                        if let Err(panic) = isolate(dispatch(&shared, &outboxes, &delivery)).await {
-                            ctx.hub.metrics().count_ignored("telegram", "event_panicked");
-                            tracing::error!(panic, "routing a hub event to Telegram panicked; it is skipped");
-                        }
+                        let routed = dispatch(&shared, &outboxes, &delivery);
+                        handle_event(ctx.hub.metrics(), "telegram", "hub event", routed).await;
                     }
                     // The hub loop is gone: the service is stopping.
                     None => break Ok(()),

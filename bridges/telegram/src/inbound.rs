@@ -15,7 +15,7 @@ use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{
     now_millis, ChannelEvent, ChannelMessage, ContentBlock, Envelope, Member,
 };
-use hub_bridge_sdk::guard::isolate;
+use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::labels2;
@@ -55,7 +55,6 @@ pub async fn run(
     let inbound = Inbound {
         shared: &shared,
         outboxes: &outboxes,
-        decided: std::sync::Mutex::new(None),
     };
     let offset_key = offset_key(&shared.hub.keys().bridge("telegram"), shared.me_id);
     let legacy_key = shared.hub.keys().bridge("telegram:offset");
@@ -144,9 +143,6 @@ pub async fn run(
 struct Inbound<'a> {
     shared: &'a Shared,
     outboxes: &'a Outboxes<Job>,
-    /// The rate-limit decision taken for the update being handled (updates are handled one at
-    /// a time), kept across its retries. A std mutex: it is never held across an await.
-    decided: std::sync::Mutex<Option<(u32, bool)>>,
 }
 
 impl Inbound<'_> {
@@ -233,15 +229,10 @@ impl Inbound<'_> {
         loop {
             // An update whose handling panics is counted, logged and acknowledged: retrying it
             // would panic again and keep every later update waiting (SPEC section 9).
-            let handled = isolate(self.handle(update)).await.unwrap_or_else(|panic| {
-                self.ignored("event_panicked");
-                tracing::error!(
-                    update = update.id.0,
-                    panic,
-                    "handling a Telegram update panicked; it is skipped"
-                );
-                Ok(())
-            });
+            let metrics = self.shared.hub.metrics();
+            let handled = handle_event(metrics, "telegram", "update", self.handle(update))
+                .await
+                .unwrap_or(Ok(()));
             match handled {
                 Ok(()) => {
                     if failing {
@@ -540,19 +531,15 @@ impl Inbound<'_> {
         chat: i64,
         name: &str,
     ) -> Result<bool, StoreError> {
-        let decided = self
-            .decided
-            .lock()
-            .ok()
-            .and_then(|decided| decided.filter(|(id, _)| *id == update_id));
-        if let Some((_, within)) = decided {
-            return Ok(within);
-        }
-        let decision = self.shared.hub.limiter().check(action, sender).await?;
-        let within = !matches!(decision, Decision::Rejected { .. });
-        if let Ok(mut decided) = self.decided.lock() {
-            *decided = Some((update_id, within));
-        }
+        // Counted once per update and action, however often the update is handled (a retry after
+        // a store error, a redelivery after a crash): the limiter keeps the first decision.
+        let event = format!("telegram:update:{update_id}:{}", action.as_str());
+        let decision = self
+            .shared
+            .hub
+            .limiter()
+            .check_once(action, sender, &event)
+            .await?;
         let Decision::Rejected {
             limit,
             first_in_window,
