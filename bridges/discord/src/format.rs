@@ -150,11 +150,7 @@ const MAX_USERNAME_CHARS: usize = 80;
 /// applied (`sanitize_webhook_username` may lengthen it), stays within 80 characters and the
 /// mark is never the part that is cut.
 pub fn person_name(name: &str, platform: Option<Platform>, agent_name: bool) -> String {
-    let label = match platform {
-        Some(Platform::Telegram) => "Telegram",
-        Some(Platform::Discord) => "Discord",
-        None => "external",
-    };
+    let label = platform.map_or_else(|| "external".to_owned(), |platform| platform.label());
     let suffix = if agent_name {
         format!(" ({label}, not an agent)")
     } else {
@@ -476,17 +472,21 @@ mod tests {
     #[test]
     fn people_are_named_with_their_platform_and_marked_when_named_like_an_agent() {
         assert_eq!(
-            person_name("Alice", Some(Platform::Telegram), false),
+            person_name("Alice", Some(Platform::named("telegram")), false),
             "Alice (Telegram)"
         );
         assert_eq!(
-            person_name(" Backend Architect ", Some(Platform::Telegram), true),
+            person_name(
+                " Backend Architect ",
+                Some(Platform::named("telegram")),
+                true
+            ),
             "Backend Architect (Telegram, not an agent)"
         );
         assert_eq!(person_name("  ", None, false), "someone (external)");
         let long = "discord ".repeat(20);
         for agent in [false, true] {
-            let name = person_name(&long, Some(Platform::Discord), agent);
+            let name = person_name(&long, Some(crate::PLATFORM), agent);
             let shown = sanitize_webhook_username(&name);
             assert!(shown.chars().count() <= 80, "{shown}");
             let mark = if agent {

@@ -25,7 +25,7 @@ use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::{label, labels2};
 use hub_bridge_sdk::outbox::Outboxes;
-use hub_bridge_sdk::{ExternalId, Op, Platform, Reply, StoreError};
+use hub_bridge_sdk::{ExternalId, Op, Reply, StoreError};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use serenity::model::channel::{Message, MessageType};
@@ -306,7 +306,7 @@ impl Inbound {
         thread: Option<u64>,
         received: Option<Instant>,
     ) {
-        let sender = ExternalId::new(Platform::Discord, message.author.id.to_string()).to_string();
+        let sender = ExternalId::new(crate::PLATFORM, message.author.id.to_string()).to_string();
         if received.is_some() && !self.allowed(Action::Message, &sender, message).await {
             return;
         }
@@ -332,7 +332,7 @@ impl Inbound {
                         let parent = parent.to_string();
                         let map = &self.shared.map;
                         self.store("reply lookup", || {
-                            map.hub_id(Platform::Discord, &parent_chat, &parent)
+                            map.hub_id(crate::PLATFORM, &parent_chat, &parent)
                         })
                         .await
                         .flatten()
@@ -384,7 +384,7 @@ impl Inbound {
             let published = self
                 .store("publish message", || {
                     map.publish_once(
-                        Platform::Discord,
+                        crate::PLATFORM,
                         &chat,
                         &message_id,
                         &hub_id,
@@ -441,7 +441,7 @@ impl Inbound {
         let starter_id = thread.to_string();
         let starter = self
             .store("thread starter lookup", || {
-                map.hub_id(Platform::Discord, &home, &starter_id)
+                map.hub_id(crate::PLATFORM, &home, &starter_id)
             })
             .await
             .flatten();
@@ -644,7 +644,7 @@ impl Inbound {
         let user = message.author.id.get();
         // Commands (`/dm`, `/agents`, ...) count against the person's message limit like any
         // message: decided once per Discord message, before anything is retried.
-        let sender = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        let sender = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
         if live && !self.allowed(Action::Message, &sender, message).await {
             return;
         }
@@ -653,7 +653,7 @@ impl Inbound {
         let text = format::hub_text(message.content.trim(), blocks(message).as_deref());
         let private = PrivateChats::new(
             self.shared.hub.clone(),
-            Platform::Discord,
+            crate::PLATFORM,
             self.shared.dm_agent.clone(),
         );
         let user_id = user.to_string();
@@ -681,7 +681,7 @@ impl Inbound {
         if text.trim().is_empty() {
             return self.ignored("empty_message");
         }
-        let from = ExternalId::new(Platform::Discord, message.author.id.to_string());
+        let from = ExternalId::new(crate::PLATFORM, message.author.id.to_string());
         let event = dm::direct_message(&from, text, message.timestamp.timestamp_millis());
         let hub = &self.shared.hub;
         if self
@@ -833,7 +833,7 @@ impl Inbound {
         let Place::Linked { links, .. } = self.place(channel_id, guild).await else {
             return self.ignored("unlinked_channel");
         };
-        let sender = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        let sender = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
         if attempt == 0 {
             let limiter = self.shared.hub.limiter();
             let decision = self
@@ -893,7 +893,7 @@ impl Inbound {
         let Place::Linked { links, thread } = self.place(channel_id, guild).await else {
             return self.ignored("unlinked_channel");
         };
-        let agent_id = ExternalId::new(Platform::Discord, user.to_string()).to_string();
+        let agent_id = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
         for link in &links {
             let thread_id = match thread {
                 Some(thread) => {
@@ -920,7 +920,7 @@ impl Inbound {
         let message_id = message_id.to_string();
         let map = &self.shared.map;
         self.store("message lookup", || {
-            map.hub_id(Platform::Discord, &chat, &message_id)
+            map.hub_id(crate::PLATFORM, &chat, &message_id)
         })
         .await
         .flatten()

@@ -22,3 +22,6 @@ mod shared;
 
 pub use bridge::DiscordBridge;
 pub use config::*;
+
+/// This bridge's platform, as it names its people (`external:discord:{id}`), its keys and metrics.
+pub const PLATFORM: hub_bridge_sdk::Platform = hub_bridge_sdk::Platform::named("discord");

@@ -30,7 +30,7 @@ use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::{Deliver, SendError};
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
 use hub_bridge_sdk::text::names::is_like_an_agent;
-use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, Op, Platform, Source};
+use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, Op, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use serenity::http::{LightMethod, Route};
@@ -262,7 +262,7 @@ pub async fn route(shared: &Shared, delivery: &Delivery) -> Vec<(String, Job)> {
             if event.kind == hub_bridge_sdk::event::AgentEventKind::DirectMessage =>
         {
             let Some(person) =
-                ExternalId::parse(recipient).filter(|person| person.platform == Platform::Discord)
+                ExternalId::parse(recipient).filter(|person| person.platform == crate::PLATFORM)
             else {
                 return Vec::new();
             };
@@ -743,7 +743,7 @@ impl DiscordDeliver {
         let chat = link.chat(plan.channel);
         let (mapped, marked) = tokio::join!(
             self.map()
-                .record_parts(Platform::Discord, hub_id, &chat, sent),
+                .record_parts(crate::PLATFORM, hub_id, &chat, sent),
             self.shared.hub.store().exec(ops),
         );
         // The post is out; a failed record must not make it post again. Later edits of this
@@ -987,11 +987,11 @@ impl DiscordDeliver {
         }
         let result = if rewrite.new.is_empty() {
             self.map()
-                .forget(Platform::Discord, hub_id, &location.chat)
+                .forget(crate::PLATFORM, hub_id, &location.chat)
                 .await
         } else if rewrite.ids != rewrite.old {
             self.map()
-                .record_parts(Platform::Discord, hub_id, &location.chat, &rewrite.ids)
+                .record_parts(crate::PLATFORM, hub_id, &location.chat, &rewrite.ids)
                 .await
         } else {
             Ok(())
@@ -1243,7 +1243,7 @@ impl DiscordDeliver {
 
     async fn parts(&self, hub_id: &str, chat: &str) -> Result<Vec<String>, SendError> {
         self.map()
-            .parts(Platform::Discord, hub_id, chat)
+            .parts(crate::PLATFORM, hub_id, chat)
             .await
             .map_err(store_error)
     }

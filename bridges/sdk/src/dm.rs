@@ -233,7 +233,11 @@ mod tests {
             .map(|id| ((*id).to_owned(), AgentProfile::default()))
             .collect();
         let hub = HubHandle::new(shared, keys, limiter, agents, Arc::new(Metrics::default()));
-        let chats = PrivateChats::new(hub, Platform::Telegram, default_agent.map(str::to_owned));
+        let chats = PrivateChats::new(
+            hub,
+            Platform::named("telegram"),
+            default_agent.map(str::to_owned),
+        );
         (chats, store)
     }
 

@@ -1,6 +1,7 @@
 //! Sender ids: how people on a platform appear in the hub (`external:telegram:123`), and the
 //! rules every id from a hub payload must follow before it goes into a key or a URL.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// The longest channel, message, thread or agent id accepted from the hub. UUIDs (36), the
@@ -48,27 +49,42 @@ pub fn check_agent_id(id: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-/// A chat platform a bridge connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Platform {
-    Telegram,
-    Discord,
-}
+/// A chat platform a bridge connects to, by its short lowercase name (`telegram`). The SDK keeps
+/// no list of platforms: each bridge crate names its own, and any well-formed name in an
+/// `external:` id is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform(Cow<'static, str>);
 
 impl Platform {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Telegram => "telegram",
-            Self::Discord => "discord",
-        }
+    /// The longest platform name accepted in an id.
+    pub const MAX_NAME_LEN: usize = 32;
+
+    /// A platform a bridge crate names in its code.
+    pub const fn named(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// How people read the name: `Telegram`.
+    pub fn label(&self) -> String {
+        let mut chars = self.0.chars();
+        chars
+            .next()
+            .map(|first| first.to_uppercase().chain(chars).collect())
+            .unwrap_or_default()
+    }
+
+    /// A name read from an id: lowercase ASCII letters and digits, starting with a letter.
     fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "telegram" => Some(Self::Telegram),
-            "discord" => Some(Self::Discord),
-            _ => None,
-        }
+        let well_formed = name.len() <= Self::MAX_NAME_LEN
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        well_formed.then(|| Self(Cow::Owned(name.to_owned())))
     }
 }
 
@@ -131,20 +147,25 @@ impl fmt::Display for ExternalId {
 mod tests {
     use super::*;
 
+    const TELEGRAM: Platform = Platform::named("telegram");
+
     #[test]
     fn external_ids_round_trip() {
         let id = ExternalId::parse("external:telegram:123").unwrap();
-        assert_eq!(id, ExternalId::new(Platform::Telegram, "123"));
+        assert_eq!(id, ExternalId::new(TELEGRAM, "123"));
         assert_eq!(id.to_string(), "external:telegram:123");
         assert_eq!(
             ExternalId::parse("external:discord:456").unwrap().platform,
-            Platform::Discord
+            Platform::named("discord")
         );
+        // Any well-formed platform name: the SDK has no list of platforms.
+        let slack = ExternalId::parse("external:slack:U1").unwrap();
+        assert_eq!(slack.platform.label(), "Slack");
     }
 
     #[test]
     fn only_positive_numeric_user_ids_name_a_private_chat() {
-        let user = |id: &str| ExternalId::new(Platform::Telegram, id).private_chat_user_id();
+        let user = |id: &str| ExternalId::new(TELEGRAM, id).private_chat_user_id();
         assert_eq!(user("123"), Some(123));
         assert_eq!(user("-1001234567890"), None);
         assert_eq!(user("0"), None);
@@ -180,7 +201,9 @@ mod tests {
         for id in [
             "backend-architect",
             "external:",
-            "external:slack:1",
+            "external:Slack:1",
+            "external:tele gram:1",
+            "external::1",
             "external:telegram:",
         ] {
             assert_eq!(ExternalId::parse(id), None, "{id}");

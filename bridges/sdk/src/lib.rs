@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod msgmap;
 pub mod outbox;
+pub mod relay;
 pub mod store;
 pub mod text;
 

@@ -8,12 +8,12 @@
 //! - `{chat}:{platformMessageId}` -> the hub message id. This key is also the claim that makes
 //!   [`MessageMap::publish_once`] exactly-once.
 
+use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bridge::HubHandle;
 use crate::event::{now_millis, ChannelEvent, Envelope, Source};
-use crate::ids::Platform;
 use crate::store::{Keys, Op, Reply, Store, StoreError};
 
 /// The platform <-> hub message-id map.
@@ -34,31 +34,32 @@ impl MessageMap {
         }
     }
 
-    fn forward_key(&self, platform: Platform, hub_message_id: &str, chat: &str) -> String {
+    fn forward_key(&self, platform: &dyn Display, hub_message_id: &str, chat: &str) -> String {
         self.keys
             .bridge(&format!("msgmap:{platform}:hub:{hub_message_id}:{chat}"))
     }
 
-    fn reverse_key(&self, platform: Platform, chat: &str, message_id: &str) -> String {
+    fn reverse_key(&self, platform: &dyn Display, chat: &str, message_id: &str) -> String {
         self.keys
             .bridge(&format!("msgmap:{platform}:{chat}:{message_id}"))
     }
 
-    fn record_ops(
+    /// The ops that [`MessageMap::record_parts`] runs, for callers that batch them with others.
+    pub fn record_ops(
         &self,
-        platform: Platform,
+        platform: impl Display,
         hub_message_id: &str,
         chat: &str,
         parts: &[String],
     ) -> Vec<Op> {
         let forward = Op::Set {
-            key: self.forward_key(platform, hub_message_id, chat),
+            key: self.forward_key(&platform, hub_message_id, chat),
             value: serde_json::to_string(parts).unwrap_or_default(),
             ttl: Some(Self::KEEP),
             only_if_absent: false,
         };
         let reverse = parts.iter().map(|part| Op::Set {
-            key: self.reverse_key(platform, chat, part),
+            key: self.reverse_key(&platform, chat, part),
             value: hub_message_id.to_owned(),
             ttl: Some(Self::KEEP),
             only_if_absent: false,
@@ -70,23 +71,23 @@ impl MessageMap {
     /// replacing what was recorded before.
     pub async fn record_parts(
         &self,
-        platform: Platform,
+        platform: impl Display,
         hub_message_id: &str,
         chat: &str,
         parts: &[String],
     ) -> Result<(), StoreError> {
-        let ops = self.record_ops(platform, hub_message_id, chat, parts);
+        let ops = self.record_ops(&platform, hub_message_id, chat, parts);
         self.store.exec(ops).await.map(drop)
     }
 
     /// The platform message ids showing a hub message in `chat`; empty when none are known.
     pub async fn parts(
         &self,
-        platform: Platform,
+        platform: impl Display,
         hub_message_id: &str,
         chat: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let key = self.forward_key(platform, hub_message_id, chat);
+        let key = self.forward_key(&platform, hub_message_id, chat);
         let reply = self.store.one(Op::Get { key }).await?;
         Ok(reply
             .into_text()
@@ -97,11 +98,11 @@ impl MessageMap {
     /// The hub message a platform message shows (or was published as).
     pub async fn hub_id(
         &self,
-        platform: Platform,
+        platform: impl Display,
         chat: &str,
         message_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let key = self.reverse_key(platform, chat, message_id);
+        let key = self.reverse_key(&platform, chat, message_id);
         Ok(self.store.one(Op::Get { key }).await?.into_text())
     }
 
@@ -110,7 +111,7 @@ impl MessageMap {
     /// point neither loses nor duplicates it. Returns false for a duplicate.
     pub async fn publish_once(
         &self,
-        platform: Platform,
+        platform: impl Display,
         chat: &str,
         message_id: &str,
         hub_message_id: &str,
@@ -118,7 +119,7 @@ impl MessageMap {
         origin: &str,
     ) -> Result<bool, StoreError> {
         let publish = Op::PublishOnce {
-            claim_key: self.reverse_key(platform, chat, message_id),
+            claim_key: self.reverse_key(&platform, chat, message_id),
             claim_value: hub_message_id.to_owned(),
             ttl: Self::KEEP,
             channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
@@ -129,7 +130,7 @@ impl MessageMap {
         // The forward record shares the round trip; NX, so that a duplicate delivery never
         // overwrites what was recorded since.
         let forward = Op::Set {
-            key: self.forward_key(platform, hub_message_id, chat),
+            key: self.forward_key(&platform, hub_message_id, chat),
             value: serde_json::to_string(&[message_id]).unwrap_or_default(),
             ttl: Some(Self::KEEP),
             only_if_absent: true,
@@ -141,19 +142,19 @@ impl MessageMap {
     /// Forgets a hub message's platform messages in `chat` (after they were deleted).
     pub async fn forget(
         &self,
-        platform: Platform,
+        platform: impl Display,
         hub_message_id: &str,
         chat: &str,
     ) -> Result<(), StoreError> {
-        let parts = self.parts(platform, hub_message_id, chat).await?;
+        let parts = self.parts(&platform, hub_message_id, chat).await?;
         let mut ops: Vec<Op> = parts
             .iter()
             .map(|part| Op::Del {
-                key: self.reverse_key(platform, chat, part),
+                key: self.reverse_key(&platform, chat, part),
             })
             .collect();
         ops.push(Op::Del {
-            key: self.forward_key(platform, hub_message_id, chat),
+            key: self.forward_key(&platform, hub_message_id, chat),
         });
         self.store.exec(ops).await.map(drop)
     }

@@ -300,11 +300,11 @@ impl Keys {
     }
 }
 
-/// A store in memory for the SDK's unit tests: text keys only, enough for `/dm` choices and the
-/// rate-limit counters.
+/// A store in memory for the SDK's unit tests: text keys, lists and sets, and a record of what
+/// was published; enough for `/dm` choices, the rate-limit counters and the relay engine.
 #[cfg(test)]
 pub(crate) mod memory {
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
     use std::sync::Mutex;
 
     use futures_util::future::BoxFuture;
@@ -312,16 +312,37 @@ pub(crate) mod memory {
     use super::{Op, Reply, Store, StoreError};
 
     #[derive(Default)]
+    struct State {
+        text: HashMap<String, String>,
+        lists: HashMap<String, Vec<String>>,
+        sets: HashMap<String, BTreeSet<String>>,
+        published: Vec<(String, String)>,
+    }
+
+    #[derive(Default)]
     pub(crate) struct MemoryStore {
-        keys: Mutex<HashMap<String, String>>,
+        state: Mutex<State>,
     }
 
     impl MemoryStore {
         pub(crate) fn is_empty(&self) -> bool {
-            self.keys.lock().unwrap().is_empty()
+            let state = self.state.lock().unwrap();
+            state.text.is_empty() && state.lists.is_empty() && state.sets.is_empty()
         }
 
-        fn apply(keys: &mut HashMap<String, String>, op: Op) -> Result<Reply, StoreError> {
+        /// What was published, as (channel, payload), oldest first.
+        pub(crate) fn published(&self) -> Vec<(String, String)> {
+            self.state.lock().unwrap().published.clone()
+        }
+
+        /// The text keys, sorted.
+        pub(crate) fn text_keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self.state.lock().unwrap().text.keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+
+        fn apply(state: &mut State, op: Op) -> Result<Reply, StoreError> {
             let incr = |keys: &mut HashMap<String, String>, key: String| {
                 let count = keys
                     .get(&key)
@@ -331,6 +352,7 @@ pub(crate) mod memory {
                 keys.insert(key, count.to_string());
                 count
             };
+            let keys = &mut state.text;
             Ok(match op {
                 Op::Get { key } => keys.get(&key).cloned().map_or(Reply::Nil, Reply::Text),
                 Op::Set {
@@ -345,6 +367,12 @@ pub(crate) mod memory {
                     keys.insert(key, value);
                     Reply::Ok
                 }
+                Op::Del { key } => {
+                    let gone = keys.remove(&key).is_some()
+                        | state.lists.remove(&key).is_some()
+                        | state.sets.remove(&key).is_some();
+                    Reply::Int(i64::from(gone))
+                }
                 Op::IncrWindow { key, .. } => Reply::Int(incr(keys, key)),
                 Op::IncrWindowOnce { key, claim_key, .. } => {
                     if let Some(count) = keys.get(&claim_key) {
@@ -354,6 +382,81 @@ pub(crate) mod memory {
                     keys.insert(claim_key, count.to_string());
                     Reply::Int(count)
                 }
+                Op::RPush { key, value } => {
+                    let list = state.lists.entry(key).or_default();
+                    list.push(value);
+                    Reply::Int(list.len() as i64)
+                }
+                Op::LPush { key, value } => {
+                    let list = state.lists.entry(key).or_default();
+                    list.insert(0, value);
+                    Reply::Int(list.len() as i64)
+                }
+                Op::LRem { key, count, value } => {
+                    let list = state.lists.entry(key.clone()).or_default();
+                    let mut removed = 0;
+                    list.retain(|entry| {
+                        let remove = entry == &value && (count == 0 || removed < count.abs());
+                        removed += i64::from(remove);
+                        !remove
+                    });
+                    if list.is_empty() {
+                        state.lists.remove(&key);
+                    }
+                    Reply::Int(removed)
+                }
+                Op::LRange { key, .. } => {
+                    Reply::List(state.lists.get(&key).cloned().unwrap_or_default())
+                }
+                Op::TrimToNewest { key, max_len } => {
+                    if let Some(list) = state.lists.get_mut(&key) {
+                        let excess = list.len().saturating_sub(max_len);
+                        list.drain(..excess);
+                    }
+                    Reply::Ok
+                }
+                Op::SAdd { key, member } => {
+                    Reply::Int(i64::from(state.sets.entry(key).or_default().insert(member)))
+                }
+                Op::SMembers { key } => Reply::List(
+                    state
+                        .sets
+                        .get(&key)
+                        .map(|set| set.iter().cloned().collect())
+                        .unwrap_or_default(),
+                ),
+                Op::ForgetIfEmpty {
+                    index,
+                    member,
+                    list,
+                } => {
+                    if state.lists.get(&list).is_some_and(|list| !list.is_empty()) {
+                        return Ok(Reply::Int(0));
+                    }
+                    let removed = state
+                        .sets
+                        .get_mut(&index)
+                        .is_some_and(|set| set.remove(&member));
+                    Reply::Int(i64::from(removed))
+                }
+                Op::Publish { channel, payload } => {
+                    state.published.push((channel, payload));
+                    Reply::Int(1)
+                }
+                Op::PublishOnce {
+                    claim_key,
+                    claim_value,
+                    channel,
+                    payload,
+                    ..
+                } => {
+                    if keys.contains_key(&claim_key) {
+                        return Ok(Reply::Int(0));
+                    }
+                    keys.insert(claim_key, claim_value);
+                    state.published.push((channel, payload));
+                    Reply::Int(1)
+                }
                 other => return Err(StoreError::Command(format!("unsupported: {other:?}"))),
             })
         }
@@ -361,10 +464,10 @@ pub(crate) mod memory {
 
     impl Store for MemoryStore {
         fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>> {
-            let mut keys = self.keys.lock().unwrap();
+            let mut state = self.state.lock().unwrap();
             let replies = ops
                 .into_iter()
-                .map(|op| Self::apply(&mut keys, op))
+                .map(|op| Self::apply(&mut state, op))
                 .collect();
             Box::pin(async move { replies })
         }

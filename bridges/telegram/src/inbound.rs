@@ -20,7 +20,7 @@ use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::outbox::Outboxes;
-use hub_bridge_sdk::{BridgeError, ExternalId, Op, Platform, Source, StoreError};
+use hub_bridge_sdk::{BridgeError, ExternalId, Op, Source, StoreError};
 use teloxide::prelude::*;
 use teloxide::types::{
     AllowedUpdate, ChatMemberUpdated, MessageReactionUpdated, ReactionType, UpdateKind, User,
@@ -359,9 +359,7 @@ impl Inbound<'_> {
         // Delivered again (a retry after a store error, or after a crash): its first channel has
         // it already, and was counted against the limit then; the other channels' publishes
         // below have claims of their own, so those still missing are published now.
-        let known = map
-            .hub_id(Platform::Telegram, &chat_key, &message_key)
-            .await?;
+        let known = map.hub_id(crate::PLATFORM, &chat_key, &message_key).await?;
         let speaker = Speaker::of(message, from);
         let sender = speaker.id.to_string();
         if known.is_none()
@@ -380,7 +378,7 @@ impl Inbound<'_> {
 
         let parent = match message.reply_to_message() {
             Some(parent) => {
-                map.hub_id(Platform::Telegram, &chat_key, &parent.id.0.to_string())
+                map.hub_id(crate::PLATFORM, &chat_key, &parent.id.0.to_string())
                     .await?
             }
             None => None,
@@ -425,7 +423,7 @@ impl Inbound<'_> {
             reactions: None,
             author_type: Some("external".to_owned()),
             author_name: Some(speaker.name),
-            external_platform: Some(Platform::Telegram.as_str().to_owned()),
+            external_platform: Some(crate::PLATFORM.as_str().to_owned()),
             external_source_id: Some(format!("{chat}:{}", message.id.0)),
             content_blocks: (!blocks.is_empty()).then_some(blocks),
         };
@@ -436,7 +434,7 @@ impl Inbound<'_> {
         };
         let published = map
             .publish_once(
-                Platform::Telegram,
+                crate::PLATFORM,
                 &chat_key,
                 &message_key,
                 &hub_message.id,
@@ -449,10 +447,7 @@ impl Inbound<'_> {
             self.count_published("channel.message");
         } else if let Some(existing) = match known {
             Some(known) => Some(known),
-            None => {
-                map.hub_id(Platform::Telegram, &chat_key, &message_key)
-                    .await?
-            }
+            None => map.hub_id(crate::PLATFORM, &chat_key, &message_key).await?,
         } {
             hub_message.id = existing;
         }
@@ -581,7 +576,7 @@ impl Inbound<'_> {
         joined: bool,
         date: i64,
     ) -> Result<(), StoreError> {
-        let agent_id = ExternalId::new(Platform::Telegram, member.id.0.to_string()).to_string();
+        let agent_id = ExternalId::new(crate::PLATFORM, member.id.0.to_string()).to_string();
         let verb = if joined { "join" } else { "leave" };
         let origin = origin(chat);
         let ops = channels
@@ -665,7 +660,7 @@ impl Inbound<'_> {
             .shared
             .map
             .hub_id(
-                Platform::Telegram,
+                crate::PLATFORM,
                 &chat.to_string(),
                 &message.id.0.to_string(),
             )
@@ -721,7 +716,7 @@ impl Inbound<'_> {
             .shared
             .map
             .hub_id(
-                Platform::Telegram,
+                crate::PLATFORM,
                 &chat.to_string(),
                 &reaction.message_id.0.to_string(),
             )
@@ -738,7 +733,7 @@ impl Inbound<'_> {
             self.ignored("reaction_unchanged");
             return Ok(());
         }
-        let sender = ExternalId::new(Platform::Telegram, user.id.0.to_string()).to_string();
+        let sender = ExternalId::new(crate::PLATFORM, user.id.0.to_string()).to_string();
         if !self
             .within_limit(update_id, Action::Reaction, &sender, chat, &user.first_name)
             .await?
@@ -805,7 +800,7 @@ impl Inbound<'_> {
         // Commands (`/help`, `/agents`, `/dm`) count against the person's message limit like
         // direct messages do, so nobody can make the bot answer without bound. A direct message
         // is counted here, once: `direct_message` finds this decision.
-        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string()).to_string();
+        let person = ExternalId::new(crate::PLATFORM, from.id.0.to_string()).to_string();
         if !self
             .within_limit(update_id, Action::Message, &person, chat, &from.first_name)
             .await?
@@ -814,7 +809,7 @@ impl Inbound<'_> {
         }
         let private = PrivateChats::new(
             self.shared.hub.clone(),
-            Platform::Telegram,
+            crate::PLATFORM,
             self.shared.config.dm_agent.clone(),
         );
         match private.read(&from.id.0.to_string(), &text).await? {
@@ -838,7 +833,7 @@ impl Inbound<'_> {
         agent: &str,
         text: &str,
     ) -> Result<(), StoreError> {
-        let person = ExternalId::new(Platform::Telegram, from.id.0.to_string());
+        let person = ExternalId::new(crate::PLATFORM, from.id.0.to_string());
         if !self
             .within_limit(
                 update_id,
@@ -888,7 +883,7 @@ impl Speaker {
             .or((from.id.0 == GROUP_ANONYMOUS_BOT).then_some(&message.chat));
         let Some(chat) = sender_chat else {
             return Self {
-                id: ExternalId::new(Platform::Telegram, from.id.0.to_string()),
+                id: ExternalId::new(crate::PLATFORM, from.id.0.to_string()),
                 name: display_name(from),
                 short_name: from.first_name.clone(),
             };
@@ -897,14 +892,14 @@ impl Speaker {
         match message.author_signature().filter(|s| !s.trim().is_empty()) {
             Some(signature) => Self {
                 id: ExternalId::new(
-                    Platform::Telegram,
+                    crate::PLATFORM,
                     format!("{}_{:016x}", chat.id.0, fnv1a(signature)),
                 ),
                 name: format!("{signature} ({title})"),
                 short_name: signature.to_owned(),
             },
             None => Self {
-                id: ExternalId::new(Platform::Telegram, chat.id.0.to_string()),
+                id: ExternalId::new(crate::PLATFORM, chat.id.0.to_string()),
                 name: title.clone(),
                 short_name: title,
             },

@@ -18,3 +18,6 @@ mod typing;
 
 pub use bridge::TelegramBridge;
 pub use config::*;
+
+/// This bridge's platform, as it names its people (`external:telegram:{id}`), its keys and metrics.
+pub const PLATFORM: hub_bridge_sdk::Platform = hub_bridge_sdk::Platform::named("telegram");

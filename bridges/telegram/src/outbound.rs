@@ -15,7 +15,7 @@ use hub_bridge_sdk::event::{
 };
 use hub_bridge_sdk::metrics::labels2;
 use hub_bridge_sdk::outbox::{Deliver, Outboxes, SendError};
-use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, HubEvent, Op, Platform, Source};
+use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, HubEvent, Op, Source};
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
 use teloxide::types::{MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId};
@@ -177,7 +177,7 @@ pub async fn dispatch(shared: &Shared, outboxes: &Outboxes<Job>, delivery: &Deli
             let Some(person) = ExternalId::parse(recipient) else {
                 return;
             };
-            if person.platform != Platform::Telegram {
+            if person.platform != crate::PLATFORM {
                 return;
             }
             let from = event.data.from_agent.clone().unwrap_or_default();
@@ -484,14 +484,11 @@ fn author(shared: &Shared, sender_id: &str, author_name: Option<&str>) -> Author
     // A person relayed from a platform never looks like an agent: no avatar, their platform after
     // their name, and a mark when the name is an agent's.
     if let Some(person) = ExternalId::parse(sender_id) {
-        let platform = match person.platform {
-            Platform::Telegram => "Telegram",
-            Platform::Discord => "Discord",
-        };
+        let platform = person.platform.label();
         return Author {
             name: person_name(
                 author_name.unwrap_or(&person.user_id),
-                platform,
+                &platform,
                 shared.hub.agent_names(),
             ),
             avatar: None,
@@ -712,7 +709,7 @@ impl Courier {
         let ids: Vec<String> = job.sent.iter().map(i32::to_string).collect();
         self.shared
             .map
-            .record_parts(Platform::Telegram, hub_message_id, &chat.to_string(), &ids)
+            .record_parts(crate::PLATFORM, hub_message_id, &chat.to_string(), &ids)
             .await
             .map_err(unavailable)?;
         let mut ops = vec![Op::Set {
@@ -766,7 +763,7 @@ impl Courier {
         let parts = self
             .shared
             .map
-            .parts(Platform::Telegram, &parent, &chat.to_string())
+            .parts(crate::PLATFORM, &parent, &chat.to_string())
             .await
             .map_err(unavailable)?;
         Ok(parts.first().and_then(|id| id.parse().ok()))
@@ -958,7 +955,7 @@ impl Courier {
             let old = self
                 .shared
                 .map
-                .parts(Platform::Telegram, hub_message_id, &chat_key)
+                .parts(crate::PLATFORM, hub_message_id, &chat_key)
                 .await
                 .map_err(unavailable)?;
             if old.is_empty() {
@@ -1011,7 +1008,7 @@ impl Courier {
         }
         self.shared
             .map
-            .record_parts(Platform::Telegram, hub_message_id, &chat_key, &state.ids)
+            .record_parts(crate::PLATFORM, hub_message_id, &chat_key, &state.ids)
             .await
             .map_err(unavailable)
     }
@@ -1084,7 +1081,7 @@ impl Courier {
             *parts = Some(
                 self.shared
                     .map
-                    .parts(Platform::Telegram, hub_message_id, &chat_key)
+                    .parts(crate::PLATFORM, hub_message_id, &chat_key)
                     .await
                     .map_err(unavailable)?,
             );
@@ -1100,7 +1097,7 @@ impl Courier {
         }
         self.shared
             .map
-            .forget(Platform::Telegram, hub_message_id, &chat_key)
+            .forget(crate::PLATFORM, hub_message_id, &chat_key)
             .await
             .map_err(unavailable)
     }
@@ -1118,7 +1115,7 @@ impl Courier {
         let parts = self
             .shared
             .map
-            .parts(Platform::Telegram, hub_message_id, &chat.to_string())
+            .parts(crate::PLATFORM, hub_message_id, &chat.to_string())
             .await
             .map_err(unavailable)?;
         let Some(target) = parts.first() else {

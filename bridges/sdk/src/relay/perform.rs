@@ -1,0 +1,542 @@
+//! What a job does in its chat, run by the chat's outbox worker in the chat's order: the engine's
+//! half of every relay. The connector makes the platform calls; this module decides which, keeps
+//! the job's progress so a retry resumes where it stopped, and keeps the message map and the
+//! other records up to date.
+
+use futures_util::future::BoxFuture;
+
+use crate::bridge::DeadLetter;
+use crate::event::now_millis;
+use crate::metrics::labels2;
+use crate::outbox::{Deliver, SendError};
+use crate::relay::connector::{
+    Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendering, ThreadRef,
+};
+use crate::relay::job::{self, Action, Job, Rewrite, SendProgress};
+use crate::relay::{home, Core};
+use crate::store::StoreError;
+
+impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a str,
+        job: &'a mut Job<C::Part>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            let name = self.connector.name();
+            if let Some(received_at) = job.about.received_at.take() {
+                self.hub
+                    .metrics()
+                    .relay_latency
+                    .get_or_create(&labels2(("bridge", name), ("direction", "outbound")))
+                    .observe(received_at.elapsed().as_secs_f64());
+            }
+            let chat = Chat(destination.to_owned());
+            let result = match &mut job.action {
+                Action::Send(send) => self.send(&chat, send).await,
+                Action::Edit(edit) => self.edit(&chat, edit).await,
+                Action::Delete(delete) => self.delete(&chat, delete).await,
+                Action::React(react) => self.react(&chat, react).await,
+                Action::OpenThread(open) => self.open_thread(&chat, open).await,
+                Action::Notice(notice) => self.notice(&chat, notice).await,
+            };
+            if result.is_ok() {
+                self.hub
+                    .metrics()
+                    .count_relayed(name, &job.about.event_type);
+            }
+            result
+        })
+    }
+
+    fn agent(&self, job: &Job<C::Part>) -> Option<String> {
+        job.about.agent_id.clone()
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        destination: &'a str,
+        job: Job<C::Part>,
+        reason: String,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let name = self.connector.name();
+            let letter = DeadLetter {
+                destination: format!("{name}:{destination}"),
+                event_type: job.about.event_type,
+                reason,
+                agent_id: job.about.agent_id,
+                channel_id: job.about.channel_id,
+                payload: job.about.payload,
+                at: now_millis(),
+            };
+            if let Err(error) = self.hub.dead_letter(name, letter).await {
+                tracing::error!(%error, destination, "could not keep a dead letter");
+            }
+        })
+    }
+}
+
+/// The store did not answer: worth retrying.
+fn unavailable(error: StoreError) -> SendError {
+    SendError::Transient(error.to_string())
+}
+
+impl<C: Connector> Core<C> {
+    // ----- messages -----
+
+    async fn send(&self, chat: &Chat, send: &mut job::Send<C::Part>) -> Result<(), SendError> {
+        if send.progress.is_none() {
+            send.progress = Some(self.plan(chat, send).await?);
+        }
+        let Some(progress) = send.progress.as_mut() else {
+            return Ok(());
+        };
+        let place = Place {
+            chat: chat.clone(),
+            hub_channel: send.hub_channel.clone(),
+            thread: progress.thread.clone(),
+        };
+        while progress.done < progress.parts.len() {
+            let reply_to = progress
+                .shown
+                .is_empty()
+                .then_some(())
+                .and(progress.reply_to.as_ref());
+            let shown_before = progress.shown.len();
+            let part = &mut progress.parts[progress.done];
+            let result = self
+                .connector
+                .send(&place, part, reply_to, &mut progress.shown)
+                .await;
+            if progress.shown.len() > shown_before {
+                // Mapped part by part: a message given up on halfway still has its shown parts
+                // reached by edits and deletes.
+                self.record_sent(
+                    &place,
+                    send.hub_message_id.as_deref(),
+                    &send.look,
+                    &progress.shown,
+                )
+                .await?;
+            }
+            result?;
+            progress.done += 1;
+        }
+        Ok(())
+    }
+
+    /// Looks up where a message goes (its platform thread, the part it answers) and renders it.
+    async fn plan(
+        &self,
+        chat: &Chat,
+        send: &mut job::Send<C::Part>,
+    ) -> Result<SendProgress<C::Part>, SendError> {
+        let mut place = home(chat, send.hub_channel.as_deref());
+        if let Some(thread_id) = send.thread_id.as_deref() {
+            place.thread = self
+                .thread_for(&place, thread_id, send.reply_to.as_deref())
+                .await?;
+        }
+        // The part it answers: its parent's first part, else (outside a platform thread) the
+        // first part of the message its hub thread hangs on.
+        let mut parent = send.reply_to.clone();
+        if parent.is_none() && place.thread.is_none() {
+            if let Some(thread_id) = send.thread_id.as_deref() {
+                parent = self
+                    .records
+                    .thread_root(thread_id)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let reply = match parent {
+            Some(parent) => self.first_part(&place, &parent).await?,
+            None => None,
+        };
+        let reply_to = reply.and_then(|(id, where_)| {
+            // Native replies stay in one place; the connector may still quote it.
+            (where_ == place.thread).then_some(id)
+        });
+        let rendered = self
+            .connector
+            .render(
+                &place,
+                Rendering {
+                    look: &send.look,
+                    text: &send.text,
+                    reply_to: reply_to.as_ref(),
+                    edit: false,
+                },
+            )
+            .await?;
+        if rendered.parts.is_empty() {
+            self.count_ignored("empty_message");
+        }
+        send.look.header = rendered.header;
+        Ok(SendProgress {
+            thread: place.thread,
+            reply_to: reply_to.filter(|_| rendered.native_reply),
+            parts: rendered.parts,
+            done: 0,
+            shown: Vec::new(),
+        })
+    }
+
+    /// Maps the parts shown so far to their hub message, keeps how it looks, and where.
+    async fn record_sent(
+        &self,
+        place: &Place,
+        hub_message_id: Option<&str>,
+        look: &Look,
+        shown: &[PartId],
+    ) -> Result<(), SendError> {
+        let Some(hub_message_id) = hub_message_id else {
+            return Ok(());
+        };
+        let name = self.connector.name();
+        let ids: Vec<String> = shown.iter().map(|id| id.0.clone()).collect();
+        let mut ops = self
+            .map
+            .record_ops(name, hub_message_id, &self.map_chat(place), &ids);
+        ops.push(self.records.look_op(hub_message_id, look));
+        if let Some(thread) = &place.thread {
+            let home = self.map_chat(&home(&place.chat, place.hub_channel.as_deref()));
+            ops.push(self.records.shown_in_op(hub_message_id, &home, thread));
+        }
+        self.hub
+            .store()
+            .exec(ops)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// The place a hub message was shown in, in the chat of `home`, and the map chat there.
+    async fn locate(&self, home: &Place, hub_message_id: &str) -> Result<Place, SendError> {
+        let thread = self
+            .records
+            .shown_in(hub_message_id, &self.map_chat(home))
+            .await
+            .map_err(unavailable)?;
+        Ok(Place {
+            thread,
+            ..home.clone()
+        })
+    }
+
+    async fn parts(&self, place: &Place, hub_message_id: &str) -> Result<Vec<PartId>, SendError> {
+        let ids = self
+            .map
+            .parts(self.connector.name(), hub_message_id, &self.map_chat(place))
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().map(PartId).collect())
+    }
+
+    /// The first part showing a hub message in the chat of `home`, and the thread it is in.
+    async fn first_part(
+        &self,
+        home: &Place,
+        hub_message_id: &str,
+    ) -> Result<Option<(PartId, Option<ThreadRef>)>, SendError> {
+        let place = self.locate(home, hub_message_id).await?;
+        let first = self.parts(&place, hub_message_id).await?.into_iter().next();
+        Ok(first.map(|id| (id, place.thread)))
+    }
+
+    // ----- threads -----
+
+    /// The platform thread of a hub thread in the chat of `home`. When none is known and the
+    /// platform opens threads on demand, one is opened on the first of the thread's id (agents
+    /// often make it the parent's id) and the message's parent that the chat shows.
+    async fn thread_for(
+        &self,
+        home: &Place,
+        thread_id: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Option<ThreadRef>, SendError> {
+        let chat = self.map_chat(home);
+        if let Some(thread) = self
+            .records
+            .platform_thread(&chat, thread_id)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(Some(thread));
+        }
+        if !self.connector.capabilities().open_threads_on_demand {
+            return Ok(None);
+        }
+        for hint in std::iter::once(thread_id).chain(reply_to) {
+            if let Some((parent, _)) = self.first_part(home, hint).await? {
+                return self.open_on(home, thread_id, hint, &parent).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a platform thread for `thread_id` on a part of the hub message `parent`.
+    async fn open_on(
+        &self,
+        home: &Place,
+        thread_id: &str,
+        parent: &str,
+        part: &PartId,
+    ) -> Result<Option<ThreadRef>, SendError> {
+        let look = self.records.look(parent).await.map_err(unavailable)?;
+        let name = crate::relay::thread_name(look.and_then(|look| look.topic_name).as_deref());
+        let opened = self.connector.open_thread(home, Some(part), &name).await?;
+        if let Some(thread) = &opened {
+            self.records
+                .record_platform_thread(&self.map_chat(home), thread_id, thread)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(opened)
+    }
+
+    async fn open_thread(&self, chat: &Chat, open: &mut job::OpenThread) -> Result<(), SendError> {
+        let home = home(chat, Some(&open.hub_channel));
+        let known = self
+            .records
+            .platform_thread(&self.map_chat(&home), &open.thread_id)
+            .await
+            .map_err(unavailable)?;
+        if known.is_some() {
+            return Ok(());
+        }
+        match self.first_part(&home, &open.parent).await? {
+            Some((part, _)) => self
+                .open_on(&home, &open.thread_id, &open.parent, &part)
+                .await
+                .map(drop),
+            None if self.connector.capabilities().open_threads_on_demand => {
+                tracing::debug!(thread = %open.thread_id, "thread on a message this chat does not show; not opened");
+                Ok(())
+            }
+            // A platform whose threads do not hang on a message (forum topics) opens it anyway.
+            None => {
+                let look = self.records.look(&open.parent).await.map_err(unavailable)?;
+                let name =
+                    crate::relay::thread_name(look.and_then(|look| look.topic_name).as_deref());
+                if let Some(thread) = self.connector.open_thread(&home, None, &name).await? {
+                    self.records
+                        .record_platform_thread(&self.map_chat(&home), &open.thread_id, &thread)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ----- edits and deletes -----
+
+    async fn edit(&self, chat: &Chat, edit: &mut job::Edit<C::Part>) -> Result<(), SendError> {
+        if edit.progress.is_none() {
+            let place = self
+                .locate(&home(chat, Some(&edit.hub_channel)), &edit.hub_message_id)
+                .await?;
+            let old = self.parts(&place, &edit.hub_message_id).await?;
+            if old.is_empty() {
+                // Never shown in this chat (sent before the link existed, or given up on).
+                self.count_ignored("edit_of_unknown_message");
+                return Ok(());
+            }
+            let look = self
+                .records
+                .look(&edit.hub_message_id)
+                .await
+                .map_err(unavailable)?
+                .unwrap_or_default();
+            let rendered = self
+                .connector
+                .render(
+                    &place,
+                    Rendering {
+                        look: &look,
+                        text: &edit.text,
+                        reply_to: None,
+                        edit: true,
+                    },
+                )
+                .await?;
+            edit.progress = Some(Rewrite {
+                thread: place.thread,
+                old,
+                new: rendered.parts,
+                ids: Vec::new(),
+                next: 0,
+            });
+        }
+        let Some(rewrite) = edit.progress.as_mut() else {
+            return Ok(());
+        };
+        self.rewrite(chat, &edit.hub_channel, &edit.hub_message_id, rewrite)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        chat: &Chat,
+        delete: &mut job::Delete<C::Part>,
+    ) -> Result<(), SendError> {
+        if delete.progress.is_none() {
+            let place = self
+                .locate(
+                    &home(chat, Some(&delete.hub_channel)),
+                    &delete.hub_message_id,
+                )
+                .await?;
+            let old = self.parts(&place, &delete.hub_message_id).await?;
+            if old.is_empty() {
+                self.count_ignored("delete_of_unknown_message");
+                return Ok(());
+            }
+            delete.progress = Some(Rewrite {
+                thread: place.thread,
+                old,
+                new: Vec::new(),
+                ids: Vec::new(),
+                next: 0,
+            });
+        }
+        let Some(rewrite) = delete.progress.as_mut() else {
+            return Ok(());
+        };
+        self.rewrite(chat, &delete.hub_channel, &delete.hub_message_id, rewrite)
+            .await
+    }
+
+    /// Turns the old parts into the new ones: edits the parts both have, sends the extra new
+    /// ones, deletes the extra old ones; then maps the result (or forgets a deleted message).
+    async fn rewrite(
+        &self,
+        chat: &Chat,
+        hub_channel: &str,
+        hub_message_id: &str,
+        rewrite: &mut Rewrite<C::Part>,
+    ) -> Result<(), SendError> {
+        let place = Place {
+            chat: chat.clone(),
+            hub_channel: Some(hub_channel.to_owned()),
+            thread: rewrite.thread.clone(),
+        };
+        let map_chat = self.map_chat(&place);
+        let name = self.connector.name();
+        let total = rewrite.old.len().max(rewrite.new.len());
+        while rewrite.next < total {
+            let index = rewrite.next;
+            match (rewrite.old.get(index), rewrite.new.get_mut(index)) {
+                (Some(old), Some(part)) => {
+                    if self.connector.edit(&place, old, part).await? == Edited::Done {
+                        rewrite.ids.push(old.clone());
+                    }
+                }
+                (None, Some(part)) => {
+                    let mut shown = Vec::new();
+                    let result = self.connector.send(&place, part, None, &mut shown).await;
+                    rewrite.ids.extend(shown);
+                    let ids: Vec<String> = rewrite.ids.iter().map(|id| id.0.clone()).collect();
+                    self.map
+                        .record_parts(name, hub_message_id, &map_chat, &ids)
+                        .await
+                        .map_err(unavailable)?;
+                    result?;
+                }
+                (Some(old), None) => self.connector.delete(&place, old).await?,
+                (None, None) => {}
+            }
+            rewrite.next += 1;
+        }
+        let result = if rewrite.new.is_empty() {
+            self.map.forget(name, hub_message_id, &map_chat).await
+        } else if rewrite.ids != rewrite.old {
+            let ids: Vec<String> = rewrite.ids.iter().map(|id| id.0.clone()).collect();
+            self.map
+                .record_parts(name, hub_message_id, &map_chat, &ids)
+                .await
+        } else {
+            Ok(())
+        };
+        result.map_err(unavailable)
+    }
+
+    // ----- reactions -----
+
+    /// Keeps which agents stand behind which reaction on a message, and shows the most recent
+    /// ones the platform allows the bot.
+    async fn react(&self, chat: &Chat, react: &job::React) -> Result<(), SendError> {
+        let home = home(chat, Some(&react.hub_channel));
+        let place = self.locate(&home, &react.hub_message_id).await?;
+        let Some(target) = self
+            .parts(&place, &react.hub_message_id)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            self.count_ignored("reaction_to_unknown_message");
+            return Ok(());
+        };
+        let map_chat = self.map_chat(&place);
+        let mut standing = self
+            .records
+            .reactions(&map_chat, &target)
+            .await
+            .map_err(unavailable)?;
+        let limit = self.connector.capabilities().reactions_per_message;
+        let before = shown_reactions(&standing, limit);
+        standing.retain(|(agent, emoji)| !(agent == &react.agent_id && emoji == &react.emoji));
+        if react.add {
+            standing.push((react.agent_id.clone(), react.emoji.clone()));
+        }
+        let change = ReactionChange {
+            emoji: react.emoji.clone(),
+            add: react.add,
+            after: shown_reactions(&standing, limit),
+            before,
+        };
+        self.connector.react(&place, &target, &change).await?;
+        self.records
+            .record_reactions(&map_chat, &target, &standing)
+            .await
+            .map_err(unavailable)
+    }
+
+    // ----- notices -----
+
+    async fn notice(
+        &self,
+        chat: &Chat,
+        notice: &mut job::Notice<C::Part>,
+    ) -> Result<(), SendError> {
+        let place = home(chat, None);
+        let parts = notice.parts.get_or_insert_with(|| {
+            self.connector
+                .render_notice(&notice.text, notice.mention.as_deref())
+        });
+        while notice.sent < parts.len() {
+            let mut shown = Vec::new();
+            self.connector
+                .send(&place, &mut parts[notice.sent], None, &mut shown)
+                .await?;
+            notice.sent += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The reactions shown for `standing`: distinct emoji, the most recent first, at most `limit`.
+pub(crate) fn shown_reactions(standing: &[(String, String)], limit: usize) -> Vec<String> {
+    let mut shown: Vec<String> = Vec::new();
+    for (_, emoji) in standing.iter().rev() {
+        if shown.len() == limit {
+            break;
+        }
+        if !shown.contains(emoji) {
+            shown.push(emoji.clone());
+        }
+    }
+    shown
+}

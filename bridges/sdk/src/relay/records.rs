@@ -1,0 +1,190 @@
+//! What the relay engine keeps in the store besides the message map (SPEC section 3), all under
+//! `{prefix}bridge:` and kept as long as the map ([`MessageMap::KEEP`]), thread maps longer
+//! ([`THREAD_KEEP`], threads live long):
+//!
+//! - `{platform}:look:{hubMessageId}`: how a relayed message looks ([`Look`]), for its edits;
+//! - `thread:{threadId}` and `threadof:{hubMessageId}`: which hub message a hub thread hangs on,
+//!   and the reverse (platform-neutral: the hub's own threads);
+//! - `{platform}:topic:{chat}:{threadId}` and `{platform}:topicthread:{chat}:{platformThread}`:
+//!   the platform thread showing a hub thread in a chat, both ways ("topic" is kept in the key
+//!   from the first release, where only Telegram's forum topics had them);
+//! - `{platform}:in_thread:{hubMessageId}:{chat}`: the platform thread a message was shown in;
+//! - `{platform}:reactions:{chat}:{partId}`: the agents' standing reactions on a part.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::msgmap::MessageMap;
+use crate::relay::connector::{Look, PartId, ThreadRef};
+use crate::store::{Keys, Op, Store, StoreError};
+
+/// How long a hub thread's platform thread is remembered.
+pub const THREAD_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
+const KEEP: Duration = MessageMap::KEEP;
+
+/// The engine's records of one platform.
+#[derive(Clone)]
+pub struct Records {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    platform: &'static str,
+}
+
+/// An agent's reaction standing on a part: (agent, emoji), oldest first.
+pub type Standing = Vec<(String, String)>;
+
+impl Records {
+    pub fn new(store: Arc<dyn Store>, keys: Keys, platform: &'static str) -> Self {
+        Self {
+            store,
+            keys,
+            platform,
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        self.keys.bridge(&format!("{}:{rest}", self.platform))
+    }
+
+    fn set(key: String, value: String, ttl: Duration) -> Op {
+        Op::Set {
+            key,
+            value,
+            ttl: Some(ttl),
+            only_if_absent: false,
+        }
+    }
+
+    async fn get(&self, key: String) -> Result<Option<String>, StoreError> {
+        Ok(self.store.one(Op::Get { key }).await?.into_text())
+    }
+
+    pub async fn look(&self, hub_message_id: &str) -> Result<Option<Look>, StoreError> {
+        let json = self
+            .get(self.key(&format!("look:{hub_message_id}")))
+            .await?;
+        Ok(json.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    pub fn look_op(&self, hub_message_id: &str, look: &Look) -> Op {
+        Self::set(
+            self.key(&format!("look:{hub_message_id}")),
+            serde_json::to_string(look).unwrap_or_default(),
+            KEEP,
+        )
+    }
+
+    /// Records which hub message a hub thread hangs on, both ways.
+    pub fn thread_root_ops(&self, thread_id: &str, parent: &str) -> Vec<Op> {
+        vec![
+            Self::set(
+                self.keys.bridge(&format!("thread:{thread_id}")),
+                parent.to_owned(),
+                KEEP,
+            ),
+            Self::set(
+                self.keys.bridge(&format!("threadof:{parent}")),
+                thread_id.to_owned(),
+                KEEP,
+            ),
+        ]
+    }
+
+    /// The hub message a hub thread hangs on.
+    pub async fn thread_root(&self, thread_id: &str) -> Result<Option<String>, StoreError> {
+        self.get(self.keys.bridge(&format!("thread:{thread_id}")))
+            .await
+    }
+
+    /// The hub thread a hub message is in or starts.
+    pub async fn thread_of(&self, hub_message_id: &str) -> Result<Option<String>, StoreError> {
+        self.get(self.keys.bridge(&format!("threadof:{hub_message_id}")))
+            .await
+    }
+
+    /// The platform thread showing a hub thread in `chat` (a map chat).
+    pub async fn platform_thread(
+        &self,
+        chat: &str,
+        thread_id: &str,
+    ) -> Result<Option<ThreadRef>, StoreError> {
+        let id = self
+            .get(self.key(&format!("topic:{chat}:{thread_id}")))
+            .await?;
+        Ok(id.map(ThreadRef))
+    }
+
+    /// The hub thread a platform thread of `chat` shows.
+    pub async fn hub_thread(
+        &self,
+        chat: &str,
+        thread: &ThreadRef,
+    ) -> Result<Option<String>, StoreError> {
+        self.get(self.key(&format!("topicthread:{chat}:{}", thread.0)))
+            .await
+    }
+
+    pub async fn record_platform_thread(
+        &self,
+        chat: &str,
+        thread_id: &str,
+        thread: &ThreadRef,
+    ) -> Result<(), StoreError> {
+        let ops = vec![
+            Self::set(
+                self.key(&format!("topic:{chat}:{thread_id}")),
+                thread.0.clone(),
+                THREAD_KEEP,
+            ),
+            Self::set(
+                self.key(&format!("topicthread:{chat}:{}", thread.0)),
+                thread_id.to_owned(),
+                THREAD_KEEP,
+            ),
+        ];
+        self.store.exec(ops).await.map(drop)
+    }
+
+    /// The platform thread a hub message was shown in, in `chat` (the link's own map chat).
+    pub async fn shown_in(
+        &self,
+        hub_message_id: &str,
+        chat: &str,
+    ) -> Result<Option<ThreadRef>, StoreError> {
+        let id = self
+            .get(self.key(&format!("in_thread:{hub_message_id}:{chat}")))
+            .await?;
+        Ok(id.map(ThreadRef))
+    }
+
+    pub fn shown_in_op(&self, hub_message_id: &str, chat: &str, thread: &ThreadRef) -> Op {
+        Self::set(
+            self.key(&format!("in_thread:{hub_message_id}:{chat}")),
+            thread.0.clone(),
+            KEEP,
+        )
+    }
+
+    pub async fn reactions(&self, chat: &str, part: &PartId) -> Result<Standing, StoreError> {
+        let json = self
+            .get(self.key(&format!("reactions:{chat}:{}", part.0)))
+            .await?;
+        Ok(json
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
+    }
+
+    pub async fn record_reactions(
+        &self,
+        chat: &str,
+        part: &PartId,
+        standing: &Standing,
+    ) -> Result<(), StoreError> {
+        let op = Self::set(
+            self.key(&format!("reactions:{chat}:{}", part.0)),
+            serde_json::to_string(standing).unwrap_or_default(),
+            KEEP,
+        );
+        self.store.one(op).await.map(drop)
+    }
+}

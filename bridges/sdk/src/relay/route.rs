@@ -1,0 +1,375 @@
+//! Routing (SPEC section 5): which hub events become which jobs in which chats. It runs on the
+//! bridge's delivery loop and never waits on a platform: a hub event becomes one job per linked
+//! chat (never the chat it came from), queued in that chat's outbox; typing goes to the typing
+//! indicators instead.
+
+use crate::bridge::{DeadLetter, Delivery};
+use crate::emoji::Emoji;
+use crate::event::{
+    now_millis, AgentEvent, AgentEventKind, ChannelEvent, ChannelMessage, GlobalEventKind,
+    HubEvent, Source,
+};
+use crate::ids::ExternalId;
+use crate::relay::connector::{Author, Chat, Connector, Look, Place};
+use crate::relay::job::{self, About, Action, Job};
+use crate::relay::{home, thread_name, Link, Relay};
+use crate::text::names::person_name;
+
+impl<C: Connector> Relay<C> {
+    /// Turns one hub event into jobs for the chats it concerns.
+    pub async fn route(&self, delivery: &Delivery) {
+        match (&delivery.source, &delivery.inbound.event) {
+            (Source::Channel(_), HubEvent::Channel(event)) => {
+                self.channel_event(delivery, event).await;
+            }
+            (Source::Agent(recipient), HubEvent::Agent(event))
+                if event.kind == AgentEventKind::DirectMessage =>
+            {
+                self.direct_message(delivery, recipient, event).await;
+            }
+            (Source::Global, HubEvent::Global(event))
+                if event.kind == GlobalEventKind::Announcement =>
+            {
+                let Some(text) = event.data.message.as_deref() else {
+                    return;
+                };
+                let text = format!("📢 {text}");
+                for chat in self.links().active_chats() {
+                    let job = Job::notice(text.clone(), "system.announcement", None);
+                    self.outboxes.push(&chat.0, job).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn direct_message(&self, delivery: &Delivery, recipient: &str, event: &AgentEvent) {
+        let Some(person) = ExternalId::parse(recipient) else {
+            return;
+        };
+        if person.platform.as_str() != self.connector().name() {
+            return;
+        }
+        let from = event.data.from_agent.clone().unwrap_or_default();
+        let about = About {
+            event_type: "agent.direct_message".to_owned(),
+            agent_id: agent(Some(&from)),
+            channel_id: None,
+            payload: serde_json::to_value(event).unwrap_or_default(),
+            received_at: Some(delivery.received_at),
+        };
+        // Only a person's own private chat (SPEC section 9): anything else is refused before it
+        // reaches a request.
+        let chat = person
+            .private_chat_user_id()
+            .and_then(|id| self.connector().private_chat(&id.to_string()));
+        let Some(chat) = chat else {
+            return self.refuse_direct_message(recipient, about).await;
+        };
+        let look = Look {
+            author: Some(self.author(&from, None)),
+            ..Look::default()
+        };
+        let send = job::Send {
+            hub_channel: None,
+            hub_message_id: None,
+            look,
+            text: event.data.content.clone().unwrap_or_default(),
+            reply_to: None,
+            thread_id: None,
+            progress: None,
+        };
+        let job = Job {
+            about,
+            action: Action::Send(Box::new(send)),
+        };
+        self.outboxes.push(&chat.0, job).await;
+    }
+
+    /// A direct message to an id that is not a person of this platform: counted, kept as a dead
+    /// letter, and the agent told.
+    async fn refuse_direct_message(&self, recipient: &str, about: About) {
+        let name = self.connector().name();
+        self.core.count_ignored("direct_message_to_non_user");
+        let letter = DeadLetter {
+            destination: recipient.to_owned(),
+            event_type: about.event_type,
+            reason: format!(
+                "direct messages go only to a person's private chat, and this id is not a {name} \
+                 user"
+            ),
+            agent_id: about.agent_id,
+            channel_id: None,
+            payload: about.payload,
+            at: now_millis(),
+        };
+        if let Err(error) = self.hub().dead_letter(name, letter).await {
+            tracing::warn!(%error, "could not keep a refused direct message as a dead letter");
+        }
+    }
+
+    async fn channel_event(&self, delivery: &Delivery, event: &ChannelEvent) {
+        let channel = event.channel_id();
+        let origin = delivery.inbound.origin.as_deref();
+        // No echo: what came from a chat is not relayed back to it.
+        let links: Vec<Link> = self
+            .links()
+            .of_channel(channel)
+            .into_iter()
+            .filter(|link| origin != Some(self.connector().origin(&link.chat).as_str()))
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let actor = event.actor().or(delivery.inbound.sender_id.as_deref());
+        let about = About {
+            event_type: event.type_name().to_owned(),
+            agent_id: agent(actor),
+            channel_id: Some(channel.to_owned()),
+            payload: serde_json::to_value(event).unwrap_or_default(),
+            received_at: Some(delivery.received_at),
+        };
+        let action = |link: &Link| -> Option<Action<C::Part>> {
+            let hub_channel = link.hub_channel.clone();
+            Some(match event {
+                ChannelEvent::Message { message, .. } => {
+                    self.core.typing.stop(&link.chat, &message.sender_id);
+                    Action::Send(Box::new(self.send(&hub_channel, message, None)))
+                }
+                ChannelEvent::ThreadMessage {
+                    thread_id, message, ..
+                } => {
+                    self.core.typing.stop(&link.chat, &message.sender_id);
+                    Action::Send(Box::new(self.send(&hub_channel, message, Some(thread_id))))
+                }
+                ChannelEvent::ThreadCreate { thread, .. }
+                    if !thread.parent_message_id.is_empty() =>
+                {
+                    Action::OpenThread(job::OpenThread {
+                        hub_channel,
+                        thread_id: thread.id.clone(),
+                        parent: thread.parent_message_id.clone(),
+                    })
+                }
+                ChannelEvent::MessageEdit {
+                    message_id,
+                    content,
+                    ..
+                } => Action::Edit(job::Edit {
+                    hub_channel,
+                    hub_message_id: message_id.clone(),
+                    text: content.clone(),
+                    progress: None,
+                }),
+                ChannelEvent::MessageDelete { message_id, .. } => Action::Delete(job::Delete {
+                    hub_channel,
+                    hub_message_id: message_id.clone(),
+                    progress: None,
+                }),
+                ChannelEvent::ReactionAdd {
+                    message_id,
+                    emoji,
+                    agent_id,
+                    ..
+                }
+                | ChannelEvent::ReactionRemove {
+                    message_id,
+                    emoji,
+                    agent_id,
+                    ..
+                } => Action::React(job::React {
+                    hub_channel,
+                    hub_message_id: message_id.clone(),
+                    agent_id: agent_id.clone(),
+                    emoji: emoji.clone(),
+                    add: matches!(event, ChannelEvent::ReactionAdd { .. }),
+                }),
+                _ => return None,
+            })
+        };
+        match event {
+            ChannelEvent::ThreadCreate { thread, .. } if !thread.parent_message_id.is_empty() => {
+                // Remember where the thread hangs, so its messages answer the parent where the
+                // chat has no threads.
+                let ops = self
+                    .records()
+                    .thread_root_ops(&thread.id, &thread.parent_message_id);
+                if let Err(error) = self.hub().store().exec(ops).await {
+                    tracing::warn!(%error, thread = %thread.id, "could not record a thread; its messages will not be replies");
+                }
+            }
+            ChannelEvent::ReactionAdd { emoji, .. }
+            | ChannelEvent::ReactionRemove { emoji, .. } => {
+                // The emoji reaches a platform request: what is not one emoji is refused here,
+                // once per event.
+                if let Err(error) = Emoji::parse(emoji) {
+                    let name = self.connector().name();
+                    let what = event.type_name();
+                    return self
+                        .refuse(
+                            actor,
+                            channel,
+                            "invalid_emoji",
+                            format!("Your {what} was not relayed to {name}: {error}."),
+                        )
+                        .await;
+                }
+            }
+            ChannelEvent::Typing {
+                agent_id,
+                started,
+                thread_id,
+                ..
+            } => {
+                for link in &links {
+                    if !*started {
+                        self.core.typing.stop(&link.chat, agent_id);
+                        continue;
+                    }
+                    let place = self.typing_place(link, thread_id.as_deref()).await;
+                    self.core.typing.start(place, agent_id);
+                }
+                return;
+            }
+            ChannelEvent::Archive { .. } | ChannelEvent::Delete { .. } => {
+                return self.stop_links(event, links).await;
+            }
+            _ => {}
+        }
+        for link in links {
+            if let Some(action) = action(&link) {
+                let job = Job {
+                    about: about.clone(),
+                    action,
+                };
+                self.outboxes.push(&link.chat.0, job).await;
+            }
+        }
+    }
+
+    /// Where an agent's typing shows in a link's chat: the platform thread of its hub thread when
+    /// there is one.
+    async fn typing_place(&self, link: &Link, thread_id: Option<&str>) -> Place {
+        let mut place = home(&link.chat, Some(&link.hub_channel));
+        if let Some(thread_id) = thread_id {
+            let chat = self.core.map_chat(&place);
+            match self.records().platform_thread(&chat, thread_id).await {
+                Ok(thread) => place.thread = thread,
+                Err(error) => tracing::debug!(%error, "could not look up a thread for typing"),
+            }
+        }
+        place
+    }
+
+    /// The hub channel was archived or deleted: each chat is told once, and its link stops.
+    async fn stop_links(&self, event: &ChannelEvent, links: Vec<Link>) {
+        let (what, by) = match event {
+            ChannelEvent::Archive { archived_by, .. } => ("archived", archived_by),
+            ChannelEvent::Delete { deleted_by, .. } => ("deleted", deleted_by),
+            _ => return,
+        };
+        let by = if by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", self.hub().display_name(by, None))
+        };
+        let text = format!(
+            "🗄 The hub channel linked to this chat was {what}{by}. Messages are no longer \
+             relayed between this chat and the hub."
+        );
+        for link in links {
+            let job = Job::notice(text.clone(), event.type_name(), None);
+            self.outboxes.push(&link.chat.0, job).await;
+            if let Err(error) = self.links().stop(self.hub(), &link).await {
+                tracing::warn!(%error, channel = %link.hub_channel, chat = %link.chat, "could not store the stopped link; a restart will relay it again");
+            }
+        }
+    }
+
+    /// Counts an event the relay refuses, and tells the agent that sent it (people get no
+    /// notifications).
+    async fn refuse(&self, sender: Option<&str>, channel: &str, reason: &str, message: String) {
+        self.core.count_ignored(reason);
+        tracing::debug!(
+            reason,
+            sender,
+            bridge = self.connector().name(),
+            "hub event refused"
+        );
+        let Some(agent) = agent(sender) else {
+            return;
+        };
+        if let Err(error) = self
+            .hub()
+            .notify_agent(&agent, Some(channel), message)
+            .await
+        {
+            tracing::warn!(%error, agent, "could not tell an agent why its event was refused");
+        }
+    }
+
+    fn send(
+        &self,
+        hub_channel: &str,
+        message: &ChannelMessage,
+        thread_id: Option<&String>,
+    ) -> job::Send<C::Part> {
+        let thread_id = thread_id.or(message.thread_id.as_ref()).cloned();
+        let look = Look {
+            author: Some(self.author(&message.sender_id, message.author_name.as_deref())),
+            blocks: message.content_blocks.clone().unwrap_or_default(),
+            topic_name: Some(thread_name(Some(&message.content))),
+            thread_id: thread_id.clone(),
+            header: None,
+        };
+        job::Send {
+            hub_channel: Some(hub_channel.to_owned()),
+            hub_message_id: Some(message.id.clone()),
+            look,
+            text: message.content.clone(),
+            reply_to: message.parent_message_id.clone(),
+            thread_id,
+            progress: None,
+        }
+    }
+
+    /// How a sender is shown. A person relayed from a platform never looks like an agent: no
+    /// avatar, their platform after their name, and a mark when the name is an agent's.
+    fn author(&self, sender_id: &str, author_name: Option<&str>) -> Author {
+        let hub = self.hub();
+        if let Some(person) = ExternalId::parse(sender_id) {
+            let platform = person.platform.label();
+            return Author {
+                name: person_name(
+                    author_name.unwrap_or(&person.user_id),
+                    &platform,
+                    hub.agent_names(),
+                ),
+                avatar: None,
+                avatar_url: None,
+                person: true,
+            };
+        }
+        let profile = hub.profile(sender_id);
+        Author {
+            name: hub.display_name(sender_id, author_name),
+            avatar: profile.and_then(|profile| profile.avatar.clone()),
+            avatar_url: profile.and_then(|profile| profile.avatar_url.clone()),
+            person: false,
+        }
+    }
+}
+
+/// The agent told about a relay's fate: a sender that is neither empty nor a person.
+fn agent(sender: Option<&str>) -> Option<String> {
+    sender
+        .filter(|id| !id.is_empty() && !ExternalId::is_external(id))
+        .map(str::to_owned)
+}
+
+impl Chat {
+    /// The chat's outbox destination.
+    pub fn destination(&self) -> &str {
+        &self.0
+    }
+}

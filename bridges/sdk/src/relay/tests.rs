@@ -1,0 +1,691 @@
+//! The relay engine against a connector in memory: what a new platform plugs into, and what every
+//! platform gets from the engine (routing of every hub event type, no echo, stopped links,
+//! multi-part edits and deletes, reactions, threads, direct messages, notices).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bridge::{AgentProfile, Delivery, HubHandle};
+use crate::event::{parse, Source};
+use crate::limits::{LimitsConfig, RateLimiter};
+use crate::metrics::Metrics;
+use crate::outbox::SendError;
+use crate::relay::connector::{
+    Capabilities, Chat, Connector, Edited, PartId, Place, ReactionChange, Rendered, Rendering,
+    ThreadRef,
+};
+use crate::relay::{Link, Links, Relay};
+use crate::store::memory::MemoryStore;
+use crate::store::{Keys, Store};
+
+/// One call the engine made, as the platform saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Send {
+        chat: String,
+        thread: Option<String>,
+        text: String,
+        reply_to: Option<String>,
+        id: String,
+    },
+    Edit {
+        chat: String,
+        id: String,
+        text: String,
+    },
+    Delete {
+        chat: String,
+        id: String,
+    },
+    React {
+        id: String,
+        after: Vec<String>,
+    },
+    Typing {
+        chat: String,
+    },
+    OpenThread {
+        chat: String,
+        parent: Option<String>,
+        name: String,
+    },
+}
+
+/// A platform in memory: parts of at most [`LIMIT`] chars, the author's name before the text,
+/// threads that hang on a message (as on Discord) or not at all.
+struct Memory {
+    capabilities: Capabilities,
+    calls: Mutex<Vec<Call>>,
+    next_id: AtomicU64,
+}
+
+const LIMIT: usize = 12;
+
+impl Memory {
+    fn new(open_threads_on_demand: bool, reactions_per_message: usize) -> Self {
+        Self {
+            capabilities: Capabilities {
+                reactions_per_message,
+                typing_refresh: Duration::from_secs(5),
+                open_threads_on_demand,
+            },
+            calls: Mutex::default(),
+            next_id: AtomicU64::new(100),
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl Connector for Memory {
+    type Part = String;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn private_chat(&self, user_id: &str) -> Option<Chat> {
+        Some(Chat(format!("dm:{user_id}")))
+    }
+
+    fn render<'a>(
+        &'a self,
+        _place: &'a Place,
+        message: Rendering<'a>,
+    ) -> BoxFuture<'a, Result<Rendered<String>, SendError>> {
+        Box::pin(async move {
+            let name = message.look.author.as_ref().map(|a| a.name.clone());
+            let text = match name {
+                Some(name) => format!("{name}: {}", message.text),
+                None => message.text.to_owned(),
+            };
+            let chars: Vec<char> = text.chars().collect();
+            Ok(Rendered {
+                parts: chars.chunks(LIMIT).map(|c| c.iter().collect()).collect(),
+                header: None,
+                native_reply: true,
+            })
+        })
+    }
+
+    fn render_notice(&self, text: &str, _mention: Option<&str>) -> Vec<String> {
+        vec![text.to_owned()]
+    }
+
+    fn send<'a>(
+        &'a self,
+        place: &'a Place,
+        part: &'a mut String,
+        reply_to: Option<&'a PartId>,
+        shown: &'a mut Vec<PartId>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+            self.record(Call::Send {
+                chat: place.chat.0.clone(),
+                thread: place.thread.as_ref().map(|t| t.0.clone()),
+                text: part.clone(),
+                reply_to: reply_to.map(|r| r.0.clone()),
+                id: id.clone(),
+            });
+            shown.push(PartId(id));
+            Ok(())
+        })
+    }
+
+    fn edit<'a>(
+        &'a self,
+        place: &'a Place,
+        id: &'a PartId,
+        part: &'a String,
+    ) -> BoxFuture<'a, Result<Edited, SendError>> {
+        Box::pin(async move {
+            self.record(Call::Edit {
+                chat: place.chat.0.clone(),
+                id: id.0.clone(),
+                text: part.clone(),
+            });
+            Ok(Edited::Done)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        place: &'a Place,
+        id: &'a PartId,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            self.record(Call::Delete {
+                chat: place.chat.0.clone(),
+                id: id.0.clone(),
+            });
+            Ok(())
+        })
+    }
+
+    fn react<'a>(
+        &'a self,
+        _place: &'a Place,
+        id: &'a PartId,
+        change: &'a ReactionChange,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            self.record(Call::React {
+                id: id.0.clone(),
+                after: change.after.clone(),
+            });
+            Ok(())
+        })
+    }
+
+    fn typing<'a>(&'a self, place: &'a Place) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            self.record(Call::Typing {
+                chat: place.chat.0.clone(),
+            });
+            Ok(())
+        })
+    }
+
+    fn open_thread<'a>(
+        &'a self,
+        place: &'a Place,
+        parent: Option<&'a PartId>,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ThreadRef>, SendError>> {
+        Box::pin(async move {
+            self.record(Call::OpenThread {
+                chat: place.chat.0.clone(),
+                parent: parent.map(|p| p.0.clone()),
+                name: name.to_owned(),
+            });
+            // A chat without threads (a Telegram group that is not a forum) opens none.
+            let threads = self.capabilities.open_threads_on_demand;
+            Ok(parent
+                .filter(|_| threads)
+                .map(|p| ThreadRef(format!("thread-of-{}", p.0))))
+        })
+    }
+}
+
+/// A relay over the memory connector, linked A <-> chats 1 and 2, B <-> chat 1.
+struct Harness {
+    relay: Relay<Memory>,
+    connector: Arc<Memory>,
+    store: Arc<MemoryStore>,
+    hub: HubHandle,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    fn new(connector: Memory) -> Self {
+        Self::with_store(connector, Arc::new(MemoryStore::default()))
+    }
+
+    fn with_store(connector: Memory, store: Arc<MemoryStore>) -> Self {
+        let keys = Keys::new("t:");
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let limiter = RateLimiter::new(dyn_store.clone(), keys.clone(), LimitsConfig::default());
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "ada".to_owned(),
+            AgentProfile {
+                name: Some("Ada".to_owned()),
+                ..AgentProfile::default()
+            },
+        );
+        let hub = HubHandle::new(
+            dyn_store,
+            keys,
+            limiter,
+            agents,
+            Arc::new(Metrics::default()),
+        );
+        let connector = Arc::new(connector);
+        let links = Links::new(
+            "memory",
+            [
+                Link::new("A", Chat("1".into())),
+                Link::new("A", Chat("2".into())),
+                Link::new("B", Chat("1".into())),
+            ],
+        );
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let relay = Relay::new(
+            connector.clone(),
+            hub.clone(),
+            links,
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        Self {
+            relay,
+            connector,
+            store,
+            hub,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Routes a hub event as if it arrived on `source`, and waits until its jobs are done.
+    async fn hub_event(&self, source: Source, payload: Value) {
+        let inbound = parse(&source, payload.to_string().as_bytes()).expect("a valid hub event");
+        let delivery = Delivery {
+            source,
+            inbound,
+            received_at: Instant::now(),
+        };
+        self.relay.route(&delivery).await;
+        self.settle().await;
+    }
+
+    async fn channel(&self, channel: &str, event: Value) {
+        self.hub_event(Source::Channel(channel.to_owned()), event)
+            .await;
+    }
+
+    async fn say(&self, channel: &str, id: &str, sender: &str, content: &str) {
+        self.channel(
+            channel,
+            json!({"type": "channel.message", "channelId": channel, "message": {
+                "id": id, "content": content, "senderId": sender, "timestamp": 1}}),
+        )
+        .await;
+    }
+
+    /// Waits until the outbox workers have nothing left to do.
+    async fn settle(&self) {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn sends(&self) -> Vec<(String, Option<String>, String, Option<String>)> {
+        self.connector
+            .calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::Send {
+                    chat,
+                    thread,
+                    text,
+                    reply_to,
+                    ..
+                } => Some((chat, thread, text, reply_to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn clear(&self) {
+        self.connector.calls.lock().unwrap().clear();
+    }
+
+    async fn parts(&self, hub_id: &str, chat: &str) -> Vec<String> {
+        self.relay
+            .map()
+            .parts("memory", hub_id, chat)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn text(call: &(String, Option<String>, String, Option<String>)) -> &str {
+    &call.2
+}
+
+#[tokio::test]
+async fn a_message_reaches_every_linked_chat_in_parts_and_is_mapped() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("A", "m1", "ada", "hello there, everyone").await;
+    let sends = h.sends();
+    // "Ada: hello there, everyone" is 26 chars: three parts in each of chats 1 and 2.
+    assert_eq!(sends.len(), 6, "{sends:?}");
+    let joined: String = sends.iter().filter(|s| s.0 == "1").map(text).collect();
+    assert_eq!(joined, "Ada: hello there, everyone");
+    assert_eq!(h.parts("m1", "1").await, vec!["100", "101", "102"]);
+    assert_eq!(h.parts("m1", "2").await.len(), 3);
+    // Chat 1's second link (B) is not involved: A's message is mapped under the bare chat.
+    assert!(h.parts("m1", "1/B").await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_echoed_to_the_chat_it_came_from() {
+    let h = Harness::new(Memory::new(true, 1));
+    let envelope = json!({
+        "event": {"type": "channel.message", "channelId": "A", "message": {
+            "id": "m1", "content": "hi", "senderId": "external:telegram:7", "timestamp": 1}},
+        "timestamp": 1, "channelId": "A", "origin": "memory:1"});
+    h.channel("A", envelope).await;
+    let mut chats: Vec<String> = h.sends().into_iter().map(|s| s.0).collect();
+    chats.dedup();
+    assert_eq!(chats, vec!["2".to_owned()], "only the other chat");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_edit_changes_shared_parts_adds_new_ones_and_removes_the_rest() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("B", "m1", "ada", "short").await;
+    // B is chat 1's second link: its map chat is told apart.
+    assert_eq!(h.parts("m1", "1/B").await, vec!["100"]);
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m1",
+               "content": "a good deal longer now"}),
+    )
+    .await;
+    let calls = h.connector.calls();
+    assert_eq!(
+        calls[0],
+        Call::Edit {
+            chat: "1".into(),
+            id: "100".into(),
+            text: "Ada: a good ".into()
+        }
+    );
+    assert_eq!(calls.len(), 3, "one edit and two new parts: {calls:?}");
+    let parts = h.parts("m1", "1/B").await;
+    assert_eq!(parts.len(), 3);
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m1",
+               "content": "tiny"}),
+    )
+    .await;
+    let calls = h.connector.calls();
+    assert!(matches!(&calls[0], Call::Edit { text, .. } if text == "Ada: tiny"));
+    assert_eq!(
+        &calls[1..],
+        &[
+            Call::Delete {
+                chat: "1".into(),
+                id: parts[1].clone()
+            },
+            Call::Delete {
+                chat: "1".into(),
+                id: parts[2].clone()
+            },
+        ]
+    );
+    assert_eq!(h.parts("m1", "1/B").await, vec![parts[0].clone()]);
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.message.delete", "channelId": "B", "messageId": "m1"}),
+    )
+    .await;
+    assert_eq!(
+        h.connector.calls(),
+        vec![Call::Delete {
+            chat: "1".into(),
+            id: parts[0].clone()
+        }]
+    );
+    assert!(h.parts("m1", "1/B").await.is_empty(), "forgotten");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn edits_and_reactions_of_unknown_messages_make_no_call() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.channel(
+        "B",
+        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "nope",
+               "content": "x"}),
+    )
+    .await;
+    h.channel(
+        "B",
+        json!({"type": "channel.reaction.add", "channelId": "B", "messageId": "nope",
+               "emoji": "👍", "agentId": "ada"}),
+    )
+    .await;
+    assert!(h.connector.calls().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn reactions_stand_per_agent_and_the_platform_shows_the_most_recent() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("B", "m1", "ada", "hi").await;
+    h.clear();
+    let react = |emoji: &str, agent: &str, add: bool| {
+        let kind = if add {
+            "channel.reaction.add"
+        } else {
+            "channel.reaction.remove"
+        };
+        json!({"type": kind, "channelId": "B", "messageId": "m1", "emoji": emoji, "agentId": agent})
+    };
+    h.channel("B", react("👍", "ada", true)).await;
+    h.channel("B", react("🔥", "bob", true)).await;
+    h.channel("B", react("🔥", "bob", false)).await;
+    let shown: Vec<Vec<String>> = h
+        .connector
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::React { after, .. } => Some(after),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            vec!["👍".to_owned()],
+            vec!["🔥".to_owned()],
+            vec!["👍".to_owned()]
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_reaction_that_is_not_an_emoji_is_refused_and_its_agent_told() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("B", "m1", "ada", "hi").await;
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.reaction.add", "channelId": "B", "messageId": "m1",
+               "emoji": "../../x", "agentId": "ada"}),
+    )
+    .await;
+    assert!(h.connector.calls().is_empty());
+    let told = h.store.published();
+    assert!(
+        told.iter()
+            .any(|(channel, payload)| channel == "pubsub:agent:ada"
+                && payload.contains("was not relayed to memory")),
+        "{told:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_thread_opens_on_its_parent_and_its_messages_go_there() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("B", "root", "ada", "Shall we ship?").await;
+    let root = h.parts("root", "1/B").await;
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "thread.create", "channelId": "B", "thread": {
+            "id": "t1", "parentMessageId": "root", "createdBy": "ada", "createdAt": 1,
+            "replyCount": 0}}),
+    )
+    .await;
+    assert_eq!(
+        h.connector.calls(),
+        vec![Call::OpenThread {
+            chat: "1".into(),
+            parent: Some(root[0].clone()),
+            name: "Shall we ship?".into()
+        }]
+    );
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "thread.message", "channelId": "B", "threadId": "t1", "message": {
+            "id": "m2", "content": "yes", "senderId": "ada", "timestamp": 1}}),
+    )
+    .await;
+    let sends = h.sends();
+    let thread = format!("thread-of-{}", root[0]);
+    assert_eq!(sends[0].1.as_deref(), Some(thread.as_str()), "{sends:?}");
+    assert_eq!(sends[0].3, None, "no native reply across places");
+    // An edit finds the message in its thread.
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m2",
+               "content": "yes!"}),
+    )
+    .await;
+    assert!(matches!(&h.connector.calls()[0], Call::Edit { text, .. } if text == "Ada: yes!"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn without_threads_a_thread_message_answers_the_thread_root() {
+    let h = Harness::new(Memory::new(false, 1));
+    h.say("B", "root", "ada", "root").await;
+    let root = h.parts("root", "1/B").await;
+    h.channel(
+        "B",
+        json!({"type": "thread.create", "channelId": "B", "thread": {
+            "id": "t1", "parentMessageId": "root", "createdBy": "ada", "createdAt": 1,
+            "replyCount": 0}}),
+    )
+    .await;
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "thread.message", "channelId": "B", "threadId": "t1", "message": {
+            "id": "m2", "content": "yes", "senderId": "ada", "timestamp": 1}}),
+    )
+    .await;
+    let sends = h.sends();
+    assert_eq!(sends[0].1, None);
+    assert_eq!(sends[0].3.as_ref(), Some(&root[0]), "answers the root");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_archived_channel_stops_its_links_for_good_with_one_notice_each() {
+    let store = Arc::new(MemoryStore::default());
+    let h = Harness::with_store(Memory::new(true, 1), store.clone());
+    h.channel(
+        "A",
+        json!({"type": "channel.archive", "channelId": "A", "archivedBy": "ada"}),
+    )
+    .await;
+    let notices = h.sends();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices[0].2.contains("was archived by Ada"), "{notices:?}");
+    h.clear();
+    h.say("A", "m1", "ada", "anyone?").await;
+    assert!(h.sends().is_empty());
+    h.say("B", "m2", "ada", "B still").await;
+    assert_eq!(h.sends().len(), 1, "B's link is untouched");
+    h.stop().await;
+    // A new run reads the stopped links back.
+    let h = Harness::with_store(Memory::new(true, 1), store);
+    h.relay.resume().await.unwrap();
+    h.say("A", "m3", "ada", "anyone?").await;
+    assert!(h.sends().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn direct_messages_go_to_the_person_only() {
+    let h = Harness::new(Memory::new(true, 1));
+    let dm = json!({"type": "agent.direct_message", "data": {
+        "fromAgent": "ada", "content": "psst"}, "timestamp": 1});
+    h.hub_event(Source::Agent("external:memory:42".into()), dm.clone())
+        .await;
+    h.hub_event(Source::Agent("external:telegram:42".into()), dm.clone())
+        .await;
+    assert_eq!(
+        h.sends(),
+        vec![("dm:42".to_owned(), None, "Ada: psst".to_owned(), None)]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_announcement_reaches_each_active_chat_once() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.hub_event(
+        Source::Global,
+        json!({"type": "system.announcement", "data": {"message": "maintenance"},
+               "timestamp": 1}),
+    )
+    .await;
+    let chats: Vec<String> = h.sends().into_iter().map(|s| s.0).collect();
+    assert_eq!(chats, vec!["1".to_owned(), "2".to_owned()]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn typing_shows_outside_the_outbox_until_the_message() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.channel(
+        "B",
+        json!({"type": "channel.typing", "channelId": "B", "agentId": "ada", "started": true}),
+    )
+    .await;
+    assert_eq!(h.connector.calls(), vec![Call::Typing { chat: "1".into() }]);
+    h.say("B", "m1", "ada", "done").await;
+    assert_eq!(h.sends().len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_relay_is_dead_lettered_with_the_hub_event_and_the_agent_told() {
+    let h = Harness::new(Memory::new(true, 1));
+    // Records survive the run; the keys are the engine's, under the platform's name.
+    h.say("B", "m1", "ada", "hi").await;
+    let keys = h.store.text_keys();
+    assert!(
+        keys.contains(&"t:bridge:memory:look:m1".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"t:bridge:msgmap:memory:hub:m1:1/B".to_owned()),
+        "{keys:?}"
+    );
+    let _ = &h.hub;
+    h.stop().await;
+}
