@@ -1,6 +1,6 @@
 //! The Telegram bridge's entry point: checks the token with getMe, then runs the getUpdates loop
-//! ([`crate::inbound`]) and the delivery loop that feeds the per-chat outboxes
-//! ([`crate::outbound`]) until the hub stops it.
+//! ([`crate::inbound`]) and hands hub events to the relay engine, which drives Telegram through
+//! [`crate::connector`], until the hub stops it.
 //!
 //! Everything a run creates (outboxes, typing tasks, the pacer) lives and dies with that run; the
 //! supervisor calls [`Bridge::run`] again with the same context after a transient failure, and
@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::msgmap::MessageMap;
-use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::relay::{Chat, Link, Links, Relay};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, HubHandle};
 use teloxide::prelude::*;
 use teloxide::types::Me;
@@ -20,15 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::TelegramConfig;
+use crate::connector::Telegram;
 use crate::errors::{is_unauthorized, Redactor};
-use crate::forums::Forums;
-use crate::links::Links;
-use crate::outbound::{dispatch, Courier};
+use crate::inbound;
 use crate::pacing::{Limits, Pacer};
-use crate::typing::Typing;
-use crate::{inbound, outbound};
 
-/// How long a stopping run waits for its tasks (requests in flight) before it returns anyway.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Relays between hub channels and Telegram.
@@ -44,13 +40,31 @@ pub(crate) struct Shared {
     pub config: TelegramConfig,
     pub hub: HubHandle,
     pub map: MessageMap,
-    pub links: Links,
     pub redactor: Redactor,
-    pub pacer: Pacer,
-    pub typing: Typing,
-    pub forums: Forums,
-    /// Cancelled when the run ends.
+    pub relay: Relay<Telegram>,
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Whether any link names this chat (relaying or stopped).
+    pub fn is_linked(&self, chat: i64) -> bool {
+        self.relay.links().is_linked(&chat_of(chat))
+    }
+
+    /// The hub channels this chat still relays to.
+    pub fn channels_of(&self, chat: i64) -> Vec<String> {
+        self.relay
+            .links()
+            .of_chat(&chat_of(chat))
+            .into_iter()
+            .map(|link| link.hub_channel)
+            .collect()
+    }
+}
+
+/// The relay engine's name for a Telegram chat.
+pub fn chat_of(chat: i64) -> Chat {
+    Chat(chat.to_string())
 }
 
 impl TelegramBridge {
@@ -88,53 +102,48 @@ impl TelegramBridge {
     async fn relay(&self, ctx: &mut BridgeContext, me: Me, bot: Bot) -> Result<(), BridgeError> {
         let tasks = TaskTracker::new();
         let shutdown = ctx.shutdown.child_token();
-        let links = Links::new(&self.config.links);
-        if let Err(error) = links.load_stopped(&ctx.hub).await {
-            tracing::warn!(%error, "could not read the stopped links; relaying every configured link");
-        }
         let redactor = self.redactor();
+        let connector = Telegram::new(
+            bot.clone(),
+            redactor.clone(),
+            Pacer::new(Limits {
+                per_chat_per_sec: self.config.chat_sends_per_sec,
+                per_group_per_min: self.config.group_sends_per_min,
+                global_per_sec: self.config.sends_per_sec,
+            }),
+            ctx.hub.clone(),
+            self.config.max_parts,
+            shutdown.clone(),
+        );
+        let links = Links::new(
+            "telegram",
+            self.config
+                .links
+                .iter()
+                .map(|link| Link::new(link.channel.clone(), chat_of(link.chat))),
+        );
+        let relay = Relay::new(
+            Arc::new(connector),
+            ctx.hub.clone(),
+            links,
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        if let Err(error) = relay.resume().await {
+            tracing::warn!(%error, "could not read the stopped links and the relays an earlier run left queued");
+        }
         let shared = Arc::new(Shared {
-            typing: Typing::new(
-                bot.clone(),
-                redactor.clone(),
-                tasks.clone(),
-                shutdown.clone(),
-            ),
             me_id: me.id.0,
             me_username: me.username().to_owned(),
             bot,
             config: self.config.clone(),
             map: MessageMap::new(&ctx.hub),
             hub: ctx.hub.clone(),
-            links,
             redactor,
-            pacer: Pacer::new(Limits {
-                per_chat_per_sec: self.config.chat_sends_per_sec,
-                per_group_per_min: self.config.group_sends_per_min,
-                global_per_sec: self.config.sends_per_sec,
-            }),
-            forums: Forums::default(),
+            relay: relay.clone(),
             shutdown: shutdown.clone(),
         });
-        let courier = Arc::new(Courier {
-            shared: shared.clone(),
-        });
-        let outboxes: Outboxes<outbound::Job> = Outboxes::durable(
-            "telegram",
-            courier,
-            ctx.hub.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        );
-        // What an earlier run (or a crashed instance) left queued goes first.
-        if let Err(error) = outboxes.recover().await {
-            tracing::warn!(%error, "could not read the relays an earlier run left queued");
-        }
-        let mut updates = tasks.spawn(inbound::run(
-            shared.clone(),
-            outboxes.clone(),
-            ctx.status.clone(),
-        ));
+        let mut updates = tasks.spawn(inbound::run(shared.clone(), ctx.status.clone()));
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
@@ -146,7 +155,7 @@ impl TelegramBridge {
                     // One event that makes routing panic is counted and skipped; the next is
                     // routed (SPEC section 9).
                     Some(delivery) => {
-                        let routed = dispatch(&shared, &outboxes, &delivery);
+                        let routed = relay.route(&delivery);
                         handle_event(ctx.hub.metrics(), "telegram", "hub event", routed).await;
                     }
                     // The hub loop is gone: the service is stopping.

@@ -19,7 +19,7 @@ use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::labels2;
-use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::relay::{Place, ThreadRef};
 use hub_bridge_sdk::{BridgeError, ExternalId, Op, Source, StoreError};
 use teloxide::prelude::*;
 use teloxide::types::{
@@ -27,9 +27,9 @@ use teloxide::types::{
 };
 use teloxide::{ApiError, RequestError};
 
+use crate::bridge::chat_of;
 use crate::bridge::Shared;
-use crate::forums::topic_thread_key;
-use crate::outbound::{origin, thread_of_key, Job};
+use crate::connector::origin;
 use crate::render::human_size;
 
 /// How long an update's publish claims are kept: Telegram forgets updates after 24 hours.
@@ -47,15 +47,8 @@ const ALLOWED: [AllowedUpdate; 5] = [
 
 /// Polls Telegram and publishes what arrives, until the bridge stops. Returns an error only for
 /// what a restart cannot cure (a rejected token).
-pub async fn run(
-    shared: Arc<Shared>,
-    outboxes: Outboxes<Job>,
-    status: Component,
-) -> Result<(), BridgeError> {
-    let inbound = Inbound {
-        shared: &shared,
-        outboxes: &outboxes,
-    };
+pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeError> {
+    let inbound = Inbound { shared: &shared };
     let offset_key = offset_key(&shared.hub.keys().bridge("telegram"), shared.me_id);
     let legacy_key = shared.hub.keys().bridge("telegram:offset");
     let Some(mut offset) = inbound.load_offset(&offset_key, &legacy_key, &status).await else {
@@ -136,13 +129,12 @@ pub async fn run(
             // The claims keep a redelivery from publishing twice; the next batch stores it.
             tracing::warn!(%error, "could not store the Telegram offset");
         }
-        shared.pacer.prune();
+        shared.relay.connector().pacer.prune();
     }
 }
 
 struct Inbound<'a> {
     shared: &'a Shared,
-    outboxes: &'a Outboxes<Job>,
 }
 
 impl Inbound<'_> {
@@ -264,7 +256,7 @@ impl Inbound<'_> {
             UpdateKind::ChatMember(change) => self.member_change(change).await,
             UpdateKind::MyChatMember(change) => {
                 let chat = change.chat.id.0;
-                if self.shared.links.is_linked(chat) && !change.new_chat_member.kind.is_present() {
+                if self.shared.is_linked(chat) && !change.new_chat_member.kind.is_present() {
                     // Relays to this chat will be dead-lettered from now on; say why once here.
                     tracing::warn!(chat, "the bot was removed from a linked chat");
                 }
@@ -306,11 +298,11 @@ impl Inbound<'_> {
             return None;
         }
         let chat = message.chat.id.0;
-        if !self.shared.links.is_linked(chat) {
+        if !self.shared.is_linked(chat) {
             self.ignored("unlinked_chat");
             return None;
         }
-        let channels = self.shared.links.channels_of(chat);
+        let channels = self.shared.channels_of(chat);
         if channels.is_empty() {
             self.ignored("stopped_link");
             return None;
@@ -389,7 +381,7 @@ impl Inbound<'_> {
                 .hub
                 .store()
                 .one(Op::Get {
-                    key: thread_of_key(self.shared, parent),
+                    key: self.shared.relay.records().thread_of_key(parent),
                 })
                 .await?
                 .into_text(),
@@ -403,7 +395,14 @@ impl Inbound<'_> {
                 .hub
                 .store()
                 .one(Op::Get {
-                    key: topic_thread_key(self.shared, chat, topic.0 .0),
+                    key: self.shared.relay.records().hub_thread_key(
+                        &self.shared.relay.map_chat(&Place {
+                            chat: chat_of(chat),
+                            hub_channel: Some(channels[0].clone()),
+                            thread: None,
+                        }),
+                        &ThreadRef(topic.0 .0.to_string()),
+                    ),
                 })
                 .await?
                 .into_text(),
@@ -457,12 +456,12 @@ impl Inbound<'_> {
             ops.push(self.publish_once_op(update_id, index, &hub_message.id, &event, &origin));
         }
         if let Some(thread) = thread {
-            ops.push(Op::Set {
-                key: thread_of_key(self.shared, &hub_message.id),
-                value: thread,
-                ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
-                only_if_absent: false,
-            });
+            ops.push(
+                self.shared
+                    .relay
+                    .records()
+                    .thread_of_op(&hub_message.id, &thread),
+            );
         }
         self.exec_publishes(ops, "channel.message").await
     }
@@ -561,8 +560,9 @@ impl Inbound<'_> {
                  send in the next minute is not relayed.",
                 name
             );
-            self.outboxes
-                .push(&chat.to_string(), Job::notice(&text, "rate_limit.notice"))
+            self.shared
+                .relay
+                .notice(&chat_of(chat), text, "rate_limit.notice", None)
                 .await;
         }
         Ok(false)
@@ -628,7 +628,7 @@ impl Inbound<'_> {
             self.ignored("bot_membership");
             return Ok(());
         }
-        if !self.shared.links.is_linked(chat) {
+        if !self.shared.is_linked(chat) {
             self.ignored("unlinked_chat");
             return Ok(());
         }
@@ -638,7 +638,7 @@ impl Inbound<'_> {
             self.ignored("member_status_change");
             return Ok(());
         }
-        let channels = self.shared.links.channels_of(chat);
+        let channels = self.shared.channels_of(chat);
         self.membership(chat, &channels, member, is, change.date.timestamp())
             .await
     }
@@ -703,11 +703,11 @@ impl Inbound<'_> {
             return Ok(());
         }
         let chat = reaction.chat.id.0;
-        if !self.shared.links.is_linked(chat) {
+        if !self.shared.is_linked(chat) {
             self.ignored("unlinked_chat");
             return Ok(());
         }
-        let channels = self.shared.links.channels_of(chat);
+        let channels = self.shared.channels_of(chat);
         if channels.is_empty() {
             self.ignored("stopped_link");
             return Ok(());
@@ -814,8 +814,10 @@ impl Inbound<'_> {
         );
         match private.read(&from.id.0.to_string(), &text).await? {
             Private::Reply(answer) => {
-                let notice = Job::notice(&answer, "telegram.command");
-                self.outboxes.push(&chat.to_string(), notice).await;
+                self.shared
+                    .relay
+                    .notice(&chat_of(chat), answer, "telegram.command", None)
+                    .await;
                 Ok(())
             }
             Private::Send { agent, text } => {

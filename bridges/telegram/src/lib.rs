@@ -7,14 +7,12 @@
 
 mod bridge;
 pub mod config;
+mod connector;
 mod errors;
 mod forums;
 mod inbound;
-mod links;
-mod outbound;
 mod pacing;
 mod render;
-mod typing;
 
 pub use bridge::TelegramBridge;
 pub use config::*;

@@ -115,10 +115,17 @@ impl<C: Connector> Relay<C> {
         &self.core.records
     }
 
-    /// Queues a notice from the bridge to a chat (rate-limit warnings, command answers).
-    pub async fn notice(&self, chat: &Chat, text: impl Into<String>, mention: Option<String>) {
+    /// Queues a notice from the bridge to a chat (rate-limit warnings, command answers), counted
+    /// as `event_type`, pinging `mention` where the platform can.
+    pub async fn notice(
+        &self,
+        chat: &Chat,
+        text: impl Into<String>,
+        event_type: &str,
+        mention: Option<String>,
+    ) {
         self.outboxes
-            .push(&chat.0, Job::notice(text, "notice", mention))
+            .push(&chat.0, Job::notice(text, event_type, mention))
             .await;
     }
 
@@ -189,3 +196,25 @@ pub fn thread_name(text: Option<&str>) -> String {
 /// The longest thread name the engine makes, in chars: Telegram allows 128 UTF-16 units and
 /// Discord 100 chars, so even an excerpt of emoji fits both.
 pub const THREAD_NAME_CHARS: usize = 60;
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn thread_names_are_short_plain_excerpts() {
+        assert_eq!(thread_name(None), "Thread");
+        assert_eq!(thread_name(Some("  **`#`**\n\t ")), "Thread");
+        assert_eq!(
+            thread_name(Some("## Shall we **ship**\nthe `v2`?\u{7}")),
+            "Shall we ship the v2?"
+        );
+        let long = thread_name(Some(&"word ".repeat(40)));
+        assert_eq!(long.chars().count(), THREAD_NAME_CHARS);
+        assert!(long.ends_with("word…"), "{long}");
+        assert_eq!(
+            thread_name(Some(&"🚀".repeat(200))).chars().count(),
+            THREAD_NAME_CHARS
+        );
+    }
+}

@@ -98,8 +98,21 @@ impl Records {
 
     /// The hub thread a hub message is in or starts.
     pub async fn thread_of(&self, hub_message_id: &str) -> Result<Option<String>, StoreError> {
-        self.get(self.keys.bridge(&format!("threadof:{hub_message_id}")))
-            .await
+        self.get(self.thread_of_key(hub_message_id)).await
+    }
+
+    /// The key of [`Records::thread_of`], for callers that batch it with other ops.
+    pub fn thread_of_key(&self, hub_message_id: &str) -> String {
+        self.keys.bridge(&format!("threadof:{hub_message_id}"))
+    }
+
+    /// Records that a hub message is in a hub thread (a person's message published into it).
+    pub fn thread_of_op(&self, hub_message_id: &str, thread_id: &str) -> Op {
+        Self::set(
+            self.thread_of_key(hub_message_id),
+            thread_id.to_owned(),
+            KEEP,
+        )
     }
 
     /// The platform thread showing a hub thread in `chat` (a map chat).
@@ -120,8 +133,12 @@ impl Records {
         chat: &str,
         thread: &ThreadRef,
     ) -> Result<Option<String>, StoreError> {
-        self.get(self.key(&format!("topicthread:{chat}:{}", thread.0)))
-            .await
+        self.get(self.hub_thread_key(chat, thread)).await
+    }
+
+    /// The key of [`Records::hub_thread`], for callers that batch it with other ops.
+    pub fn hub_thread_key(&self, chat: &str, thread: &ThreadRef) -> String {
+        self.key(&format!("topicthread:{chat}:{}", thread.0))
     }
 
     pub async fn record_platform_thread(
@@ -137,7 +154,7 @@ impl Records {
                 THREAD_KEEP,
             ),
             Self::set(
-                self.key(&format!("topicthread:{chat}:{}", thread.0)),
+                self.hub_thread_key(chat, thread),
                 thread_id.to_owned(),
                 THREAD_KEEP,
             ),

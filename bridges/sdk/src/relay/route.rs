@@ -95,8 +95,8 @@ impl<C: Connector> Relay<C> {
             destination: recipient.to_owned(),
             event_type: about.event_type,
             reason: format!(
-                "direct messages go only to a person's private chat, and this id is not a {name} \
-                 user"
+                "direct messages go only to a person's private chat, and this id is not a {} user",
+                crate::ids::Platform::named(name).label()
             ),
             agent_id: about.agent_id,
             channel_id: None,
