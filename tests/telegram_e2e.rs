@@ -1959,3 +1959,64 @@ async fn check_verifies_the_token_with_get_me() {
     assert!(error.is_fatal(), "{error}");
     assert!(!error.to_string().contains("999:wrong"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_the_previous_release_left_is_relayed_after_the_upgrade() {
+    let redis = RedisServer::start();
+    let tg = FakeTelegram::start(TOKEN).await;
+    // Jobs as the previous release kept them (`{"relay", "action"}`), waiting in GROUP's outbox.
+    let relay = json!({"event_type": "channel.message", "agent_id": AGENT,
+                       "channel_id": CHANNEL, "payload": {}});
+    let jobs = [
+        json!({"id": "old-1", "job": {"relay": relay, "action": {"Send": {
+            "hub_message_id": "m-old", "look": {"author": {"name": "Backend Architect",
+            "avatar": "🤖"}}, "content": "queued before the upgrade", "reply_to": null,
+            "thread_id": null, "sent": []}}}}),
+        json!({"id": "old-2", "job": {"relay": relay, "action": {"Edit": {
+            "hub_message_id": "m-old", "content": "edited before the upgrade",
+            "progress": null}}}}),
+    ];
+    let mut conn = redis.connection().await;
+    for entry in &jobs {
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("openclaw:bridge:outbox:telegram:{GROUP}"))
+            .arg(entry.to_string())
+            .query_async(&mut conn)
+            .await
+            .expect("RPUSH");
+    }
+    let _: () = redis::cmd("SADD")
+        .arg("openclaw:bridge:outboxes:telegram")
+        .arg(GROUP)
+        .query_async(&mut conn)
+        .await
+        .expect("SADD");
+    let spy = HubSpy::start(&redis.url()).await;
+    let service = start(config(&redis, &tg))
+        .await
+        .expect("the service starts");
+    wait_ready(&service).await;
+    let h = Harness {
+        redis,
+        tg,
+        spy,
+        service: Some(service),
+    };
+    h.tg.wait_until("the old send", WAIT, |tg| {
+        tg.calls_of("sendMessage").iter().any(|call| {
+            call.body["text"] == "🤖 <b>Backend Architect</b>\nqueued before the upgrade"
+        })
+    })
+    .await;
+    // The edit found the message the send mapped, and kept its header.
+    h.tg.wait_until("the old edit", WAIT, |tg| {
+        tg.calls_of("editMessageText").iter().any(|call| {
+            call.body["text"].as_str().is_some_and(|text| {
+                text == "🤖 <b>Backend Architect</b>\nedited before the upgrade"
+            })
+        })
+    })
+    .await;
+    assert!(dead_letters(&h).await.is_empty(), "nothing was unreadable");
+    h.stop().await;
+}

@@ -115,6 +115,8 @@ struct Inner<J> {
 struct Durability<J> {
     encode: fn(&J) -> serde_json::Result<Value>,
     decode: fn(Value) -> serde_json::Result<J>,
+    /// Reads a job an earlier release stored in its own shape, so an upgrade loses no backlog.
+    upgrade: fn(Value) -> Option<J>,
 }
 
 /// A queued job, with the exact list entry that keeps it in the store (durable outboxes).
@@ -432,9 +434,23 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::durable_upgrading(bridge, deliver, hub, tasks, shutdown, |_| None)
+    }
+
+    /// [`Self::durable`], reading with `upgrade` the jobs an earlier release stored in a shape
+    /// of its own.
+    pub fn durable_upgrading(
+        bridge: &'static str,
+        deliver: Arc<dyn Deliver<J>>,
+        hub: HubHandle,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        upgrade: fn(Value) -> Option<J>,
+    ) -> Self {
         let durability = Durability {
             encode: |job| serde_json::to_value(job),
             decode: serde_json::from_value,
+            upgrade,
         };
         Self::build(bridge, deliver, hub, Some(durability), tasks, shutdown)
     }
@@ -502,7 +518,10 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
         for raw in entries {
             let parsed = serde_json::from_str::<Value>(&raw).ok().and_then(|value| {
                 let id = value.get("id")?.as_str()?.to_owned();
-                let job = (durability.decode)(value.get("job")?.clone()).ok()?;
+                let stored = value.get("job")?.clone();
+                let job = (durability.decode)(stored.clone())
+                    .ok()
+                    .or_else(|| (durability.upgrade)(stored))?;
                 Some((id, job))
             });
             let Some((id, job)) = parsed else {

@@ -175,6 +175,10 @@ impl Connector for Telegram {
         Some(Chat(id.to_string()))
     }
 
+    fn upgrade_job(stored: serde_json::Value) -> Option<hub_bridge_sdk::relay::Job<TelegramPart>> {
+        crate::upgrade::job(stored)
+    }
+
     fn render<'a>(
         &'a self,
         _place: &'a Place,

@@ -13,6 +13,7 @@ mod forums;
 mod inbound;
 mod pacing;
 mod render;
+mod upgrade;
 
 pub use bridge::TelegramBridge;
 pub use config::*;

@@ -165,6 +165,17 @@ pub trait Connector: Send + Sync + 'static {
         place.chat.0.clone()
     }
 
+    /// Reads a job an earlier release of this platform's bridge left in its outbox, in that
+    /// release's own shape, so that an upgrade loses no backlog. `None`: not such a job (it is
+    /// then dead-lettered as it was stored).
+    fn upgrade_job(stored: serde_json::Value) -> Option<crate::relay::Job<Self::Part>>
+    where
+        Self: Sized,
+    {
+        let _ = stored;
+        None
+    }
+
     /// Renders a message into parts under the platform's limits.
     fn render<'a>(
         &'a self,

@@ -85,7 +85,8 @@ impl<C: Connector> Relay<C> {
             hub: hub.clone(),
             links,
         });
-        let outboxes = Outboxes::durable(name, core.clone(), hub, tasks, shutdown);
+        let outboxes =
+            Outboxes::durable_upgrading(name, core.clone(), hub, tasks, shutdown, C::upgrade_job);
         Self { core, outboxes }
     }
 
