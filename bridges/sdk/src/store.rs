@@ -373,6 +373,11 @@ pub(crate) mod memory {
                         | state.sets.remove(&key).is_some();
                     Reply::Int(i64::from(gone))
                 }
+                Op::Exists { key } => Reply::Int(i64::from(
+                    keys.contains_key(&key)
+                        || state.lists.contains_key(&key)
+                        || state.sets.contains_key(&key),
+                )),
                 Op::IncrWindow { key, .. } => Reply::Int(incr(keys, key)),
                 Op::IncrWindowOnce { key, claim_key, .. } => {
                     if let Some(count) = keys.get(&claim_key) {

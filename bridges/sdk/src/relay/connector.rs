@@ -85,15 +85,23 @@ pub struct Look {
     pub header: Option<String>,
 }
 
+/// The platform message a message answers, and the thread it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub id: PartId,
+    pub thread: Option<ThreadRef>,
+}
+
 /// A message to render.
 #[derive(Debug, Clone, Copy)]
 pub struct Rendering<'a> {
     pub look: &'a Look,
     pub text: &'a str,
-    /// The platform message it answers, when it is shown here.
-    pub reply_to: Option<&'a PartId>,
-    /// An edit of a message already shown (the header is in `look`).
-    pub edit: bool,
+    /// The platform message it answers, when this chat shows it (in this place or another).
+    pub reply_to: Option<&'a Reply>,
+    /// For an edit, the first part already shown (the header is in `look`, except for messages
+    /// an earlier release showed, which a connector may read back from the platform).
+    pub edit_of: Option<&'a PartId>,
 }
 
 /// A rendered message: its parts, and the header to keep in its [`Look`].
@@ -101,8 +109,8 @@ pub struct Rendering<'a> {
 pub struct Rendered<P> {
     pub parts: Vec<P>,
     pub header: Option<String>,
-    /// Whether the first part should answer `reply_to` natively (false when the connector
-    /// quoted it instead, as a Discord webhook must).
+    /// Whether the first part should answer `reply_to` natively, which the engine does only
+    /// within one place (false when the connector quoted it instead, as a Discord webhook must).
     pub native_reply: bool,
 }
 
@@ -173,6 +181,20 @@ pub trait Connector: Send + Sync + 'static {
         Self: Sized,
     {
         let _ = stored;
+        None
+    }
+
+    /// Where an earlier release of this bridge kept the platform thread of a hub thread in `chat`
+    /// (read when the engine's own record is absent), if it kept it elsewhere.
+    fn legacy_thread_key(&self, chat: &str, thread_id: &str) -> Option<String> {
+        let _ = (chat, thread_id);
+        None
+    }
+
+    /// The key an earlier release of this bridge set for a stopped link, if it kept stopped links
+    /// elsewhere than the engine's set. Read once at start.
+    fn legacy_stopped_key(&self, link: &crate::relay::Link) -> Option<String> {
+        let _ = link;
         None
     }
 

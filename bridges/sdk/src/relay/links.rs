@@ -117,20 +117,42 @@ impl Links {
             .map(drop)
     }
 
-    /// Reads the links stopped in earlier runs.
-    pub async fn load_stopped(&self, hub: &HubHandle) -> Result<(), StoreError> {
-        let members: HashSet<String> = hub
-            .store()
-            .one(Op::SMembers { key: self.key(hub) })
-            .await?
-            .into_list()
+    /// Reads the links stopped in earlier runs; `legacy` names, per link, a key an earlier release
+    /// set when it stopped that link (such links join the set).
+    pub async fn load_stopped(
+        &self,
+        hub: &HubHandle,
+        legacy: &[(Link, String)],
+    ) -> Result<(), StoreError> {
+        let mut ops = vec![Op::SMembers { key: self.key(hub) }];
+        ops.extend(
+            legacy
+                .iter()
+                .map(|(_, key)| Op::Exists { key: key.clone() }),
+        );
+        let mut replies = hub.store().exec(ops).await?.into_iter();
+        let members: HashSet<String> = replies
+            .next()
+            .map(crate::store::Reply::into_list)
+            .unwrap_or_default()
             .into_iter()
             .collect();
-        let mut stopped = self.stopped();
-        for link in &self.all {
-            if members.contains(&link.member()) {
-                stopped.insert(link.clone());
+        let mut adopted = Vec::new();
+        {
+            let mut stopped = self.stopped();
+            for link in &self.all {
+                if members.contains(&link.member()) {
+                    stopped.insert(link.clone());
+                }
             }
+            for ((link, _), reply) in legacy.iter().zip(replies) {
+                if reply.as_int().unwrap_or(0) > 0 && stopped.insert(link.clone()) {
+                    adopted.push(link.clone());
+                }
+            }
+        }
+        for link in adopted {
+            self.stop(hub, &link).await?;
         }
         Ok(())
     }

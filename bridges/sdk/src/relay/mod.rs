@@ -92,7 +92,20 @@ impl<C: Connector> Relay<C> {
 
     /// Reads what earlier runs left: the stopped links, then the queued jobs (which start again).
     pub async fn resume(&self) -> Result<usize, StoreError> {
-        self.core.links.load_stopped(&self.core.hub).await?;
+        let legacy: Vec<(Link, String)> = self
+            .core
+            .links
+            .all()
+            .iter()
+            .filter_map(|link| {
+                let key = self.core.connector.legacy_stopped_key(link)?;
+                Some((link.clone(), key))
+            })
+            .collect();
+        self.core
+            .links
+            .load_stopped(&self.core.hub, &legacy)
+            .await?;
         self.outboxes.recover().await
     }
 

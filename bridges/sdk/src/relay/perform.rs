@@ -10,7 +10,7 @@ use crate::event::now_millis;
 use crate::metrics::labels2;
 use crate::outbox::{Deliver, SendError};
 use crate::relay::connector::{
-    Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendering, ThreadRef,
+    Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendering, Reply, ThreadRef,
 };
 use crate::relay::job::{self, Action, Job, Rewrite, SendProgress};
 use crate::relay::{home, Core};
@@ -151,13 +151,12 @@ impl<C: Connector> Core<C> {
             }
         }
         let reply = match parent {
-            Some(parent) => self.first_part(&place, &parent).await?,
+            Some(parent) => self
+                .first_part(&place, &parent)
+                .await?
+                .map(|(id, thread)| Reply { id, thread }),
             None => None,
         };
-        let reply_to = reply.and_then(|(id, where_)| {
-            // Native replies stay in one place; the connector may still quote it.
-            (where_ == place.thread).then_some(id)
-        });
         let rendered = self
             .connector
             .render(
@@ -165,8 +164,8 @@ impl<C: Connector> Core<C> {
                 Rendering {
                     look: &send.look,
                     text: &send.text,
-                    reply_to: reply_to.as_ref(),
-                    edit: false,
+                    reply_to: reply.as_ref(),
+                    edit_of: None,
                 },
             )
             .await?;
@@ -174,9 +173,11 @@ impl<C: Connector> Core<C> {
             self.count_ignored("empty_message");
         }
         send.look.header = rendered.header;
+        // Native replies stay in one place; elsewhere the connector may have quoted it.
+        let native = reply.filter(|reply| rendered.native_reply && reply.thread == place.thread);
         Ok(SendProgress {
             thread: place.thread,
-            reply_to: reply_to.filter(|_| rendered.native_reply),
+            reply_to: native.map(|reply| reply.id),
             parts: rendered.parts,
             done: 0,
             shown: Vec::new(),
@@ -256,13 +257,7 @@ impl<C: Connector> Core<C> {
         thread_id: &str,
         reply_to: Option<&str>,
     ) -> Result<Option<ThreadRef>, SendError> {
-        let chat = self.map_chat(home);
-        if let Some(thread) = self
-            .records
-            .platform_thread(&chat, thread_id)
-            .await
-            .map_err(unavailable)?
-        {
+        if let Some(thread) = self.known_thread(home, thread_id).await? {
             return Ok(Some(thread));
         }
         if !self.connector.capabilities().open_threads_on_demand {
@@ -296,14 +291,37 @@ impl<C: Connector> Core<C> {
         Ok(opened)
     }
 
-    async fn open_thread(&self, chat: &Chat, open: &mut job::OpenThread) -> Result<(), SendError> {
-        let home = home(chat, Some(&open.hub_channel));
+    /// The platform thread already showing a hub thread in the chat of `home`.
+    pub(crate) async fn known_thread(
+        &self,
+        home: &Place,
+        thread_id: &str,
+    ) -> Result<Option<ThreadRef>, SendError> {
+        let chat = self.map_chat(home);
         let known = self
             .records
-            .platform_thread(&self.map_chat(&home), &open.thread_id)
+            .platform_thread(&chat, thread_id)
             .await
             .map_err(unavailable)?;
         if known.is_some() {
+            return Ok(known);
+        }
+        let Some(key) = self.connector.legacy_thread_key(&chat, thread_id) else {
+            return Ok(None);
+        };
+        let legacy = self
+            .hub
+            .store()
+            .one(crate::store::Op::Get { key })
+            .await
+            .map_err(unavailable)?
+            .into_text();
+        Ok(legacy.map(ThreadRef))
+    }
+
+    async fn open_thread(&self, chat: &Chat, open: &mut job::OpenThread) -> Result<(), SendError> {
+        let home = home(chat, Some(&open.hub_channel));
+        if self.known_thread(&home, &open.thread_id).await?.is_some() {
             return Ok(());
         }
         match self.first_part(&home, &open.parent).await? {
@@ -358,7 +376,7 @@ impl<C: Connector> Core<C> {
                         look: &look,
                         text: &edit.text,
                         reply_to: None,
-                        edit: true,
+                        edit_of: old.first(),
                     },
                 )
                 .await?;

@@ -252,10 +252,9 @@ impl<C: Connector> Relay<C> {
     async fn typing_place(&self, link: &Link, thread_id: Option<&str>) -> Place {
         let mut place = home(&link.chat, Some(&link.hub_channel));
         if let Some(thread_id) = thread_id {
-            let chat = self.core.map_chat(&place);
-            match self.records().platform_thread(&chat, thread_id).await {
+            match self.core.known_thread(&place, thread_id).await {
                 Ok(thread) => place.thread = thread,
-                Err(error) => tracing::debug!(%error, "could not look up a thread for typing"),
+                Err(error) => tracing::debug!(?error, "could not look up a thread for typing"),
             }
         }
         place

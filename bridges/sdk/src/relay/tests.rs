@@ -23,7 +23,7 @@ use crate::relay::connector::{
 };
 use crate::relay::{Link, Links, Relay};
 use crate::store::memory::MemoryStore;
-use crate::store::{Keys, Store};
+use crate::store::{Keys, Op, Store};
 
 /// One call the engine made, as the platform saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +103,17 @@ impl Connector for Memory {
 
     fn private_chat(&self, user_id: &str) -> Option<Chat> {
         Some(Chat(format!("dm:{user_id}")))
+    }
+
+    fn legacy_thread_key(&self, chat: &str, thread_id: &str) -> Option<String> {
+        Some(format!("t:legacy:thread:{chat}:{thread_id}"))
+    }
+
+    fn legacy_stopped_key(&self, link: &Link) -> Option<String> {
+        Some(format!(
+            "t:legacy:stopped:{}:{}",
+            link.hub_channel, link.chat
+        ))
     }
 
     fn render<'a>(
@@ -687,5 +698,74 @@ async fn a_failed_relay_is_dead_lettered_with_the_hub_event_and_the_agent_told()
         "{keys:?}"
     );
     let _ = &h.hub;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_answers_its_parent_natively_in_the_same_place() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.say("B", "m1", "ada", "question").await;
+    let parent = h.parts("m1", "1/B").await;
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "channel.message", "channelId": "B", "message": {
+            "id": "m2", "content": "answer", "senderId": "ada", "timestamp": 1,
+            "parentMessageId": "m1"}}),
+    )
+    .await;
+    let sends = h.sends();
+    assert_eq!(sends[0].3.as_ref(), Some(&parent[0]), "{sends:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn what_an_earlier_release_kept_elsewhere_is_honoured() {
+    let store = Arc::new(MemoryStore::default());
+    store
+        .exec(vec![
+            Op::Set {
+                key: "t:legacy:stopped:A:2".into(),
+                value: "1".into(),
+                ttl: None,
+                only_if_absent: false,
+            },
+            Op::Set {
+                key: "t:legacy:thread:1/B:t-old".into(),
+                value: "old-thread".into(),
+                ttl: None,
+                only_if_absent: false,
+            },
+        ])
+        .await
+        .unwrap();
+    let h = Harness::with_store(Memory::new(true, 1), store.clone());
+    h.relay.resume().await.unwrap();
+    h.say("A", "m1", "ada", "hi").await;
+    let chats: Vec<String> = h.sends().into_iter().map(|s| s.0).collect();
+    assert!(
+        chats.iter().all(|chat| chat == "1"),
+        "A-2 stays stopped: {chats:?}"
+    );
+    h.clear();
+    h.channel(
+        "B",
+        json!({"type": "thread.message", "channelId": "B", "threadId": "t-old", "message": {
+            "id": "m2", "content": "more", "senderId": "ada", "timestamp": 1}}),
+    )
+    .await;
+    assert_eq!(h.sends()[0].1.as_deref(), Some("old-thread"));
+    h.stop().await;
+    // The stopped link joined the engine's set: it stays stopped without the old key.
+    store
+        .exec(vec![Op::Del {
+            key: "t:legacy:stopped:A:2".into(),
+        }])
+        .await
+        .unwrap();
+    let h = Harness::with_store(Memory::new(true, 1), store);
+    h.relay.resume().await.unwrap();
+    h.say("A", "m3", "ada", "hi").await;
+    assert!(h.sends().iter().all(|s| s.0 == "1"));
     h.stop().await;
 }
