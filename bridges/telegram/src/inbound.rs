@@ -15,11 +15,9 @@ use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{
     now_millis, ChannelEvent, ChannelMessage, ContentBlock, Envelope, Member,
 };
-use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::health::Component;
-use hub_bridge_sdk::limits::{Action, Decision};
-use hub_bridge_sdk::metrics::labels2;
-use hub_bridge_sdk::relay::{Place, ThreadRef};
+use hub_bridge_sdk::limits::Action;
+use hub_bridge_sdk::relay::{LimitNotice, Place, Readiness, ThreadRef};
 use hub_bridge_sdk::{BridgeError, ExternalId, Op, Source, StoreError};
 use teloxide::prelude::*;
 use teloxide::types::{
@@ -160,19 +158,16 @@ impl Inbound<'_> {
         legacy_key: &str,
         status: &Component,
     ) -> Option<Option<i32>> {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            match self.read_offset(key, legacy_key).await {
-                Ok(offset) => return Some(offset),
-                Err(error) => {
-                    status.not_ready(&format!("waiting for the store: {error}"));
-                    if !self.sleep(backoff).await {
-                        return None;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        let readiness = Readiness {
+            status,
+            ready: "read the Telegram offset",
+        };
+        self.shared
+            .relay
+            .until_stored("offset", Some(&readiness), || {
+                self.read_offset(key, legacy_key)
+            })
+            .await
     }
 
     async fn read_offset(&self, key: &str, legacy_key: &str) -> Result<Option<i32>, StoreError> {
@@ -216,35 +211,11 @@ impl Inbound<'_> {
 
     /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.
     async fn handle_until_done(&self, update: &Update, status: &Component, ready: &str) -> bool {
-        let mut backoff = Duration::from_millis(250);
-        let mut failing = false;
-        loop {
-            // An update whose handling panics is counted, logged and acknowledged: retrying it
-            // would panic again and keep every later update waiting (SPEC section 9).
-            let metrics = self.shared.hub.metrics();
-            let handled = handle_event(metrics, "telegram", "update", self.handle(update))
-                .await
-                .unwrap_or(Ok(()));
-            match handled {
-                Ok(()) => {
-                    if failing {
-                        status.ready(ready);
-                    }
-                    return true;
-                }
-                Err(error) => {
-                    if !failing {
-                        tracing::warn!(%error, update = update.id.0, "store unavailable; the update waits unacknowledged");
-                    }
-                    failing = true;
-                    status.not_ready(&format!("Telegram updates waiting for the store: {error}"));
-                    if !self.sleep(backoff).await {
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let readiness = Readiness { status, ready };
+        self.shared
+            .relay
+            .handle_until_stored("update", Some(&readiness), || self.handle(update))
+            .await
     }
 
     async fn handle(&self, update: &Update) -> Result<(), StoreError> {
@@ -468,20 +439,7 @@ impl Inbound<'_> {
 
     /// Runs publish-once ops (and others), counting those that published.
     async fn exec_publishes(&self, ops: Vec<Op>, type_name: &str) -> Result<(), StoreError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let publishes: Vec<bool> = ops
-            .iter()
-            .map(|op| matches!(op, Op::PublishOnce { .. }))
-            .collect();
-        let replies = self.shared.hub.store().exec(ops).await?;
-        for (reply, is_publish) in replies.iter().zip(publishes) {
-            if is_publish && reply.as_int() == Some(1) {
-                self.count_published(type_name);
-            }
-        }
-        Ok(())
+        self.shared.relay.publish_all(ops, type_name).await
     }
 
     /// Publishes `event` unless this update's `index`-th event was published before.
@@ -513,10 +471,8 @@ impl Inbound<'_> {
         }
     }
 
-    /// Counts the action against the person's limit; over it, tells them once per window.
-    ///
-    /// An update is handled again after a store error; the decision taken for it the first time
-    /// stands, so one platform message counts once however often it is retried.
+    /// Counts the action against the person's limit, once per update; over it, tells them once
+    /// per window.
     async fn within_limit(
         &self,
         update_id: u32,
@@ -525,47 +481,15 @@ impl Inbound<'_> {
         chat: i64,
         name: &str,
     ) -> Result<bool, StoreError> {
-        // Counted once per update and action, however often the update is handled (a retry after
-        // a store error, a redelivery after a crash): the limiter keeps the first decision.
-        let event = format!("telegram:update:{update_id}:{}", action.as_str());
-        let decision = self
-            .shared
-            .hub
-            .limiter()
-            .check_once(action, sender, &event)
-            .await?;
-        let Decision::Rejected {
-            limit,
-            first_in_window,
-        } = decision
-        else {
-            return Ok(true);
+        let notice = LimitNotice {
+            chat: chat_of(chat),
+            who: name.to_owned(),
+            mention: None,
         };
         self.shared
-            .hub
-            .metrics()
-            .rate_limit_rejections
-            .get_or_create(&labels2(
-                ("action", action.as_str()),
-                ("direction", "inbound"),
-            ))
-            .inc();
-        if first_in_window {
-            let what = match action {
-                Action::Reaction => "reactions",
-                _ => "messages",
-            };
-            let text = format!(
-                "⏳ {}, you are sending {what} too fast: the hub takes {limit} per minute. What you \
-                 send in the next minute is not relayed.",
-                name
-            );
-            self.shared
-                .relay
-                .notice(&chat_of(chat), text, "rate_limit.notice", None)
-                .await;
-        }
-        Ok(false)
+            .relay
+            .within_limit(action, sender, &format!("update:{update_id}"), Some(notice))
+            .await
     }
 
     async fn membership(

@@ -9,10 +9,13 @@
 //!   every part of a message, mapping the parts to the hub message, reconciling a message's parts
 //!   on an edit or a delete, reactions, platform threads for hub threads, notices;
 //! - typing indicators outside the outboxes ([`typing`]);
+//! - on the way in: waiting for the store, the inbound rate limit and its notice, counting what
+//!   was published (`inbound`);
 //! - dead letters with the reason, and the agent told;
 //! - the records that make edits, replies and threads work across restarts ([`records`]).
 
 pub mod connector;
+mod inbound;
 pub mod job;
 pub mod links;
 mod perform;
@@ -37,6 +40,7 @@ pub use connector::{
     Author, Capabilities, Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendered,
     Rendering, ThreadRef,
 };
+pub use inbound::{LimitNotice, Readiness};
 pub use job::Job;
 pub use links::{Link, Links};
 pub use records::Records;
@@ -65,6 +69,7 @@ pub(crate) struct Core<C: Connector> {
     map: MessageMap,
     records: Records,
     typing: Typing<C>,
+    shutdown: CancellationToken,
 }
 
 impl<C: Connector> Relay<C> {
@@ -84,6 +89,7 @@ impl<C: Connector> Relay<C> {
             connector,
             hub: hub.clone(),
             links,
+            shutdown: shutdown.clone(),
         });
         let outboxes =
             Outboxes::durable_upgrading(name, core.clone(), hub, tasks, shutdown, C::upgrade_job);

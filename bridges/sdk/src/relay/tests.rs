@@ -252,9 +252,13 @@ impl Harness {
     }
 
     fn with_store(connector: Memory, store: Arc<MemoryStore>) -> Self {
+        Self::with_limits(connector, store, LimitsConfig::default())
+    }
+
+    fn with_limits(connector: Memory, store: Arc<MemoryStore>, limits: LimitsConfig) -> Self {
         let keys = Keys::new("t:");
         let dyn_store: Arc<dyn Store> = store.clone();
-        let limiter = RateLimiter::new(dyn_store.clone(), keys.clone(), LimitsConfig::default());
+        let limiter = RateLimiter::new(dyn_store.clone(), keys.clone(), limits);
         let mut agents = BTreeMap::new();
         agents.insert(
             "ada".to_owned(),
@@ -767,5 +771,85 @@ async fn what_an_earlier_release_kept_elsewhere_is_honoured() {
     h.relay.resume().await.unwrap();
     h.say("A", "m3", "ada", "hi").await;
     assert!(h.sends().iter().all(|s| s.0 == "1"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_person_over_the_limit_is_told_once_and_a_retried_event_counts_once() {
+    let limits = LimitsConfig {
+        message: 1,
+        ..LimitsConfig::default()
+    };
+    let h = Harness::with_limits(
+        Memory::new(true, 1),
+        Arc::new(MemoryStore::default()),
+        limits,
+    );
+    let person = "external:memory:7";
+    let notice = || {
+        Some(crate::relay::LimitNotice {
+            chat: Chat("1".into()),
+            who: "Bob".into(),
+            mention: None,
+        })
+    };
+    let limit = crate::limits::Action::Message;
+    assert!(h
+        .relay
+        .within_limit(limit, person, "m:1", notice())
+        .await
+        .unwrap());
+    // The same event handled again (a retry) keeps its first decision.
+    assert!(h
+        .relay
+        .within_limit(limit, person, "m:1", notice())
+        .await
+        .unwrap());
+    assert!(!h
+        .relay
+        .within_limit(limit, person, "m:2", notice())
+        .await
+        .unwrap());
+    assert!(!h
+        .relay
+        .within_limit(limit, person, "m:3", notice())
+        .await
+        .unwrap());
+    h.settle().await;
+    let notices = h.sends();
+    assert_eq!(notices.len(), 1, "told once per window: {notices:?}");
+    assert!(notices[0]
+        .2
+        .starts_with("⏳ Bob, you are sending messages too fast"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_waits_for_the_store_and_goes_on_when_it_answers() {
+    let h = Harness::new(Memory::new(true, 1));
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let value = h
+        .relay
+        .until_stored("test", None, || {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if attempt < 2 {
+                    Err(crate::store::StoreError::Command("LOADING".into()))
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+    assert_eq!(value, Some(2));
+    // A stopped relay gives up waiting.
+    h.shutdown.cancel();
+    let never = h
+        .relay
+        .until_stored("test", None, || async {
+            Err::<(), _>(crate::store::StoreError::Command("LOADING".into()))
+        })
+        .await;
+    assert_eq!(never, None);
     h.stop().await;
 }
