@@ -83,6 +83,21 @@ impl Harness {
         }
     }
 
+    /// The service with the default config on a redis-server and a fake the test prepared.
+    async fn start_on(redis: RedisServer, tg: FakeTelegram) -> Harness {
+        let spy = HubSpy::start(&redis.url()).await;
+        let service = start(config(&redis, &tg))
+            .await
+            .expect("the service starts");
+        wait_ready(&service).await;
+        Harness {
+            redis,
+            tg,
+            spy,
+            service: Some(service),
+        }
+    }
+
     fn url(&self) -> String {
         self.redis.url()
     }
@@ -1704,17 +1719,7 @@ async fn the_offset_is_kept_per_bot_and_the_old_key_is_taken_over_once() {
         .query_async(&mut conn)
         .await
         .expect("SET");
-    let spy = HubSpy::start(&redis.url()).await;
-    let service = start(config(&redis, &tg))
-        .await
-        .expect("the service starts");
-    wait_ready(&service).await;
-    let h = Harness {
-        redis,
-        tg,
-        spy,
-        service: Some(service),
-    };
+    let h = Harness::start_on(redis, tg).await;
     let update = h.tg.text_message(&group(), &alice(), "after the upgrade");
     let message_id = update.message_id();
     h.tg.inject(update);
@@ -1991,17 +1996,7 @@ async fn a_backlog_the_previous_release_left_is_relayed_after_the_upgrade() {
         .query_async(&mut conn)
         .await
         .expect("SADD");
-    let spy = HubSpy::start(&redis.url()).await;
-    let service = start(config(&redis, &tg))
-        .await
-        .expect("the service starts");
-    wait_ready(&service).await;
-    let h = Harness {
-        redis,
-        tg,
-        spy,
-        service: Some(service),
-    };
+    let h = Harness::start_on(redis, tg).await;
     h.tg.wait_until("the old send", WAIT, |tg| {
         tg.calls_of("sendMessage").iter().any(|call| {
             call.body["text"] == "🤖 <b>Backend Architect</b>\nqueued before the upgrade"

@@ -64,6 +64,8 @@ struct Memory {
     capabilities: Capabilities,
     calls: Mutex<Vec<Call>>,
     next_id: AtomicU64,
+    /// Sends are refused for good while set.
+    refuse_sends: std::sync::atomic::AtomicBool,
 }
 
 const LIMIT: usize = 12;
@@ -78,6 +80,7 @@ impl Memory {
             },
             calls: Mutex::default(),
             next_id: AtomicU64::new(100),
+            refuse_sends: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -148,6 +151,9 @@ impl Connector for Memory {
         shown: &'a mut Vec<PartId>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
+            if self.refuse_sends.load(Ordering::Relaxed) {
+                return Err(SendError::Permanent("chat not found".to_owned()));
+            }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
             self.record(Call::Send {
                 chat: place.chat.0.clone(),
@@ -328,6 +334,35 @@ impl Harness {
         .await;
     }
 
+    async fn thread_create(&self, channel: &str, thread: &str, parent: &str) {
+        self.channel(
+            channel,
+            json!({"type": "thread.create", "channelId": channel, "thread": {
+                "id": thread, "parentMessageId": parent, "createdBy": "ada", "createdAt": 1,
+                "replyCount": 0}}),
+        )
+        .await;
+    }
+
+    async fn say_in_thread(&self, channel: &str, thread: &str, id: &str, content: &str) {
+        self.channel(
+            channel,
+            json!({"type": "thread.message", "channelId": channel, "threadId": thread,
+                   "message": {"id": id, "content": content, "senderId": "ada",
+                               "timestamp": 1}}),
+        )
+        .await;
+    }
+
+    async fn edit(&self, channel: &str, id: &str, content: &str) {
+        self.channel(
+            channel,
+            json!({"type": "channel.message.edit", "channelId": channel, "messageId": id,
+                   "content": content}),
+        )
+        .await;
+    }
+
     /// Waits until the outbox workers have nothing left to do.
     async fn settle(&self) {
         for _ in 0..200 {
@@ -413,12 +448,7 @@ async fn an_edit_changes_shared_parts_adds_new_ones_and_removes_the_rest() {
     // B is chat 1's second link: its map chat is told apart.
     assert_eq!(h.parts("m1", "1/B").await, vec!["100"]);
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m1",
-               "content": "a good deal longer now"}),
-    )
-    .await;
+    h.edit("B", "m1", "a good deal longer now").await;
     let calls = h.connector.calls();
     assert_eq!(
         calls[0],
@@ -432,12 +462,7 @@ async fn an_edit_changes_shared_parts_adds_new_ones_and_removes_the_rest() {
     let parts = h.parts("m1", "1/B").await;
     assert_eq!(parts.len(), 3);
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m1",
-               "content": "tiny"}),
-    )
-    .await;
+    h.edit("B", "m1", "tiny").await;
     let calls = h.connector.calls();
     assert!(matches!(&calls[0], Call::Edit { text, .. } if text == "Ada: tiny"));
     assert_eq!(
@@ -474,12 +499,7 @@ async fn an_edit_changes_shared_parts_adds_new_ones_and_removes_the_rest() {
 #[tokio::test]
 async fn edits_and_reactions_of_unknown_messages_make_no_call() {
     let h = Harness::new(Memory::new(true, 1));
-    h.channel(
-        "B",
-        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "nope",
-               "content": "x"}),
-    )
-    .await;
+    h.edit("B", "nope", "x").await;
     h.channel(
         "B",
         json!({"type": "channel.reaction.add", "channelId": "B", "messageId": "nope",
@@ -554,13 +574,7 @@ async fn a_thread_opens_on_its_parent_and_its_messages_go_there() {
     h.say("B", "root", "ada", "Shall we ship?").await;
     let root = h.parts("root", "1/B").await;
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "thread.create", "channelId": "B", "thread": {
-            "id": "t1", "parentMessageId": "root", "createdBy": "ada", "createdAt": 1,
-            "replyCount": 0}}),
-    )
-    .await;
+    h.thread_create("B", "t1", "root").await;
     assert_eq!(
         h.connector.calls(),
         vec![Call::OpenThread {
@@ -570,24 +584,14 @@ async fn a_thread_opens_on_its_parent_and_its_messages_go_there() {
         }]
     );
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "thread.message", "channelId": "B", "threadId": "t1", "message": {
-            "id": "m2", "content": "yes", "senderId": "ada", "timestamp": 1}}),
-    )
-    .await;
+    h.say_in_thread("B", "t1", "m2", "yes").await;
     let sends = h.sends();
     let thread = format!("thread-of-{}", root[0]);
     assert_eq!(sends[0].1.as_deref(), Some(thread.as_str()), "{sends:?}");
     assert_eq!(sends[0].3, None, "no native reply across places");
     // An edit finds the message in its thread.
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "channel.message.edit", "channelId": "B", "messageId": "m2",
-               "content": "yes!"}),
-    )
-    .await;
+    h.edit("B", "m2", "yes!").await;
     assert!(matches!(&h.connector.calls()[0], Call::Edit { text, .. } if text == "Ada: yes!"));
     h.stop().await;
 }
@@ -597,20 +601,9 @@ async fn without_threads_a_thread_message_answers_the_thread_root() {
     let h = Harness::new(Memory::new(false, 1));
     h.say("B", "root", "ada", "root").await;
     let root = h.parts("root", "1/B").await;
-    h.channel(
-        "B",
-        json!({"type": "thread.create", "channelId": "B", "thread": {
-            "id": "t1", "parentMessageId": "root", "createdBy": "ada", "createdAt": 1,
-            "replyCount": 0}}),
-    )
-    .await;
+    h.thread_create("B", "t1", "root").await;
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "thread.message", "channelId": "B", "threadId": "t1", "message": {
-            "id": "m2", "content": "yes", "senderId": "ada", "timestamp": 1}}),
-    )
-    .await;
+    h.say_in_thread("B", "t1", "m2", "yes").await;
     let sends = h.sends();
     assert_eq!(sends[0].1, None);
     assert_eq!(sends[0].3.as_ref(), Some(&root[0]), "answers the root");
@@ -688,7 +681,7 @@ async fn typing_shows_outside_the_outbox_until_the_message() {
 }
 
 #[tokio::test]
-async fn a_failed_relay_is_dead_lettered_with_the_hub_event_and_the_agent_told() {
+async fn the_engine_keeps_its_records_under_the_platforms_name() {
     let h = Harness::new(Memory::new(true, 1));
     // Records survive the run; the keys are the engine's, under the platform's name.
     h.say("B", "m1", "ada", "hi").await;
@@ -701,7 +694,40 @@ async fn a_failed_relay_is_dead_lettered_with_the_hub_event_and_the_agent_told()
         keys.contains(&"t:bridge:msgmap:memory:hub:m1:1/B".to_owned()),
         "{keys:?}"
     );
-    let _ = &h.hub;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_relay_is_dead_lettered_with_the_hub_event_and_the_agent_told() {
+    let h = Harness::new(Memory::new(true, 1));
+    h.connector.refuse_sends.store(true, Ordering::Relaxed);
+    h.say("B", "m1", "ada", "hi").await;
+    let letters = h
+        .hub
+        .store()
+        .one(Op::LRange {
+            key: "t:bridge:deadletter:memory".into(),
+            start: 0,
+            stop: -1,
+        })
+        .await
+        .unwrap()
+        .into_list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value = serde_json::from_str(&letters[0]).unwrap();
+    assert_eq!(letter["destination"], "memory:1");
+    assert_eq!(letter["eventType"], "channel.message");
+    assert_eq!(letter["reason"], "chat not found");
+    assert_eq!(letter["agentId"], "ada");
+    assert_eq!(letter["channelId"], "B");
+    assert_eq!(letter["payload"]["message"]["id"], "m1");
+    let told = h.store.published();
+    assert!(
+        told.iter()
+            .any(|(channel, payload)| channel == "pubsub:agent:ada"
+                && payload.contains("could not be delivered")),
+        "{told:?}"
+    );
     h.stop().await;
 }
 
@@ -752,12 +778,7 @@ async fn what_an_earlier_release_kept_elsewhere_is_honoured() {
         "A-2 stays stopped: {chats:?}"
     );
     h.clear();
-    h.channel(
-        "B",
-        json!({"type": "thread.message", "channelId": "B", "threadId": "t-old", "message": {
-            "id": "m2", "content": "more", "senderId": "ada", "timestamp": 1}}),
-    )
-    .await;
+    h.say_in_thread("B", "t-old", "m2", "more").await;
     assert_eq!(h.sends()[0].1.as_deref(), Some("old-thread"));
     h.stop().await;
     // The stopped link joined the engine's set: it stays stopped without the old key.
