@@ -70,25 +70,23 @@ impl Harness {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Harness {
         let redis = RedisServer::start();
         let tg = FakeTelegram::start(TOKEN).await;
-        let spy = HubSpy::start(&redis.url()).await;
-        let mut config = config(&redis, &tg);
-        adjust(&mut config);
-        let service = start(config).await.expect("the service starts");
-        wait_ready(&service).await;
-        Harness {
-            redis,
-            tg,
-            spy,
-            service: Some(service),
-        }
+        Self::start_configured(redis, tg, adjust).await
     }
 
     /// The service with the default config on a redis-server and a fake the test prepared.
     async fn start_on(redis: RedisServer, tg: FakeTelegram) -> Harness {
+        Self::start_configured(redis, tg, |_| {}).await
+    }
+
+    async fn start_configured(
+        redis: RedisServer,
+        tg: FakeTelegram,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Harness {
         let spy = HubSpy::start(&redis.url()).await;
-        let service = start(config(&redis, &tg))
-            .await
-            .expect("the service starts");
+        let mut config = config(&redis, &tg);
+        adjust(&mut config);
+        let service = start(config).await.expect("the service starts");
         wait_ready(&service).await;
         Harness {
             redis,
