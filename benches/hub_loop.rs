@@ -35,10 +35,6 @@
 //! freed memory), the live heap delta / N exact. Redis is another process: its `used_memory`
 //! delta / N is context only.
 
-#[allow(dead_code)] // Only start, url, port and kill-on-drop are used here.
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -50,6 +46,11 @@ use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::metrics::{label, Metrics};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
+use hub_bridge_telegram::{TelegramConfig, TelegramLink};
+use hub_bridge_testkit::fake_telegram::{ChatRef, FakeTelegram, UserRef};
+use hub_bridge_testkit::redis_server::RedisServer;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushKind};
 
 // The same allocator as the `hub-bridge` binary, so the numbers are the service's as deployed.
 // In the soak and people phases it also counts heap bytes allocated - freed: growth that RSS
@@ -86,17 +87,6 @@ unsafe impl GlobalAlloc for Counting {
         mimalloc::MiMalloc.realloc(ptr, layout, new_size)
     }
 }
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushKind};
-use redis_server::RedisServer;
-
-// Only the server, inject, the update builders and the call record are used here.
-#[allow(dead_code)]
-#[path = "../tests/support/fake_telegram.rs"]
-mod fake_telegram;
-
-use fake_telegram::{ChatRef, FakeTelegram, UserRef};
-use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 

@@ -4,8 +4,6 @@
 //! (401, 403, 404, 413, 429), a slow reader that lags without slowing the hub loop, the relay of an
 //! API message to a linked Telegram chat through the fake Bot API, and `hub-bridge check`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,10 +15,10 @@ use hub_bridge::service::{start, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::{AgentProfile, Op, Reply};
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
+use hub_bridge_testkit::fake_telegram::FakeTelegram;
+use hub_bridge_testkit::hub::{publish, HubSpy};
+use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::{json, Value};
-use support::fake_telegram::FakeTelegram;
-use support::hub::{publish, HubSpy};
-use support::redis_server::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -2,13 +2,11 @@
 //! key, the example config starts and answers `/healthz`, SIGTERM stops it cleanly, and
 //! `hub-bridge check` passes against a live Redis and fails clearly against a dead port.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::redis_server::{free_port, RedisServer};
+use hub_bridge_testkit::redis_server::{free_port, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hub-bridge");
 

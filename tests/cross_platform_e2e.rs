@@ -4,8 +4,6 @@
 //! delete and reaction on one platform shows up on the other with the person's name, and never
 //! returns to where it came from.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use hub_bridge::config::{Config, HttpConfig, RedisConfig};
@@ -14,11 +12,11 @@ use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::AgentProfile;
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
+use hub_bridge_testkit::fake_discord::{FakeDiscord, Request, UserMessage, UserRef as DiscordUser};
+use hub_bridge_testkit::fake_telegram::{ChatRef, FakeTelegram, UserRef as TelegramUser};
+use hub_bridge_testkit::hub::{HubSpy, Seen};
+use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::Value;
-use support::fake_discord::{FakeDiscord, Request, UserMessage, UserRef as DiscordUser};
-use support::fake_telegram::{ChatRef, FakeTelegram, UserRef as TelegramUser};
-use support::hub::{HubSpy, Seen};
-use support::redis_server::RedisServer;
 
 const HUB: &str = "9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f";
 const TG_TOKEN: &str = "123456:CROSS-token_abc";

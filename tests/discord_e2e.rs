@@ -3,8 +3,6 @@
 //! unmodified. Each test checks what Discord people and hub agents would see: the events on the
 //! hub (through a spy subscribed to `pubsub:*`) and the requests Discord received.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,10 +11,10 @@ use hub_bridge::service::{self, Running};
 use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::{AgentProfile, Bridge};
+use hub_bridge_testkit::fake_discord::{Failure, FakeDiscord, Request, UserMessage, UserRef};
+use hub_bridge_testkit::hub::{publish, HubSpy, Seen};
+use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::{json, Value};
-use support::fake_discord::{Failure, FakeDiscord, Request, UserMessage, UserRef};
-use support::hub::{publish, HubSpy, Seen};
-use support::redis_server::RedisServer;
 
 const TOKEN: &str = "fake-discord-bot-token";
 const BAD_TOKEN: &str = "revoked-bot-token-xyz";

@@ -1,8 +1,6 @@
 //! The hub loop's state keeping, rate limits, routing and outage recovery, run twice: against a
 //! private `redis-server` and on the embedded in-process bus (same suite, same assertions).
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +17,8 @@ use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::limits::{Action, Decision, LimitsConfig, RateLimiter};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, Keys, Op, Reply, Store};
+use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::{json, Value};
-use support::redis_server::RedisServer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -1,8 +1,6 @@
 //! Durable outboxes against a private `redis-server`: order per destination, recovery of what a
 //! stopped run left (with its progress), and dead letters with the reason.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,8 +15,8 @@ use hub_bridge_sdk::limits::{LimitsConfig, RateLimiter};
 use hub_bridge_sdk::metrics::Metrics;
 use hub_bridge_sdk::outbox::{Deliver, Outboxes, SendError};
 use hub_bridge_sdk::{HubHandle, Keys, Op};
+use hub_bridge_testkit::redis_server::RedisServer;
 use serde::{Deserialize, Serialize};
-use support::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

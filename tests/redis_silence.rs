@@ -3,16 +3,14 @@
 //! replace their connections. A TCP proxy in front of a private `redis-server` swallows the
 //! traffic of the connections open at that moment, while new connections go through.
 
-mod support;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub_bridge::config::Config;
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_testkit::redis_server::RedisServer;
 use redis::AsyncCommands;
-use support::redis_server::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

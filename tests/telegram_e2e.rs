@@ -1,11 +1,9 @@
 //! End-to-end tests of the Telegram bridge (issue 3): the whole service, started as users start it,
-//! against a test-started `redis-server` and the fake Bot API in `tests/support`, with teloxide
-//! unmodified. Every inbound mapping is checked on the hub channel with its exact fields, every
-//! outbound row of SPEC section 5 on the calls the fake recorded, plus the delivery guarantees:
-//! no echo, 429 handling, pacing, splitting, crash and Redis-outage recovery, dead letters and the
-//! inbound rate limit.
-
-mod support;
+//! against a test-started `redis-server` and the fake Bot API of `hub-bridge-testkit`, with
+//! teloxide unmodified. Every inbound mapping is checked on the hub channel with its exact fields,
+//! every outbound row of SPEC section 5 on the calls the fake recorded, plus the delivery
+//! guarantees: no echo, 429 handling, pacing, splitting, crash and Redis-outage recovery, dead
+//! letters and the inbound rate limit.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,12 +13,12 @@ use hub_bridge::service::{start, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::{AgentProfile, Bridge};
 use hub_bridge_telegram::{TelegramBridge, TelegramConfig, TelegramLink};
-use serde_json::{json, Value};
-use support::fake_telegram::{
+use hub_bridge_testkit::fake_telegram::{
     BotMessage, Call, ChatRef, Failure, FakeTelegram, Limits, Media, MemberStatus, UserRef,
 };
-use support::hub::{publish, HubSpy, Seen};
-use support::redis_server::RedisServer;
+use hub_bridge_testkit::hub::{publish, HubSpy, Seen};
+use hub_bridge_testkit::redis_server::RedisServer;
+use serde_json::{json, Value};
 
 const TOKEN: &str = "123456:TEST-token_abc";
 const CHANNEL: &str = "9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f";

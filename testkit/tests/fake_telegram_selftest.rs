@@ -1,17 +1,13 @@
-//! Proves that `tests/support/fake_telegram.rs` speaks the Bot API as teloxide expects: unmodified
+//! Proves that the fake in `src/fake_telegram.rs` speaks the Bot API as teloxide expects: unmodified
 //! teloxide parses what the fake answers (getMe, every injected update kind, sent and edited
 //! messages) and maps the fake's errors to the same `RequestError`s the real API produces (HTML
 //! parse errors, length limits, 429 with retry_after, 403 when kicked, 409 for a second poller).
 
-// Only the Telegram fake is needed here; including the whole `support` module would also build
-// the Discord fake, which has its own selftest.
-#[allow(dead_code)]
-#[path = "support/fake_telegram.rs"]
-mod fake_telegram;
-
 use std::time::{Duration, Instant};
 
-use fake_telegram::{ChatRef, Failure, FakeTelegram, Limits, Media, MemberStatus, UserRef};
+use hub_bridge_testkit::fake_telegram::{
+    ChatRef, Failure, FakeTelegram, Limits, Media, MemberStatus, UserRef,
+};
 use serde_json::{json, Value};
 use teloxide::prelude::*;
 use teloxide::types::{

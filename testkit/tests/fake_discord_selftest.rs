@@ -1,14 +1,13 @@
-//! Selftest of `support::fake_discord`: serenity 0.12.5, unmodified, talks to the fake exactly as
-//! the Discord bridge will (REST through `HttpBuilder::proxy` with the ratelimiter off, a gateway
-//! `Client` built on that `Http`). Every dispatch template is checked by really receiving it in a
+//! Selftest of `hub_bridge_testkit::fake_discord`: serenity 0.12.5, unmodified, talks to the fake
+//! exactly as the Discord bridge will (REST through `HttpBuilder::proxy` with the ratelimiter off, a
+//! gateway `Client` built on that `Http`). Every dispatch template is checked by really receiving it in a
 //! serenity `EventHandler`, because serenity silently drops a dispatch it cannot parse.
-
-mod support;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hub_bridge_testkit::fake_discord::{intents, Failure, FakeDiscord, UserMessage, UserRef};
 use serde_json::json;
 use serenity::all::{
     Channel, ChannelId, ChannelType, ClientBuilder, Context, CreateAllowedMentions, CreateMessage,
@@ -18,7 +17,6 @@ use serenity::all::{
     UserId, WebhookId,
 };
 use serenity::http::{Http, HttpBuilder, HttpError};
-use support::fake_discord::{intents, Failure, FakeDiscord, UserMessage, UserRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
