@@ -312,6 +312,20 @@ impl Inbound<'_> {
             }
             return Ok(());
         }
+        self.person_message(update_id, message, from, &channels)
+            .await
+    }
+
+    /// A person's message in a linked chat: counted against their limit, then published once
+    /// into each hub channel the chat is linked to (with its parent and thread).
+    async fn person_message(
+        &self,
+        update_id: u32,
+        message: &Message,
+        from: &User,
+        channels: &[String],
+    ) -> Result<(), StoreError> {
+        let chat = message.chat.id.0;
         let Some((content, blocks)) = describe(message) else {
             self.ignored("unsupported_message");
             return Ok(());
@@ -339,46 +353,7 @@ impl Inbound<'_> {
             return Ok(());
         }
 
-        let parent = match message.reply_to_message() {
-            Some(parent) => {
-                map.hub_id(crate::PLATFORM, &chat_key, &parent.id.0.to_string())
-                    .await?
-            }
-            None => None,
-        };
-        let thread = match &parent {
-            Some(parent) => self
-                .shared
-                .hub
-                .store()
-                .one(Op::Get {
-                    key: self.shared.relay.records().thread_of_key(parent),
-                })
-                .await?
-                .into_text(),
-            None => None,
-        };
-        // A message in a forum topic the bridge opened for a hub thread is in that thread.
-        let thread = match (thread, message.thread_id) {
-            (Some(thread), _) => Some(thread),
-            (None, Some(topic)) if message.is_topic_message => self
-                .shared
-                .hub
-                .store()
-                .one(Op::Get {
-                    key: self.shared.relay.records().hub_thread_key(
-                        &self.shared.relay.map_chat(&Place {
-                            chat: chat_of(chat),
-                            hub_channel: Some(channels[0].clone()),
-                            thread: None,
-                        }),
-                        &ThreadRef(topic.0 .0.to_string()),
-                    ),
-                })
-                .await?
-                .into_text(),
-            (None, _) => None,
-        };
+        let (parent, thread) = self.parent_and_thread(chat, channels, message).await?;
         let date_ms = message.date.timestamp_millis();
         // Telegram dates have second precision; within that second, arrival order breaks ties.
         let timestamp = now_millis().clamp(date_ms, date_ms + 999);
@@ -435,6 +410,47 @@ impl Inbound<'_> {
             );
         }
         self.exec_publishes(ops, "channel.message").await
+    }
+
+    /// The hub message a person's message answers and the hub thread it is in: the thread of its
+    /// parent, or the hub thread of the forum topic it was written in.
+    async fn parent_and_thread(
+        &self,
+        chat: i64,
+        channels: &[String],
+        message: &Message,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        let map = &self.shared.map;
+        let chat_key = chat.to_string();
+        let parent = match message.reply_to_message() {
+            Some(parent) => {
+                map.hub_id(crate::PLATFORM, &chat_key, &parent.id.0.to_string())
+                    .await?
+            }
+            None => None,
+        };
+        let records = self.shared.relay.records();
+        let thread = match &parent {
+            Some(parent) => records.thread_of(parent).await?,
+            None => None,
+        };
+        // A message in a forum topic the bridge opened for a hub thread is in that thread.
+        let thread = match (thread, message.thread_id) {
+            (Some(thread), _) => Some(thread),
+            (None, Some(topic)) if message.is_topic_message => {
+                let home = Place {
+                    chat: chat_of(chat),
+                    hub_channel: Some(channels[0].clone()),
+                    thread: None,
+                };
+                let topic = ThreadRef(topic.0 .0.to_string());
+                records
+                    .hub_thread(&self.shared.relay.map_chat(&home), &topic)
+                    .await?
+            }
+            (None, _) => None,
+        };
+        Ok((parent, thread))
     }
 
     /// Runs publish-once ops (and others), counting those that published.

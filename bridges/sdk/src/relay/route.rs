@@ -129,64 +129,6 @@ impl<C: Connector> Relay<C> {
             payload: serde_json::to_value(event).unwrap_or_default(),
             received_at: Some(delivery.received_at),
         };
-        let action = |link: &Link| -> Option<Action<C::Part>> {
-            let hub_channel = link.hub_channel.clone();
-            Some(match event {
-                ChannelEvent::Message { message, .. } => {
-                    self.core.typing.stop(&link.chat, &message.sender_id);
-                    Action::Send(Box::new(self.send(&hub_channel, message, None)))
-                }
-                ChannelEvent::ThreadMessage {
-                    thread_id, message, ..
-                } => {
-                    self.core.typing.stop(&link.chat, &message.sender_id);
-                    Action::Send(Box::new(self.send(&hub_channel, message, Some(thread_id))))
-                }
-                ChannelEvent::ThreadCreate { thread, .. }
-                    if !thread.parent_message_id.is_empty() =>
-                {
-                    Action::OpenThread(job::OpenThread {
-                        hub_channel,
-                        thread_id: thread.id.clone(),
-                        parent: thread.parent_message_id.clone(),
-                    })
-                }
-                ChannelEvent::MessageEdit {
-                    message_id,
-                    content,
-                    ..
-                } => Action::Edit(job::Edit {
-                    hub_channel,
-                    hub_message_id: message_id.clone(),
-                    text: content.clone(),
-                    progress: None,
-                }),
-                ChannelEvent::MessageDelete { message_id, .. } => Action::Delete(job::Delete {
-                    hub_channel,
-                    hub_message_id: message_id.clone(),
-                    progress: None,
-                }),
-                ChannelEvent::ReactionAdd {
-                    message_id,
-                    emoji,
-                    agent_id,
-                    ..
-                }
-                | ChannelEvent::ReactionRemove {
-                    message_id,
-                    emoji,
-                    agent_id,
-                    ..
-                } => Action::React(job::React {
-                    hub_channel,
-                    hub_message_id: message_id.clone(),
-                    agent_id: agent_id.clone(),
-                    emoji: emoji.clone(),
-                    add: matches!(event, ChannelEvent::ReactionAdd { .. }),
-                }),
-                _ => return None,
-            })
-        };
         match event {
             ChannelEvent::ThreadCreate { thread, .. } if !thread.parent_message_id.is_empty() => {
                 // Remember where the thread hangs, so its messages answer the parent where the
@@ -237,7 +179,7 @@ impl<C: Connector> Relay<C> {
             _ => {}
         }
         for link in links {
-            if let Some(action) = action(&link) {
+            if let Some(action) = self.action(event, &link) {
                 let job = Job {
                     about: about.clone(),
                     action,
@@ -245,6 +187,64 @@ impl<C: Connector> Relay<C> {
                 self.outboxes.push(&link.chat.0, job).await;
             }
         }
+    }
+
+    /// The job a channel event makes for one link's chat; `None` for events a chat does not show.
+    fn action(&self, event: &ChannelEvent, link: &Link) -> Option<Action<C::Part>> {
+        let hub_channel = link.hub_channel.clone();
+        Some(match event {
+            ChannelEvent::Message { message, .. } => {
+                self.core.typing.stop(&link.chat, &message.sender_id);
+                Action::Send(Box::new(self.send(&hub_channel, message, None)))
+            }
+            ChannelEvent::ThreadMessage {
+                thread_id, message, ..
+            } => {
+                self.core.typing.stop(&link.chat, &message.sender_id);
+                Action::Send(Box::new(self.send(&hub_channel, message, Some(thread_id))))
+            }
+            ChannelEvent::ThreadCreate { thread, .. } if !thread.parent_message_id.is_empty() => {
+                Action::OpenThread(job::OpenThread {
+                    hub_channel,
+                    thread_id: thread.id.clone(),
+                    parent: thread.parent_message_id.clone(),
+                })
+            }
+            ChannelEvent::MessageEdit {
+                message_id,
+                content,
+                ..
+            } => Action::Edit(job::Edit {
+                hub_channel,
+                hub_message_id: message_id.clone(),
+                text: content.clone(),
+                progress: None,
+            }),
+            ChannelEvent::MessageDelete { message_id, .. } => Action::Delete(job::Delete {
+                hub_channel,
+                hub_message_id: message_id.clone(),
+                progress: None,
+            }),
+            ChannelEvent::ReactionAdd {
+                message_id,
+                emoji,
+                agent_id,
+                ..
+            }
+            | ChannelEvent::ReactionRemove {
+                message_id,
+                emoji,
+                agent_id,
+                ..
+            } => Action::React(job::React {
+                hub_channel,
+                hub_message_id: message_id.clone(),
+                agent_id: agent_id.clone(),
+                emoji: emoji.clone(),
+                add: matches!(event, ChannelEvent::ReactionAdd { .. }),
+            }),
+            _ => return None,
+        })
     }
 
     /// Where an agent's typing shows in a link's chat: the platform thread of its hub thread when
