@@ -49,6 +49,7 @@ use hub_bridge::config::Config;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::metrics::{label, Metrics};
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 
 // The same allocator as the `hub-bridge` binary, so the numbers are the service's as deployed.
@@ -760,7 +761,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
     config.http.listen = "127.0.0.1:0".parse()?;
     config.redis.url = Some(Secret::new(url));
     config.limits.message = 0; // Neither agents nor people are rate limited.
-    config.telegram = Some(TelegramConfig {
+    config.bridges.push(Section::new(TelegramConfig {
         token: Secret::new(TG_TOKEN),
         api_url: tg.api_url(),
         links: (chats.iter().enumerate())
@@ -777,7 +778,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
         max_parts: 10,
-    });
+    }));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {
         return Err(format!("telegram: never ready: {:?}", running.health.snapshot()).into());

@@ -12,6 +12,7 @@ use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{self, Running};
 use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{AgentProfile, Bridge};
 use serde_json::{json, Value};
 use support::fake_discord::{Failure, FakeDiscord, Request, UserMessage, UserRef};
@@ -90,7 +91,7 @@ impl Harness {
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
             },
-            discord: Some(DiscordConfig {
+            bridges: vec![Section::new(DiscordConfig {
                 token: Secret::new(TOKEN),
                 api_url: fake.api_url(),
                 links: vec![
@@ -109,7 +110,7 @@ impl Harness {
                 ],
                 dm_agent: None,
                 max_parts: 10,
-            }),
+            })],
             agents: BTreeMap::from([(
                 AGENT.to_owned(),
                 AgentProfile {
@@ -568,7 +569,7 @@ async fn over_the_inbound_limit_messages_are_dropped_and_the_person_told_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_to_the_bot_goes_to_the_chosen_agent_and_sticks() {
     let h = Harness::start_with(|config| {
-        if let Some(discord) = config.discord.as_mut() {
+        if let Some(discord) = config.bridge_mut::<DiscordConfig>() {
             discord.dm_agent = Some("concierge".to_owned());
         }
     })
@@ -1301,7 +1302,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
         },
-        discord: Some(config(BAD_TOKEN)),
+        bridges: vec![Section::new(config(BAD_TOKEN))],
         ..Config::default()
     };
     let running = service::start(service_config).await.expect("starts");
