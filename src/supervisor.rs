@@ -34,7 +34,7 @@ impl<'a> Lease<'a> {
     pub fn new(store: &'a dyn Store, keys: &Keys, bridge: &str, owner: &str) -> Self {
         Self {
             store,
-            key: keys.bridge(&format!("lease:{bridge}")),
+            key: keys.lease(bridge),
             owner: owner.to_owned(),
         }
     }

@@ -447,9 +447,7 @@ impl HubLoop {
     /// The offline transition, published once however many instances saw the expiry: every
     /// instance's hub loop tracks the same presences, and the first to publish claims it.
     fn offline_once_op(&self, channel_id: String, agent_id: String) -> Op {
-        let claim_key = self
-            .keys
-            .bridge(&format!("offline:{channel_id}:{agent_id}"));
+        let claim_key = self.keys.offline_claim(&channel_id, &agent_id);
         let event = presence_event(channel_id, agent_id, PresenceStatus::Offline);
         Op::PublishOnce {
             claim_key,

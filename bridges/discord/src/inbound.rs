@@ -425,7 +425,7 @@ impl Inbound {
         thread: u64,
         created_by: &str,
     ) -> Option<(String, Option<String>)> {
-        let by_discord = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+        let by_discord = self.shared.keys().thread_by_discord(&link.chat(thread));
         let store = self.shared.hub.store();
         let known = self
             .store("thread lookup", || {
@@ -469,7 +469,8 @@ impl Inbound {
             Op::Set {
                 key: self
                     .shared
-                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
+                    .keys()
+                    .thread_by_hub(&hub_thread, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: Some(THREAD_KEEP),
                 only_if_absent: false,
@@ -486,9 +487,7 @@ impl Inbound {
     /// find it there.
     async fn note_in_thread(&self, link: &Link, hub_id: &str, thread: u64) {
         let op = Op::Set {
-            key: self
-                .shared
-                .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
+            key: self.shared.keys().in_thread(hub_id, &link.home_chat()),
             value: thread.to_string(),
             ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
             only_if_absent: false,
@@ -626,7 +625,7 @@ impl Inbound {
             last_seen.insert(channel_id, message_id);
         }
         let op = Op::Set {
-            key: self.shared.key(&format!("last_seen:{channel_id}")),
+            key: self.shared.keys().last_seen(channel_id),
             value: message_id.to_string(),
             ttl: None,
             only_if_absent: false,
@@ -776,7 +775,7 @@ impl Inbound {
         };
         // A moderator deleting an agent's post removes only Discord's copy: the agent's hub
         // message stays (the bridge marks its own posts).
-        let own_key = self.shared.key(&format!("own:{message_id}"));
+        let own_key = self.shared.keys().own(message_id);
         let store = self.shared.hub.store();
         let own = self
             .store("own message lookup", || {
@@ -897,7 +896,7 @@ impl Inbound {
         for link in &links {
             let thread_id = match thread {
                 Some(thread) => {
-                    let key = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+                    let key = self.shared.keys().thread_by_discord(&link.chat(thread));
                     let store = self.shared.hub.store();
                     self.store("thread lookup", || store.one(Op::Get { key: key.clone() }))
                         .await
@@ -954,7 +953,7 @@ impl Inbound {
     }
 
     async fn catch_up_channel(&mut self, channel: u64) -> Result<(), RestError> {
-        let key = self.shared.key(&format!("last_seen:{channel}"));
+        let key = self.shared.keys().last_seen(channel);
         let store = self.shared.hub.store();
         let Some(reply) = self
             .store("last seen", || store.one(Op::Get { key: key.clone() }))

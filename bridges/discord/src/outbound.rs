@@ -725,16 +725,14 @@ impl DiscordDeliver {
     /// Maps a posted part, marks it as the bridge's own, and remembers its thread.
     async fn record(&self, link: &Link, hub_id: &str, plan: &Plan, sent: &[String], id: u64) {
         let mut ops = vec![Op::Set {
-            key: self.shared.key(&format!("own:{id}")),
+            key: self.shared.keys().own(id),
             value: "1".to_owned(),
             ttl: Some(MessageMap::KEEP),
             only_if_absent: false,
         }];
         if let Some(thread) = plan.thread {
             ops.push(Op::Set {
-                key: self
-                    .shared
-                    .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
+                key: self.shared.keys().in_thread(hub_id, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: Some(MessageMap::KEEP),
                 only_if_absent: false,
@@ -803,7 +801,8 @@ impl DiscordDeliver {
     async fn known_thread(&self, link: &Link, hub_thread: &str) -> Result<Option<u64>, SendError> {
         let key = self
             .shared
-            .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat()));
+            .keys()
+            .thread_by_hub(hub_thread, &link.home_chat());
         let reply = self
             .shared
             .hub
@@ -878,13 +877,14 @@ impl DiscordDeliver {
             Op::Set {
                 key: self
                     .shared
-                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
+                    .keys()
+                    .thread_by_hub(hub_thread, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: keep,
                 only_if_absent: false,
             },
             Op::Set {
-                key: self.shared.key(&format!("thread:dc:{}", link.chat(thread))),
+                key: self.shared.keys().thread_by_discord(&link.chat(thread)),
                 value: hub_thread.to_owned(),
                 ttl: keep,
                 only_if_absent: false,
@@ -1221,9 +1221,7 @@ impl DiscordDeliver {
 
     /// Where a hub message's parts are: in the linked channel, or in one of its threads.
     async fn locate(&self, link: &Link, hub_id: &str) -> Result<Location, SendError> {
-        let key = self
-            .shared
-            .key(&format!("in_thread:{hub_id}:{}", link.home_chat()));
+        let key = self.shared.keys().in_thread(hub_id, &link.home_chat());
         let thread = self
             .shared
             .hub

@@ -220,7 +220,7 @@ impl HubHandle {
 
     /// Keeps a relay that was given up on, and tells the sending agent why, in one round trip.
     pub async fn dead_letter(&self, bridge: &str, letter: DeadLetter) -> Result<(), StoreError> {
-        let key = self.keys.bridge(&format!("deadletter:{bridge}"));
+        let key = self.keys.dead_letters(bridge);
         let mut ops = vec![
             Op::RPush {
                 key: key.clone(),

@@ -13,6 +13,7 @@ pub mod event;
 pub mod guard;
 pub mod health;
 pub mod ids;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod msgmap;

@@ -309,16 +309,11 @@ impl<J: Send + 'static> Outboxes<J> {
     }
 
     fn list_key(&self, destination: &str) -> String {
-        let bridge = self.inner.bridge;
-        self.inner
-            .hub
-            .keys()
-            .bridge(&format!("outbox:{bridge}:{destination}"))
+        self.inner.hub.keys().outbox(self.inner.bridge, destination)
     }
 
     fn index_key(&self) -> String {
-        let bridge = self.inner.bridge;
-        self.inner.hub.keys().bridge(&format!("outboxes:{bridge}"))
+        self.inner.hub.keys().outboxes(self.inner.bridge)
     }
 
     fn entry_text(id: &str, job: Value) -> String {

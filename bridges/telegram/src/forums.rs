@@ -85,18 +85,12 @@ pub fn topic_name(text: Option<&str>) -> String {
 
 /// `{prefix}bridge:telegram:topic:{chat}:{threadId}`: the forum topic showing a hub thread.
 pub fn topic_key(shared: &Shared, chat: i64, thread_id: &str) -> String {
-    shared
-        .hub
-        .keys()
-        .bridge(&format!("telegram:topic:{chat}:{thread_id}"))
+    shared.hub.keys().telegram().topic(chat, thread_id)
 }
 
 /// `{prefix}bridge:telegram:topicthread:{chat}:{topicId}`: the hub thread a forum topic shows.
 pub fn topic_thread_key(shared: &Shared, chat: i64, topic: i32) -> String {
-    shared
-        .hub
-        .keys()
-        .bridge(&format!("telegram:topicthread:{chat}:{topic}"))
+    shared.hub.keys().telegram().topic_thread(chat, topic)
 }
 
 #[cfg(test)]

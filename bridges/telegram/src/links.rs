@@ -118,7 +118,7 @@ impl Links {
     }
 
     fn key(hub: &HubHandle) -> String {
-        hub.keys().bridge("telegram:stopped")
+        hub.keys().telegram().stopped()
     }
 }
 

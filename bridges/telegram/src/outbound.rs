@@ -508,30 +508,21 @@ fn author(shared: &Shared, sender_id: &str, author_name: Option<&str>) -> Author
 
 /// `{prefix}bridge:telegram:look:{hubMessageId}`: the [`Look`] of a relayed message.
 fn look_key(shared: &Shared, hub_message_id: &str) -> String {
-    shared
-        .hub
-        .keys()
-        .bridge(&format!("telegram:look:{hub_message_id}"))
+    shared.hub.keys().telegram().look(hub_message_id)
 }
 
 /// `{prefix}bridge:thread:{threadId}`: the hub message a thread hangs on.
 fn thread_root_key(shared: &Shared, thread_id: &str) -> String {
-    shared.hub.keys().bridge(&format!("thread:{thread_id}"))
+    shared.hub.keys().thread_root(thread_id)
 }
 
 /// `{prefix}bridge:threadof:{hubMessageId}`: the thread a hub message is in (or starts).
 pub fn thread_of_key(shared: &Shared, hub_message_id: &str) -> String {
-    shared
-        .hub
-        .keys()
-        .bridge(&format!("threadof:{hub_message_id}"))
+    shared.hub.keys().thread_of(hub_message_id)
 }
 
 fn reactions_key(shared: &Shared, chat: i64, message_id: &str) -> String {
-    shared
-        .hub
-        .keys()
-        .bridge(&format!("telegram:reactions:{chat}:{message_id}"))
+    shared.hub.keys().telegram().reactions(chat, message_id)
 }
 
 fn unavailable(error: hub_bridge_sdk::StoreError) -> SendError {
