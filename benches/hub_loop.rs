@@ -48,7 +48,7 @@ use futures_util::future::BoxFuture;
 use hub_bridge::config::Config;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
-use hub_bridge_sdk::metrics::{label, Metrics};
+use hub_bridge_sdk::metrics::{BridgeLabels, Metrics, ReasonLabel};
 use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 
@@ -481,7 +481,7 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     let metrics = &running.metrics;
     let overflow = metrics
         .bridge_queue_overflow
-        .get_or_create(&label("bridge", "probe"))
+        .get_or_create(&BridgeLabels { bridge: "probe" })
         .get();
     report.dropped = metrics.subscriber_overflow.get() + overflow;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -548,8 +548,10 @@ fn person_event(i: u64, sent_ns: u64) -> (String, String) {
 fn drops(metrics: &Metrics) -> u64 {
     let (invalid, overflow) = (&metrics.invalid_payloads, &metrics.bridge_queue_overflow);
     let reasons = ["unknown_channel", "not_json", "no_type", "invalid_event"];
-    let invalid = reasons.map(|reason| invalid.get_or_create(&label("reason", reason)).get());
-    let overflow = overflow.get_or_create(&label("bridge", "probe")).get();
+    let invalid = reasons.map(|reason| invalid.get_or_create(&ReasonLabel { reason }).get());
+    let overflow = overflow
+        .get_or_create(&BridgeLabels { bridge: "probe" })
+        .get();
     invalid.iter().sum::<u64>() + overflow + metrics.subscriber_overflow.get()
 }
 

@@ -492,7 +492,7 @@ async fn one_agent_cannot_take_more_than_its_share_of_a_destination() {
     let refusals = hub
         .metrics()
         .outbox_share_refusals
-        .get_or_create(&hub_bridge_sdk::metrics::label("bridge", "test"))
+        .get_or_create(&hub_bridge_sdk::metrics::BridgeLabels { bridge: "test" })
         .get();
     assert_eq!(refusals, 5);
 }

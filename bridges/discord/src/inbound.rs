@@ -23,7 +23,7 @@ use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::limits::{Action, Decision};
-use hub_bridge_sdk::metrics::{label, labels2};
+use hub_bridge_sdk::metrics::{retry, ActionDirection, BridgeDirection, Direction};
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{ExternalId, Op, Platform, Reply, StoreError};
 use serde_json::Value;
@@ -208,9 +208,7 @@ impl Inbound {
                     self.shared
                         .hub
                         .metrics()
-                        .retries
-                        .get_or_create(&label("bridge", "discord"))
-                        .inc();
+                        .count_retry("discord", retry::STORE_FAILED);
                     if !logged {
                         let refused = matches!(error, StoreError::Command(_));
                         tracing::warn!(%error, what, refused, "store failed; Discord events wait and retry until it works");
@@ -401,10 +399,10 @@ impl Inbound {
                             .hub
                             .metrics()
                             .relay_latency
-                            .get_or_create(&labels2(
-                                ("bridge", "discord"),
-                                ("direction", "inbound"),
-                            ))
+                            .get_or_create(&BridgeDirection {
+                                bridge: "discord",
+                                direction: Direction::Inbound,
+                            })
                             .observe(received.elapsed().as_secs_f64());
                     }
                     if let Some(thread) = thread {
@@ -520,10 +518,10 @@ impl Inbound {
             .hub
             .metrics()
             .rate_limit_rejections
-            .get_or_create(&labels2(
-                ("action", action.as_str()),
-                ("direction", "inbound"),
-            ))
+            .get_or_create(&ActionDirection {
+                action,
+                direction: Direction::Inbound,
+            })
             .inc();
         if first_in_window {
             let destination = if message.guild_id.is_none() {
@@ -844,7 +842,10 @@ impl Inbound {
                     .hub
                     .metrics()
                     .rate_limit_rejections
-                    .get_or_create(&labels2(("action", "reaction"), ("direction", "inbound")))
+                    .get_or_create(&ActionDirection {
+                        action: Action::Reaction,
+                        direction: Direction::Inbound,
+                    })
                     .inc();
                 return;
             }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, GlobalEventKind, HubEvent};
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::{BridgeDirection, Direction};
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::{Deliver, SendError};
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
@@ -499,7 +499,10 @@ impl DiscordDeliver {
                     .hub
                     .metrics()
                     .relay_latency
-                    .get_or_create(&labels2(("bridge", "discord"), ("direction", "outbound")))
+                    .get_or_create(&BridgeDirection {
+                        bridge: "discord",
+                        direction: Direction::Outbound,
+                    })
                     .observe(received_at.elapsed().as_secs_f64());
             }
         }

@@ -18,7 +18,7 @@ use hub_bridge_sdk::event::{
 use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::limits::{Action, Decision};
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::{ActionDirection, Direction};
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{BridgeError, ExternalId, Op, Platform, Source, StoreError};
 use teloxide::prelude::*;
@@ -561,10 +561,10 @@ impl Inbound<'_> {
             .hub
             .metrics()
             .rate_limit_rejections
-            .get_or_create(&labels2(
-                ("action", action.as_str()),
-                ("direction", "inbound"),
-            ))
+            .get_or_create(&ActionDirection {
+                action,
+                direction: Direction::Inbound,
+            })
             .inc();
         if first_in_window {
             let what = match action {

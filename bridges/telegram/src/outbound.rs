@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use hub_bridge_sdk::event::{
     now_millis, AgentEventKind, ChannelEvent, ChannelMessage, ContentBlock, GlobalEventKind,
 };
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::{retry, BridgeDirection, Direction};
 use hub_bridge_sdk::outbox::{Deliver, Outboxes, SendError};
 use hub_bridge_sdk::{DeadLetter, Delivery, ExternalId, HubEvent, Op, Platform, Source};
 use serde::{Deserialize, Serialize};
@@ -549,7 +549,10 @@ impl Deliver<Job> for Courier {
                     .hub
                     .metrics()
                     .relay_latency
-                    .get_or_create(&labels2(("bridge", "telegram"), ("direction", "outbound")))
+                    .get_or_create(&BridgeDirection {
+                        bridge: "telegram",
+                        direction: Direction::Outbound,
+                    })
                     .observe(received_at.elapsed().as_secs_f64());
             }
             let result = match &mut job.action {
@@ -929,12 +932,7 @@ impl Courier {
         self.shared
             .hub
             .metrics()
-            .retries
-            .get_or_create(&labels2(
-                ("bridge", "telegram"),
-                ("reason", "plain_text_fallback"),
-            ))
-            .inc();
+            .count_retry("telegram", retry::PLAIN_TEXT_FALLBACK);
     }
 
     async fn edit(
