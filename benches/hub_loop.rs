@@ -44,7 +44,8 @@ use futures_util::future::BoxFuture;
 use hub_bridge::config::Config;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
-use hub_bridge_sdk::metrics::{label, Metrics};
+use hub_bridge_sdk::metrics::{BridgeLabels, Metrics, ReasonLabel};
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 use hub_bridge_testkit::fake_telegram::{ChatRef, FakeTelegram, UserRef};
@@ -470,7 +471,7 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     let metrics = &running.metrics;
     let overflow = metrics
         .bridge_queue_overflow
-        .get_or_create(&label("bridge", "probe"))
+        .get_or_create(&BridgeLabels { bridge: "probe" })
         .get();
     report.dropped = metrics.subscriber_overflow.get() + overflow;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -537,8 +538,10 @@ fn person_event(i: u64, sent_ns: u64) -> (String, String) {
 fn drops(metrics: &Metrics) -> u64 {
     let (invalid, overflow) = (&metrics.invalid_payloads, &metrics.bridge_queue_overflow);
     let reasons = ["unknown_channel", "not_json", "no_type", "invalid_event"];
-    let invalid = reasons.map(|reason| invalid.get_or_create(&label("reason", reason)).get());
-    let overflow = overflow.get_or_create(&label("bridge", "probe")).get();
+    let invalid = reasons.map(|reason| invalid.get_or_create(&ReasonLabel { reason }).get());
+    let overflow = overflow
+        .get_or_create(&BridgeLabels { bridge: "probe" })
+        .get();
     invalid.iter().sum::<u64>() + overflow + metrics.subscriber_overflow.get()
 }
 
@@ -750,7 +753,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
     config.http.listen = "127.0.0.1:0".parse()?;
     config.redis.url = Some(Secret::new(url));
     config.limits.message = 0; // Neither agents nor people are rate limited.
-    config.telegram = Some(TelegramConfig {
+    config.bridges.push(Section::new(TelegramConfig {
         token: Secret::new(TG_TOKEN),
         api_url: tg.api_url(),
         links: (chats.iter().enumerate())
@@ -767,7 +770,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
         max_parts: 10,
-    });
+    }));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {
         return Err(format!("telegram: never ready: {:?}", running.health.snapshot()).into());

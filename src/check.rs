@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hub_bridge_sdk::Keys;
 use redis::AsyncCommands;
 
 use crate::config::Config;
@@ -69,7 +70,10 @@ pub async fn run(config: &Config, config_path: &Path) -> Report {
     let mut report = Report::default();
     report.add("config", Ok(format!("{} is valid", config_path.display())));
     match &config.redis.url {
-        Some(url) => check_redis(url.expose(), &config.hub.key_prefix, &mut report).await,
+        Some(url) => {
+            let keys = Keys::new(config.hub.key_prefix.clone());
+            check_redis(url.expose(), &keys, &mut report).await;
+        }
         None => report.add(
             "bus",
             Ok("no redis.url: the embedded in-process bus (nothing to check)".to_owned()),
@@ -117,7 +121,7 @@ async fn step<T>(
     }
 }
 
-async fn check_redis(url: &str, prefix: &str, report: &mut Report) {
+async fn check_redis(url: &str, keys: &Keys, report: &mut Report) {
     let client = match redis::Client::open(url) {
         Ok(client) => client,
         Err(error) => return report.add("redis", Err(error.to_string())),
@@ -129,7 +133,7 @@ async fn check_redis(url: &str, prefix: &str, report: &mut Report) {
     let pong: Result<String, String> = step(redis::cmd("PING").query_async(&mut connection)).await;
     report.add("redis ping", pong.map(|pong| format!("answered {pong}")));
 
-    let channel = format!("{prefix}bridge:check:{}", uuid::Uuid::new_v4());
+    let channel = keys.check_probe(&uuid::Uuid::new_v4().to_string());
     let round_trip = async {
         let mut pubsub = step(client.get_async_pubsub()).await?;
         step(pubsub.subscribe(&channel)).await?;
@@ -142,7 +146,7 @@ async fn check_redis(url: &str, prefix: &str, report: &mut Report) {
     };
     report.add("redis pub/sub", round_trip.await);
 
-    let key = format!("{prefix}bridge:check:{}", uuid::Uuid::new_v4());
+    let key = keys.check_probe(&uuid::Uuid::new_v4().to_string());
     let key_ops = async {
         let () = step(connection.set_ex(&key, "check", 30)).await?;
         let read: Option<String> = step(connection.get(&key)).await?;

@@ -8,16 +8,24 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::error::Kind;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use hub_bridge_sdk::config::{ConfigIssue, Secret};
 use hub_bridge_sdk::limits::LimitsConfig;
+use hub_bridge_sdk::registry::{BridgeConfig, Section};
 use hub_bridge_sdk::AgentProfile;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use crate::bridges::REGISTERED;
+
 /// The whole configuration.
+///
+/// Unknown keys are errors at every level. At the top level the loader checks them itself
+/// ([`HUB_SECTIONS`] and the registered bridges' sections), since the bridges' sections are not
+/// fields of this struct.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub hub: HubConfig,
@@ -34,15 +42,14 @@ pub struct Config {
     /// `[agents.{id}]`: how agents are shown on the platforms.
     #[serde(default)]
     pub agents: BTreeMap<String, AgentProfile>,
-    /// `[telegram]`: the Telegram bridge runs when this section is present.
-    #[cfg(feature = "telegram")]
-    #[serde(default)]
-    pub telegram: Option<hub_bridge_telegram::TelegramConfig>,
-    /// `[discord]`: the Discord bridge runs when this section is present.
-    #[cfg(feature = "discord")]
-    #[serde(default)]
-    pub discord: Option<hub_bridge_discord::DiscordConfig>,
+    /// The sections of the bridges to run (`[telegram]`, `[discord]`): a bridge runs when its
+    /// section is present. Read through [`crate::bridges::REGISTERED`], not by serde.
+    #[serde(skip)]
+    pub bridges: Vec<Section>,
 }
+
+/// The top-level sections that are the hub's own (the fields of [`Config`] serde reads).
+const HUB_SECTIONS: &[&str] = &["hub", "redis", "http", "limits", "api", "agents"];
 
 /// `[hub]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,17 +151,52 @@ impl Config {
                 message: "file not found".to_owned(),
             });
         }
-        let config: Self = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(env)
-            .extract()
-            .map_err(|error| from_figment(error, &file_name))?;
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let config = Self::extract(&figment).map_err(|error| from_figment(*error, &file_name))?;
         config.validate().map_err(|issue| ConfigError {
             source_name: file_name,
             key: issue.key,
             message: issue.message,
         })?;
         Ok(config)
+    }
+
+    /// Reads the hub's sections and each registered bridge's section that is present; any other
+    /// top-level key is an unknown key. The top-level keys are looked at in order, so with several
+    /// problems the first key's is reported, as when serde reads the whole file in one struct.
+    fn extract(figment: &Figment) -> Result<Self, Box<figment::Error>> {
+        let top: BTreeMap<String, IgnoredAny> = figment.extract()?;
+        let hub = figment.extract::<Self>().map_err(Box::new);
+        let mut bridges = Vec::new();
+        for key in top.keys() {
+            if HUB_SECTIONS.contains(&key.as_str()) {
+                match &hub {
+                    Err(error) if error.path.first() == Some(key) => return hub,
+                    _ => continue,
+                }
+            }
+            let Some(bridge) = REGISTERED.iter().find(|bridge| bridge.section() == key) else {
+                let mut error = figment::Error::from(Kind::UnknownField(key.clone(), &[]));
+                error.path = vec![key.clone()];
+                error.metadata = figment.find_metadata(key).cloned();
+                return Err(Box::new(error));
+            };
+            bridges.push(bridge.extract(figment)?);
+        }
+        // Checked and started in the order of the list, whatever the order in the file.
+        bridges.sort_by_key(|section| {
+            REGISTERED
+                .iter()
+                .position(|bridge| bridge.section() == section.name())
+        });
+        let mut config = hub?;
+        config.bridges = bridges;
+        Ok(config)
+    }
+
+    /// The section of bridge `C`, when it is configured (tests and embedders adjust it).
+    pub fn bridge_mut<C: BridgeConfig>(&mut self) -> Option<&mut C> {
+        self.bridges.iter_mut().find_map(Section::get_mut)
     }
 
     /// Cross-field checks after parsing.
@@ -199,17 +241,8 @@ impl Config {
             }
         }
         crate::api::validate_config(&self.agents, &self.api, self.http.listen)?;
-        #[cfg(feature = "telegram")]
-        if let Some(telegram) = &self.telegram {
-            telegram
-                .validate()
-                .map_err(|issue| within("telegram", issue))?;
-        }
-        #[cfg(feature = "discord")]
-        if let Some(discord) = &self.discord {
-            discord
-                .validate()
-                .map_err(|issue| within("discord", issue))?;
+        for bridge in &self.bridges {
+            bridge.validate()?;
         }
         Ok(())
     }
@@ -220,15 +253,8 @@ impl Config {
     }
 }
 
-#[cfg(any(feature = "telegram", feature = "discord"))]
-fn within(section: &str, issue: ConfigIssue) -> ConfigIssue {
-    ConfigIssue::new(format!("{section}.{}", issue.key), issue.message)
-}
-
 /// Turns figment's error into one line naming the key and the file or variable it came from.
 fn from_figment(error: figment::Error, file_name: &str) -> ConfigError {
-    use figment::error::Kind;
-
     let source_name = error
         .metadata
         .as_ref()
@@ -299,6 +325,45 @@ mod tests {
         let error = load("[hub]\nkey_prefx = \"x\"\n").unwrap_err();
         assert_eq!(error.key, "hub.key_prefx");
         assert!(error.to_string().contains("hub.toml"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_named() {
+        let error = load("[bogus]\nx = 1\n").unwrap_err();
+        assert_eq!(error.key, "bogus");
+        assert_eq!(error.message, "unknown key");
+        assert!(error.to_string().contains("hub.toml"), "{error}");
+    }
+
+    #[test]
+    fn every_hub_section_is_known() {
+        let all = "[hub]\n[redis]\n[http]\n[limits]\n[api]\n[agents.a]\n";
+        let config = load(all).unwrap();
+        assert!(config.bridges.is_empty());
+    }
+
+    #[cfg(feature = "telegram")]
+    #[test]
+    fn a_bridge_section_names_its_keys_after_the_section() {
+        use hub_bridge_telegram::TelegramConfig;
+
+        let telegram = "[telegram]\ntoken = \"1:A\"\n[[telegram.links]]\nchannel = \"C\"\n";
+        let error = load(&format!("{telegram}chat = \"x\"\n")).unwrap_err();
+        assert_eq!(error.key, "telegram.links.0.chat");
+        let error = load(&format!("{telegram}chat = 0\n")).unwrap_err();
+        assert_eq!(error.key, "telegram.links[0].chat");
+        let mut config = load(&format!("{telegram}chat = -1\n")).unwrap();
+        assert_eq!(config.bridges.len(), 1);
+        let section = config.bridge_mut::<TelegramConfig>().unwrap();
+        assert_eq!(section.links[0].chat, -1);
+    }
+
+    #[cfg(all(feature = "telegram", feature = "discord"))]
+    #[test]
+    fn bridges_run_in_the_order_of_the_list() {
+        let config = load("[discord]\ntoken = \"d\"\n[telegram]\ntoken = \"1:A\"\n").unwrap();
+        let names: Vec<&str> = config.bridges.iter().map(Section::name).collect();
+        assert_eq!(names, ["telegram", "discord"]);
     }
 
     #[test]

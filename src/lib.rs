@@ -4,9 +4,10 @@
 //! its state keeping, the bridge [`supervisor`], the operator's [`http`] endpoints, the agent
 //! [`api`] (`/v1`), the `check`
 //! command ([`check`]) and the [`service`] that assembles them. Bridges live in `bridges/` and are
-//! seen only through `hub_bridge_sdk::Bridge`.
+//! seen only through `hub_bridge_sdk::Bridge`; [`bridges`] is the one place that names them.
 
 pub mod api;
+pub mod bridges;
 pub mod bus;
 pub mod check;
 pub mod config;

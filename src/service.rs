@@ -9,6 +9,7 @@ use std::time::Duration;
 use hub_bridge_sdk::health::Health;
 use hub_bridge_sdk::limits::RateLimiter;
 use hub_bridge_sdk::metrics::Metrics;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, HubHandle, Keys};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
@@ -76,20 +77,7 @@ impl Running {
 
 /// The bridges whose sections are present in the config.
 pub fn configured_bridges(config: &Config) -> Vec<Box<dyn Bridge>> {
-    #[cfg(feature = "telegram")]
-    let telegram = config.telegram.clone().map(|section| {
-        Box::new(hub_bridge_telegram::TelegramBridge::new(section)) as Box<dyn Bridge>
-    });
-    #[cfg(not(feature = "telegram"))]
-    let telegram = None;
-    #[cfg(feature = "discord")]
-    let discord = config.discord.clone().map(|section| {
-        Box::new(hub_bridge_discord::DiscordBridge::new(section)) as Box<dyn Bridge>
-    });
-    #[cfg(not(feature = "discord"))]
-    let discord = None;
-    let _ = config;
-    telegram.into_iter().chain(discord).collect()
+    config.bridges.iter().map(Section::bridge).collect()
 }
 
 /// Starts every part of the service and returns once the HTTP endpoints listen.

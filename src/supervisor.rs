@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use hub_bridge_sdk::guard::panic_message;
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::BridgeKind;
 use hub_bridge_sdk::{Bridge, BridgeContext, Keys, Op, Reply, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ impl<'a> Lease<'a> {
     pub fn new(store: &'a dyn Store, keys: &Keys, bridge: &str, owner: &str) -> Self {
         Self {
             store,
-            key: keys.bridge(&format!("lease:{bridge}")),
+            key: keys.lease(bridge),
             owner: owner.to_owned(),
         }
     }
@@ -146,11 +146,14 @@ pub async fn supervise(
         // Whatever the run left behind (outbox workers, pollers) stops with it, so the next run
         // starts clean and recovers durable work instead of racing the old tasks.
         run_token.cancel();
-        let count_failure = |kind: &str| {
+        let count_failure = |kind: &'static str| {
             ctx.hub
                 .metrics()
                 .bridge_failures
-                .get_or_create(&labels2(("bridge", bridge.name()), ("kind", kind)))
+                .get_or_create(&BridgeKind {
+                    bridge: bridge.name(),
+                    kind,
+                })
                 .inc();
         };
         match result {

@@ -13,6 +13,7 @@ use hub_bridge::bus::BusMessage;
 use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{start, Running};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{AgentProfile, Op, Reply};
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 use hub_bridge_testkit::fake_telegram::FakeTelegram;
@@ -870,7 +871,7 @@ async fn api_messages_reach_telegram_and_a_full_window_answers_429(bus: BusKind)
     let api_url = tg.api_url();
     let api = Api::start(bus, move |config| {
         config.limits.message = 2;
-        config.telegram = Some(TelegramConfig {
+        config.bridges.push(Section::new(TelegramConfig {
             token: Secret::new(TG_TOKEN),
             api_url,
             links: vec![TelegramLink {
@@ -883,7 +884,7 @@ async fn api_messages_reach_telegram_and_a_full_window_answers_429(bus: BusKind)
             group_sends_per_min: 1000,
             sends_per_sec: 100,
             max_parts: 10,
-        });
+        }));
     })
     .await;
 

@@ -10,6 +10,7 @@ use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{self, Running};
 use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::AgentProfile;
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 use hub_bridge_testkit::fake_discord::{FakeDiscord, Request, UserMessage, UserRef as DiscordUser};
@@ -81,33 +82,35 @@ impl Harness {
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
             },
-            telegram: Some(TelegramConfig {
-                token: Secret::new(TG_TOKEN),
-                api_url: tg.api_url(),
-                links: vec![TelegramLink {
-                    channel: HUB.to_owned(),
-                    chat: GROUP,
-                }],
-                dm_agent: None,
-                poll_timeout_secs: 1,
-                chat_sends_per_sec: 50,
-                group_sends_per_min: 1000,
-                sends_per_sec: 100,
-                max_parts: 10,
-            }),
-            discord: Some(DiscordConfig {
-                token: Secret::new(DC_TOKEN),
-                api_url: dc.api_url(),
-                links: vec![DiscordLink {
-                    channel: HUB.to_owned(),
-                    discord_channel: CHANNEL.to_string(),
-                    webhook_url: Some(Secret::new(format!(
-                        "https://discord.com/api/webhooks/{WEBHOOK}/{WEBHOOK_TOKEN}"
-                    ))),
-                }],
-                dm_agent: None,
-                max_parts: 10,
-            }),
+            bridges: vec![
+                Section::new(TelegramConfig {
+                    token: Secret::new(TG_TOKEN),
+                    api_url: tg.api_url(),
+                    links: vec![TelegramLink {
+                        channel: HUB.to_owned(),
+                        chat: GROUP,
+                    }],
+                    dm_agent: None,
+                    poll_timeout_secs: 1,
+                    chat_sends_per_sec: 50,
+                    group_sends_per_min: 1000,
+                    sends_per_sec: 100,
+                    max_parts: 10,
+                }),
+                Section::new(DiscordConfig {
+                    token: Secret::new(DC_TOKEN),
+                    api_url: dc.api_url(),
+                    links: vec![DiscordLink {
+                        channel: HUB.to_owned(),
+                        discord_channel: CHANNEL.to_string(),
+                        webhook_url: Some(Secret::new(format!(
+                            "https://discord.com/api/webhooks/{WEBHOOK}/{WEBHOOK_TOKEN}"
+                        ))),
+                    }],
+                    dm_agent: None,
+                    max_parts: 10,
+                }),
+            ],
             ..Config::default()
         };
         let running = service::start(config).await.expect("service starts");

@@ -10,6 +10,7 @@ use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{self, Running};
 use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{AgentProfile, Bridge};
 use hub_bridge_testkit::fake_discord::{Failure, FakeDiscord, Request, UserMessage, UserRef};
 use hub_bridge_testkit::hub::{publish, HubSpy, Seen};
@@ -88,7 +89,7 @@ impl Harness {
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
             },
-            discord: Some(DiscordConfig {
+            bridges: vec![Section::new(DiscordConfig {
                 token: Secret::new(TOKEN),
                 api_url: fake.api_url(),
                 links: vec![
@@ -107,7 +108,7 @@ impl Harness {
                 ],
                 dm_agent: None,
                 max_parts: 10,
-            }),
+            })],
             agents: BTreeMap::from([(
                 AGENT.to_owned(),
                 AgentProfile {
@@ -566,7 +567,7 @@ async fn over_the_inbound_limit_messages_are_dropped_and_the_person_told_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_to_the_bot_goes_to_the_chosen_agent_and_sticks() {
     let h = Harness::start_with(|config| {
-        if let Some(discord) = config.discord.as_mut() {
+        if let Some(discord) = config.bridge_mut::<DiscordConfig>() {
             discord.dm_agent = Some("concierge".to_owned());
         }
     })
@@ -1299,7 +1300,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
         },
-        discord: Some(config(BAD_TOKEN)),
+        bridges: vec![Section::new(config(BAD_TOKEN))],
         ..Config::default()
     };
     let running = service::start(service_config).await.expect("starts");

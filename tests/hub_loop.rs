@@ -826,7 +826,7 @@ async fn a_retried_platform_event_is_counted_once(backend: Backend) {
         matches!(third, Decision::Rejected { limit: 2, .. }),
         "{third:?}"
     );
-    let counter = hub.keys.rate_limit("message", person);
+    let counter = hub.keys.rate_limit(Action::Message, person);
     assert_eq!(
         hub.op(Op::Get {
             key: counter.clone()

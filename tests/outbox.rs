@@ -169,7 +169,7 @@ async fn a_stopped_run_leaves_its_backlog_and_progress_for_the_next() {
     );
 
     // Delivered jobs leave the store.
-    let key = hub.keys().bridge("outbox:test:chat-1");
+    let key = hub.keys().outbox("test", "chat-1");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let left = hub
         .store()
@@ -218,7 +218,7 @@ async fn a_permanent_error_is_dead_lettered_with_the_reason_and_the_agent_is_tol
     );
 
     let letters: Vec<String> = redis::cmd("LRANGE")
-        .arg(hub.keys().bridge("deadletter:test"))
+        .arg(hub.keys().dead_letters("test"))
         .arg(0)
         .arg(-1)
         .query_async(&mut notices)
@@ -230,7 +230,7 @@ async fn a_permanent_error_is_dead_lettered_with_the_reason_and_the_agent_is_tol
     assert_eq!(letter["destination"], "chat-9");
     assert_eq!(letter["payload"]["name"], "x");
     let left: Vec<String> = redis::cmd("LRANGE")
-        .arg(hub.keys().bridge("outbox:test:chat-9"))
+        .arg(hub.keys().outbox("test", "chat-9"))
         .arg(0)
         .arg(-1)
         .query_async(&mut notices)
@@ -317,7 +317,7 @@ impl hub_bridge_sdk::Store for CountingStore {
 async fn index(hub: &HubHandle) -> Vec<String> {
     hub.store()
         .one(Op::SMembers {
-            key: hub.keys().bridge("outboxes:test"),
+            key: hub.keys().outboxes("test"),
         })
         .await
         .unwrap()
@@ -360,18 +360,18 @@ async fn recovery_reads_every_destination_in_one_round_trip_and_prunes_empty_one
     for n in 0..40 {
         let entry = serde_json::json!({"id": format!("i{n}"), "job": job(&format!("j{n}"), 1)});
         seed.push(Op::RPush {
-            key: keys.bridge(&format!("outbox:test:chat-{n}")),
+            key: keys.outbox("test", &format!("chat-{n}")),
             value: entry.to_string(),
         });
         seed.push(Op::SAdd {
-            key: keys.bridge("outboxes:test"),
+            key: keys.outboxes("test"),
             member: format!("chat-{n}"),
         });
     }
     // Destinations an earlier release indexed and never pruned.
     for n in 0..10 {
         seed.push(Op::SAdd {
-            key: keys.bridge("outboxes:test"),
+            key: keys.outboxes("test"),
             member: format!("served-long-ago-{n}"),
         });
     }
@@ -490,7 +490,7 @@ async fn one_agent_cannot_take_more_than_its_share_of_a_destination() {
     let refusals = hub
         .metrics()
         .outbox_share_refusals
-        .get_or_create(&hub_bridge_sdk::metrics::label("bridge", "test"))
+        .get_or_create(&hub_bridge_sdk::metrics::BridgeLabels { bridge: "test" })
         .get();
     assert_eq!(refusals, 5);
 }

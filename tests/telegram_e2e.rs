@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hub_bridge::config::{Config, HttpConfig, RedisConfig};
 use hub_bridge::service::{start, Running};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{AgentProfile, Bridge};
 use hub_bridge_telegram::{TelegramBridge, TelegramConfig, TelegramLink};
 use hub_bridge_testkit::fake_telegram::{
@@ -175,7 +176,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
         },
         agents,
-        telegram: Some(TelegramConfig {
+        bridges: vec![Section::new(TelegramConfig {
             token: Secret::new(TOKEN),
             api_url: tg.api_url(),
             links: vec![
@@ -189,13 +190,15 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             group_sends_per_min: 1000,
             sends_per_sec: 100,
             max_parts: 10,
-        }),
+        })],
         ..Config::default()
     }
 }
 
 fn telegram(config: &mut Config) -> &mut TelegramConfig {
-    config.telegram.as_mut().expect("telegram section")
+    config
+        .bridge_mut::<TelegramConfig>()
+        .expect("telegram section")
 }
 
 async fn wait_ready(service: &Running) {

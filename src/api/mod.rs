@@ -23,8 +23,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hub_bridge_sdk::config::ConfigIssue;
 use hub_bridge_sdk::limits::RateLimiter;
-use hub_bridge_sdk::metrics::Labels;
+use hub_bridge_sdk::metrics::ReasonLabel;
 use hub_bridge_sdk::{AgentProfile, Keys, Store};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -173,15 +174,22 @@ fn digest(token: &str) -> [u8; 32] {
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
     /// Requests and WebSocket frames answered, by route and status.
-    pub requests: Family<Labels, Counter>,
+    pub requests: Family<RouteStatus, Counter>,
     /// Times a stream subscriber was told it had fallen behind.
     pub lagged: Counter,
     /// Events a slow stream subscriber missed.
     pub missed: Counter,
     /// Streams closed by the service, by reason.
-    pub disconnects: Family<Labels, Counter>,
+    pub disconnects: Family<ReasonLabel, Counter>,
     /// Streams open now.
     pub streams: Gauge,
+}
+
+/// `{route, status}`: an API route (`POST /v1/events`) and the HTTP status it answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: &'static str,
+    pub status: u16,
 }
 
 impl ApiMetrics {
@@ -212,10 +220,10 @@ impl ApiMetrics {
 
     fn count(&self, route: &'static str, status: StatusCode) {
         self.requests
-            .get_or_create(&vec![
-                ("route", route.to_owned()),
-                ("status", status.as_u16().to_string()),
-            ])
+            .get_or_create(&RouteStatus {
+                route,
+                status: status.as_u16(),
+            })
             .inc();
     }
 }

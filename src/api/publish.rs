@@ -96,7 +96,7 @@ async fn refuse_when_window_full(api: &Api, action: Action, agent: &str) -> Resu
     if limit == 0 {
         return Ok(());
     }
-    let key = api.keys.rate_limit(action.as_str(), agent);
+    let key = api.keys.rate_limit(action, agent);
     // Counting (INCR) makes the count include this event; reading leaves it to the hub loop.
     let (first, count_this) = if api.counts_limits {
         (api.limiter.op(action, agent), 1)

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use hub_bridge_sdk::event::Source;
-use hub_bridge_sdk::metrics::label;
+use hub_bridge_sdk::metrics::ReasonLabel;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -171,7 +171,9 @@ fn subscribe(api: &Arc<Api>, wanted: HashSet<String>) -> Subscription {
         if let Some(disconnect) = forward(&api, tap, wanted, &sender).await {
             api.metrics
                 .disconnects
-                .get_or_create(&label("reason", disconnect.reason))
+                .get_or_create(&ReasonLabel {
+                    reason: disconnect.reason,
+                })
                 .inc();
             tracing::info!(
                 reason = disconnect.reason,

@@ -17,7 +17,9 @@ use hub_bridge_sdk::event::{
     HubEvent, Inbound, Presence, PresenceStatus, Source,
 };
 use hub_bridge_sdk::limits::{decide, Action, Decision, RateLimiter};
-use hub_bridge_sdk::metrics::{label, labels2, Metrics};
+use hub_bridge_sdk::metrics::{
+    ActionDirection, BridgeLabels, Direction, EventTypeLabel, KindLabel, Metrics, ReasonLabel,
+};
 use hub_bridge_sdk::{Delivery, ExternalId, Keys, Op, Reply, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -189,7 +191,7 @@ impl HubLoop {
             for kind in &plan.writes {
                 self.metrics
                     .state_writes
-                    .get_or_create(&label("kind", *kind))
+                    .get_or_create(&KindLabel { kind })
                     .inc();
             }
             ops.extend(plan.ops);
@@ -236,10 +238,10 @@ impl HubLoop {
                 if let Decision::Rejected { limit, .. } = decide(count, limit) {
                     self.metrics
                         .rate_limit_rejections
-                        .get_or_create(&labels2(
-                            ("action", action.as_str()),
-                            ("direction", "outbound"),
-                        ))
+                        .get_or_create(&ActionDirection {
+                            action: *action,
+                            direction: Direction::Outbound,
+                        })
                         .inc();
                     publishes.push(not_relayed_op(&parsed, *action, sender, limit));
                     continue;
@@ -355,14 +357,16 @@ impl HubLoop {
         if let HubEvent::Unknown { .. } = inbound.event {
             self.metrics
                 .events_in
-                .get_or_create(&label("type", "unknown"))
+                .get_or_create(&EventTypeLabel {
+                    r#type: "unknown".to_owned(),
+                })
                 .inc();
             tracing::debug!(%type_name, "unknown event type ignored");
             return None;
         }
         self.metrics
             .events_in
-            .get_or_create(&label("type", type_name))
+            .get_or_create(&EventTypeLabel { r#type: type_name })
             .inc();
         Some(Parsed {
             source,
@@ -375,7 +379,7 @@ impl HubLoop {
     fn count_invalid(&self, reason: &'static str) {
         self.metrics
             .invalid_payloads
-            .get_or_create(&label("reason", reason))
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
@@ -429,7 +433,9 @@ impl HubLoop {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.metrics
                         .bridge_queue_overflow
-                        .get_or_create(&label("bridge", bridge.name))
+                        .get_or_create(&BridgeLabels {
+                            bridge: bridge.name,
+                        })
                         .inc();
                     tracing::warn!(
                         bridge = bridge.name,
@@ -447,9 +453,7 @@ impl HubLoop {
     /// The offline transition, published once however many instances saw the expiry: every
     /// instance's hub loop tracks the same presences, and the first to publish claims it.
     fn offline_once_op(&self, channel_id: String, agent_id: String) -> Op {
-        let claim_key = self
-            .keys
-            .bridge(&format!("offline:{channel_id}:{agent_id}"));
+        let claim_key = self.keys.offline_claim(&channel_id, &agent_id);
         let event = presence_event(channel_id, agent_id, PresenceStatus::Offline);
         Op::PublishOnce {
             claim_key,
@@ -469,7 +473,9 @@ impl HubLoop {
             let depth = bridge.sender.max_capacity() - bridge.sender.capacity();
             self.metrics
                 .bridge_queue_depth
-                .get_or_create(&label("bridge", bridge.name))
+                .get_or_create(&BridgeLabels {
+                    bridge: bridge.name,
+                })
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
     }

@@ -135,7 +135,7 @@ impl Bridge for DiscordBridge {
 
             let gate = IdentifyGate {
                 store: ctx.hub.store(),
-                key: shared.key("identify"),
+                key: shared.keys().identify(),
                 last_start: &self.last_identify,
             };
             let status = ctx.status.clone();

@@ -1,9 +1,15 @@
-//! The `[discord]` config section.
+//! The `[discord]` config section: the bot token, where Discord's API is, which channels mirror
+//! which hub channels (with their webhooks), and where DMs go. The section registers the bridge with
+//! the service ([`BridgeConfig`]).
 
 use std::num::NonZeroU64;
 
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
+use hub_bridge_sdk::registry::BridgeConfig;
+use hub_bridge_sdk::Bridge;
 use serde::Deserialize;
+
+use crate::DiscordBridge;
 
 /// `[discord]`: the bot, where Discord's API is, and which channels mirror which hub channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,9 +101,11 @@ fn webhook_parts(url: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next().unwrap_or_default()))
 }
 
-impl DiscordConfig {
+impl BridgeConfig for DiscordConfig {
+    const SECTION: &'static str = "discord";
+
     /// Cross-field checks; the key in the issue is relative to `[discord]`.
-    pub fn validate(&self) -> Result<(), ConfigIssue> {
+    fn validate(&self) -> Result<(), ConfigIssue> {
         check_token("token", &self.token)?;
         check_http_url("api_url", &self.api_url)?;
         if self.max_parts == 0 {
@@ -155,6 +163,10 @@ impl DiscordConfig {
             }
         }
         Ok(())
+    }
+
+    fn bridge(&self) -> Box<dyn Bridge> {
+        Box::new(DiscordBridge::new(self.clone()))
     }
 }
 

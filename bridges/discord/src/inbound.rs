@@ -23,7 +23,7 @@ use hub_bridge_sdk::dm::{self, Private, PrivateChats};
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::limits::{Action, Decision};
-use hub_bridge_sdk::metrics::{label, labels2};
+use hub_bridge_sdk::metrics::{retry, ActionDirection, BridgeDirection, Direction};
 use hub_bridge_sdk::outbox::Outboxes;
 use hub_bridge_sdk::{ExternalId, Op, Reply, StoreError};
 use serde_json::Value;
@@ -208,9 +208,7 @@ impl Inbound {
                     self.shared
                         .hub
                         .metrics()
-                        .retries
-                        .get_or_create(&label("bridge", "discord"))
-                        .inc();
+                        .count_retry("discord", retry::STORE_FAILED);
                     if !logged {
                         let refused = matches!(error, StoreError::Command(_));
                         tracing::warn!(%error, what, refused, "store failed; Discord events wait and retry until it works");
@@ -401,10 +399,10 @@ impl Inbound {
                             .hub
                             .metrics()
                             .relay_latency
-                            .get_or_create(&labels2(
-                                ("bridge", "discord"),
-                                ("direction", "inbound"),
-                            ))
+                            .get_or_create(&BridgeDirection {
+                                bridge: "discord",
+                                direction: Direction::Inbound,
+                            })
                             .observe(received.elapsed().as_secs_f64());
                     }
                     if let Some(thread) = thread {
@@ -425,7 +423,7 @@ impl Inbound {
         thread: u64,
         created_by: &str,
     ) -> Option<(String, Option<String>)> {
-        let by_discord = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+        let by_discord = self.shared.keys().thread_by_discord(&link.chat(thread));
         let store = self.shared.hub.store();
         let known = self
             .store("thread lookup", || {
@@ -469,7 +467,8 @@ impl Inbound {
             Op::Set {
                 key: self
                     .shared
-                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
+                    .keys()
+                    .thread_by_hub(&hub_thread, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: Some(THREAD_KEEP),
                 only_if_absent: false,
@@ -486,9 +485,7 @@ impl Inbound {
     /// find it there.
     async fn note_in_thread(&self, link: &Link, hub_id: &str, thread: u64) {
         let op = Op::Set {
-            key: self
-                .shared
-                .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
+            key: self.shared.keys().in_thread(hub_id, &link.home_chat()),
             value: thread.to_string(),
             ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
             only_if_absent: false,
@@ -521,10 +518,10 @@ impl Inbound {
             .hub
             .metrics()
             .rate_limit_rejections
-            .get_or_create(&labels2(
-                ("action", action.as_str()),
-                ("direction", "inbound"),
-            ))
+            .get_or_create(&ActionDirection {
+                action,
+                direction: Direction::Inbound,
+            })
             .inc();
         if first_in_window {
             let destination = if message.guild_id.is_none() {
@@ -626,7 +623,7 @@ impl Inbound {
             last_seen.insert(channel_id, message_id);
         }
         let op = Op::Set {
-            key: self.shared.key(&format!("last_seen:{channel_id}")),
+            key: self.shared.keys().last_seen(channel_id),
             value: message_id.to_string(),
             ttl: None,
             only_if_absent: false,
@@ -776,7 +773,7 @@ impl Inbound {
         };
         // A moderator deleting an agent's post removes only Discord's copy: the agent's hub
         // message stays (the bridge marks its own posts).
-        let own_key = self.shared.key(&format!("own:{message_id}"));
+        let own_key = self.shared.keys().own(message_id);
         let store = self.shared.hub.store();
         let own = self
             .store("own message lookup", || {
@@ -845,7 +842,10 @@ impl Inbound {
                     .hub
                     .metrics()
                     .rate_limit_rejections
-                    .get_or_create(&labels2(("action", "reaction"), ("direction", "inbound")))
+                    .get_or_create(&ActionDirection {
+                        action: Action::Reaction,
+                        direction: Direction::Inbound,
+                    })
                     .inc();
                 return;
             }
@@ -897,7 +897,7 @@ impl Inbound {
         for link in &links {
             let thread_id = match thread {
                 Some(thread) => {
-                    let key = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
+                    let key = self.shared.keys().thread_by_discord(&link.chat(thread));
                     let store = self.shared.hub.store();
                     self.store("thread lookup", || store.one(Op::Get { key: key.clone() }))
                         .await
@@ -954,7 +954,7 @@ impl Inbound {
     }
 
     async fn catch_up_channel(&mut self, channel: u64) -> Result<(), RestError> {
-        let key = self.shared.key(&format!("last_seen:{channel}"));
+        let key = self.shared.keys().last_seen(channel);
         let store = self.shared.hub.store();
         let Some(reply) = self
             .store("last seen", || store.one(Op::Get { key: key.clone() }))

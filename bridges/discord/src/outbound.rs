@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::event::{now_millis, ChannelEvent, GlobalEventKind, HubEvent};
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::{BridgeDirection, Direction};
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::{Deliver, SendError};
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
@@ -499,7 +499,10 @@ impl DiscordDeliver {
                     .hub
                     .metrics()
                     .relay_latency
-                    .get_or_create(&labels2(("bridge", "discord"), ("direction", "outbound")))
+                    .get_or_create(&BridgeDirection {
+                        bridge: "discord",
+                        direction: Direction::Outbound,
+                    })
                     .observe(received_at.elapsed().as_secs_f64());
             }
         }
@@ -725,16 +728,14 @@ impl DiscordDeliver {
     /// Maps a posted part, marks it as the bridge's own, and remembers its thread.
     async fn record(&self, link: &Link, hub_id: &str, plan: &Plan, sent: &[String], id: u64) {
         let mut ops = vec![Op::Set {
-            key: self.shared.key(&format!("own:{id}")),
+            key: self.shared.keys().own(id),
             value: "1".to_owned(),
             ttl: Some(MessageMap::KEEP),
             only_if_absent: false,
         }];
         if let Some(thread) = plan.thread {
             ops.push(Op::Set {
-                key: self
-                    .shared
-                    .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
+                key: self.shared.keys().in_thread(hub_id, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: Some(MessageMap::KEEP),
                 only_if_absent: false,
@@ -803,7 +804,8 @@ impl DiscordDeliver {
     async fn known_thread(&self, link: &Link, hub_thread: &str) -> Result<Option<u64>, SendError> {
         let key = self
             .shared
-            .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat()));
+            .keys()
+            .thread_by_hub(hub_thread, &link.home_chat());
         let reply = self
             .shared
             .hub
@@ -878,13 +880,14 @@ impl DiscordDeliver {
             Op::Set {
                 key: self
                     .shared
-                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
+                    .keys()
+                    .thread_by_hub(hub_thread, &link.home_chat()),
                 value: thread.to_string(),
                 ttl: keep,
                 only_if_absent: false,
             },
             Op::Set {
-                key: self.shared.key(&format!("thread:dc:{}", link.chat(thread))),
+                key: self.shared.keys().thread_by_discord(&link.chat(thread)),
                 value: hub_thread.to_owned(),
                 ttl: keep,
                 only_if_absent: false,
@@ -1221,9 +1224,7 @@ impl DiscordDeliver {
 
     /// Where a hub message's parts are: in the linked channel, or in one of its threads.
     async fn locate(&self, link: &Link, hub_id: &str) -> Result<Location, SendError> {
-        let key = self
-            .shared
-            .key(&format!("in_thread:{hub_id}:{}", link.home_chat()));
+        let key = self.shared.keys().in_thread(hub_id, &link.home_chat());
         let thread = self
             .shared
             .hub

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use hub_bridge_sdk::keys::DiscordKeys;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::HubHandle;
 use serde_json::Value;
@@ -205,7 +206,7 @@ impl Shared {
     pub async fn stop_link(&self, link: &Link) {
         lock(&self.stopped).insert(stop_id(link));
         let op = hub_bridge_sdk::Op::Set {
-            key: self.key(&format!("stopped:{}", stop_id(link))),
+            key: self.keys().stopped(&link.hub_channel, link.discord_channel),
             value: "1".to_owned(),
             ttl: None,
             only_if_absent: false,
@@ -221,7 +222,7 @@ impl Shared {
             .links
             .iter()
             .map(|link| hub_bridge_sdk::Op::Exists {
-                key: self.key(&format!("stopped:{}", stop_id(link))),
+                key: self.keys().stopped(&link.hub_channel, link.discord_channel),
             })
             .collect();
         let replies = self.hub.store().exec(ops).await?;
@@ -234,9 +235,9 @@ impl Shared {
         Ok(())
     }
 
-    /// A key of this bridge: `{prefix}bridge:discord:{rest}`.
-    pub fn key(&self, rest: &str) -> String {
-        self.hub.keys().bridge(&format!("discord:{rest}"))
+    /// This bridge's keys (`{prefix}bridge:discord:...`).
+    pub fn keys(&self) -> DiscordKeys<'_> {
+        self.hub.keys().discord()
     }
 
     /// Remembers that the bridge is deleting `message_id`, so the gateway's echo is ignored.

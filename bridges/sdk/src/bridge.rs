@@ -219,8 +219,12 @@ impl HubHandle {
     }
 
     /// Keeps a relay that was given up on, and tells the sending agent why, in one round trip.
-    pub async fn dead_letter(&self, bridge: &str, letter: DeadLetter) -> Result<(), StoreError> {
-        let key = self.keys.bridge(&format!("deadletter:{bridge}"));
+    pub async fn dead_letter(
+        &self,
+        bridge: &'static str,
+        letter: DeadLetter,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.dead_letters(bridge);
         let mut ops = vec![
             Op::RPush {
                 key: key.clone(),
@@ -241,7 +245,7 @@ impl HubHandle {
         }
         self.metrics
             .dead_letters
-            .get_or_create(&crate::metrics::label("bridge", bridge))
+            .get_or_create(&crate::metrics::BridgeLabels { bridge })
             .inc();
         self.store.exec(ops).await.map(drop)
     }

@@ -94,9 +94,7 @@ impl PrivateChats {
     }
 
     fn choice_key(&self, user_id: &str) -> String {
-        self.hub
-            .keys()
-            .bridge(&format!("{}:dm:{user_id}", self.platform))
+        self.hub.keys().dm_choice(&self.platform, user_id)
     }
 
     /// The agent the person picked last, else the default. A stored choice that `/dm` would

@@ -28,7 +28,7 @@ pub async fn isolate<F: Future>(future: F) -> Result<F::Output, String> {
 /// `None` tells the caller to go on with the next event.
 pub async fn handle_event<F: Future>(
     metrics: &Metrics,
-    bridge: &str,
+    bridge: &'static str,
     what: &str,
     future: F,
 ) -> Option<F::Output> {

@@ -1,6 +1,7 @@
 //! What every hub-bridge bridge builds on: the hub's event model ([`event`]), sender ids
 //! ([`ids`]), the store operations ([`store`]), rate limits ([`limits`]), the bridge contract
-//! ([`bridge`]), health and metrics, and the text utilities bridges share ([`text`]).
+//! ([`bridge`]), how a bridge registers with the service ([`registry`]), health and metrics, and the
+//! text utilities bridges share ([`text`]).
 //!
 //! A bridge crate depends on this crate only, never on the hub or on another bridge.
 
@@ -12,10 +13,12 @@ pub mod event;
 pub mod guard;
 pub mod health;
 pub mod ids;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod msgmap;
 pub mod outbox;
+pub mod registry;
 pub mod relay;
 pub mod store;
 pub mod text;

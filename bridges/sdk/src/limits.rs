@@ -170,11 +170,9 @@ impl RateLimiter {
     /// The op [`Self::check_once`] runs, for callers that batch it with other ops.
     pub fn op_once(&self, action: Action, sender_id: &str, event: &str) -> Op {
         Op::IncrWindowOnce {
-            key: self.keys.rate_limit(action.as_str(), sender_id),
+            key: self.keys.rate_limit(action, sender_id),
             window: self.window,
-            claim_key: self
-                .keys
-                .bridge(&format!("counted:{}:{event}", action.as_str())),
+            claim_key: self.keys.counted(action, event),
             claim_ttl: self.window.max(Self::CLAIM_TTL),
         }
     }
@@ -182,7 +180,7 @@ impl RateLimiter {
     /// The op a check runs, for callers that batch it with other ops.
     pub fn op(&self, action: Action, sender_id: &str) -> Op {
         Op::IncrWindow {
-            key: self.keys.rate_limit(action.as_str(), sender_id),
+            key: self.keys.rate_limit(action, sender_id),
             window: self.window,
         }
     }
@@ -260,7 +258,7 @@ mod tests {
         }
         let count = store
             .one(Op::Get {
-                key: Keys::new("t:").rate_limit("message", person),
+                key: Keys::new("t:").rate_limit(Action::Message, person),
             })
             .await
             .unwrap();

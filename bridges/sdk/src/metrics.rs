@@ -1,14 +1,124 @@
 //! The service's Prometheus metrics, shared by the hub and the bridges so that every runtime
 //! failure is both logged and counted (and can be alerted on even when recovery is automatic).
+//!
+//! Each family has one label set, a type here: a metric can only be labelled the one way, so
+//! every caller fills the same labels.
 
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Label sets: a few `(name, value)` pairs.
-pub type Labels = Vec<(&'static str, String)>;
+use crate::limits::Action;
+
+/// `{type}`: a hub event's wire type (`channel.message`, or `unknown`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    pub r#type: String,
+}
+
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// `{kind}`: which state key the hub loop updated.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// `{action, direction}`: a rate-limited action and which way it went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionDirection {
+    pub action: Action,
+    pub direction: Direction,
+}
+
+/// `{bridge}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub bridge: &'static str,
+}
+
+/// `{bridge, type}`: a bridge and a hub event's wire type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeEventType {
+    pub bridge: &'static str,
+    pub r#type: String,
+}
+
+/// `{bridge, direction}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeDirection {
+    pub bridge: &'static str,
+    pub direction: Direction,
+}
+
+/// `{bridge, destination}`: one of a bridge's outboxes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeDestination {
+    pub bridge: &'static str,
+    pub destination: String,
+}
+
+/// `{bridge, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeReason {
+    pub bridge: &'static str,
+    pub reason: &'static str,
+}
+
+/// `{bridge, kind}`: how a bridge run ended (`error`, `panic`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeKind {
+    pub bridge: &'static str,
+    pub kind: &'static str,
+}
+
+/// Which way something travelled: from a platform to the hub, or from the hub to a platform.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Action {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a platform request or a store write was tried again (`retries_total{bridge, reason}`).
+pub mod retry {
+    /// An outbox's delivery failed in a way that may pass (a 5xx, a timeout, the store away); the
+    /// outbox tries the job again.
+    pub const DELIVERY_FAILED: &str = "delivery_failed";
+    /// The store failed while a bridge handled a platform event; the event waits and is retried.
+    pub const STORE_FAILED: &str = "store_failed";
+    /// Telegram refused the formatted text; it is sent again as plain text.
+    pub const PLAIN_TEXT_FALLBACK: &str = "plain_text_fallback";
+}
 
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~26 s: relay latency is sub-millisecond on loopback and seconds behind a 429.
@@ -18,30 +128,31 @@ fn latency_histogram() -> Histogram {
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
-    pub events_in: Family<Labels, Counter>,
-    pub invalid_payloads: Family<Labels, Counter>,
-    pub state_writes: Family<Labels, Counter>,
-    pub rate_limit_rejections: Family<Labels, Counter>,
-    pub bridge_queue_depth: Family<Labels, Gauge>,
-    pub bridge_queue_overflow: Family<Labels, Counter>,
+    pub events_in: Family<EventTypeLabel, Counter>,
+    pub invalid_payloads: Family<ReasonLabel, Counter>,
+    pub state_writes: Family<KindLabel, Counter>,
+    pub rate_limit_rejections: Family<ActionDirection, Counter>,
+    pub bridge_queue_depth: Family<BridgeLabels, Gauge>,
+    pub bridge_queue_overflow: Family<BridgeLabels, Counter>,
     pub subscriber_overflow: Counter,
     pub redis_reconnects: Counter,
-    pub relayed: Family<Labels, Counter>,
-    pub published: Family<Labels, Counter>,
-    pub relay_latency: Family<Labels, Histogram, fn() -> Histogram>,
-    pub destination_queue_depth: Family<Labels, Gauge>,
-    pub platform_429s: Family<Labels, Counter>,
-    pub retries: Family<Labels, Counter>,
-    pub dead_letters: Family<Labels, Counter>,
-    pub ignored: Family<Labels, Counter>,
+    pub relayed: Family<BridgeEventType, Counter>,
+    pub published: Family<BridgeEventType, Counter>,
+    pub relay_latency: Family<BridgeDirection, Histogram, fn() -> Histogram>,
+    pub destination_queue_depth: Family<BridgeDestination, Gauge>,
+    pub platform_429s: Family<BridgeLabels, Counter>,
+    /// Retries, by bridge and [`retry`] reason.
+    pub retries: Family<BridgeReason, Counter>,
+    pub dead_letters: Family<BridgeLabels, Counter>,
+    pub ignored: Family<BridgeReason, Counter>,
     /// Bridge runs that ended in an error or a panic (and were restarted), by bridge and kind.
-    pub bridge_failures: Family<Labels, Counter>,
+    pub bridge_failures: Family<BridgeKind, Counter>,
     /// State updates of the hub loop that failed (an error reply, or the store unreachable).
     pub state_errors: Counter,
     /// Tracked presences dropped from the hub loop's bounded tracker to make room.
     pub presence_evictions: Counter,
     /// Jobs refused because their agent already held its share of a destination's outbox.
-    pub outbox_share_refusals: Family<Labels, Counter>,
+    pub outbox_share_refusals: Family<BridgeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,7 +253,7 @@ impl Metrics {
         );
         registry.register(
             "retries",
-            "Platform requests retried after a transient error",
+            "Platform requests and store writes tried again after a transient error, by bridge and reason",
             self.retries.clone(),
         );
         registry.register(
@@ -180,36 +291,100 @@ impl Metrics {
 
 impl Metrics {
     /// A platform update a bridge ignored on purpose (own message, unlinked chat, ...).
-    pub fn count_ignored(&self, bridge: &str, reason: &str) {
+    pub fn count_ignored(&self, bridge: &'static str, reason: &'static str) {
         self.ignored
-            .get_or_create(&labels2(("bridge", bridge), ("reason", reason)))
+            .get_or_create(&BridgeReason { bridge, reason })
+            .inc();
+    }
+
+    /// Something a bridge tries again after a transient error; `reason` is one of [`retry`].
+    pub fn count_retry(&self, bridge: &'static str, reason: &'static str) {
+        self.retries
+            .get_or_create(&BridgeReason { bridge, reason })
             .inc();
     }
 
     /// A platform event a bridge published to the hub.
-    pub fn count_published(&self, bridge: &str, event_type: &str) {
+    pub fn count_published(&self, bridge: &'static str, event_type: &str) {
         self.published
-            .get_or_create(&labels2(("bridge", bridge), ("type", event_type)))
+            .get_or_create(&BridgeEventType {
+                bridge,
+                r#type: event_type.to_owned(),
+            })
             .inc();
     }
 
     /// A hub event a bridge delivered to its platform.
-    pub fn count_relayed(&self, bridge: &str, event_type: &str) {
+    pub fn count_relayed(&self, bridge: &'static str, event_type: &str) {
         self.relayed
-            .get_or_create(&labels2(("bridge", bridge), ("type", event_type)))
+            .get_or_create(&BridgeEventType {
+                bridge,
+                r#type: event_type.to_owned(),
+            })
             .inc();
     }
 }
 
-/// A one-label set.
-pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
-    vec![(name, value.into())]
-}
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
 
-/// A two-label set.
-pub fn labels2(
-    first: (&'static str, impl Into<String>),
-    second: (&'static str, impl Into<String>),
-) -> Labels {
-    vec![(first.0, first.1.into()), (second.0, second.1.into())]
+    use super::*;
+
+    /// The exported names and label sets, as dashboards and alerts know them.
+    #[test]
+    fn label_sets_encode_with_their_names() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics
+            .events_in
+            .get_or_create(&EventTypeLabel {
+                r#type: "channel.message".to_owned(),
+            })
+            .inc();
+        metrics
+            .rate_limit_rejections
+            .get_or_create(&ActionDirection {
+                action: Action::Reaction,
+                direction: Direction::Inbound,
+            })
+            .inc();
+        metrics.count_retry("telegram", retry::PLAIN_TEXT_FALLBACK);
+        metrics.count_relayed("discord", "channel.message");
+        metrics
+            .relay_latency
+            .get_or_create(&BridgeDirection {
+                bridge: "telegram",
+                direction: Direction::Outbound,
+            })
+            .observe(0.001);
+        metrics
+            .destination_queue_depth
+            .get_or_create(&BridgeDestination {
+                bridge: "discord",
+                destination: "discord:7".to_owned(),
+            })
+            .set(2);
+        metrics
+            .bridge_failures
+            .get_or_create(&BridgeKind {
+                bridge: "discord",
+                kind: "panic",
+            })
+            .inc();
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encodes");
+        for line in [
+            r#"hub_bridge_events_in_total{type="channel.message"} 1"#,
+            r#"hub_bridge_rate_limit_rejections_total{action="reaction",direction="inbound"} 1"#,
+            r#"hub_bridge_retries_total{bridge="telegram",reason="plain_text_fallback"} 1"#,
+            r#"hub_bridge_relayed_total{bridge="discord",type="channel.message"} 1"#,
+            r#"hub_bridge_relay_latency_seconds_count{bridge="telegram",direction="outbound"} 1"#,
+            r#"hub_bridge_destination_queue_depth{bridge="discord",destination="discord:7"} 2"#,
+            r#"hub_bridge_bridge_failures_total{bridge="discord",kind="panic"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "`{line}` missing:\n{text}");
+        }
+    }
 }

@@ -35,13 +35,11 @@ impl MessageMap {
     }
 
     fn forward_key(&self, platform: &dyn Display, hub_message_id: &str, chat: &str) -> String {
-        self.keys
-            .bridge(&format!("msgmap:{platform}:hub:{hub_message_id}:{chat}"))
+        self.keys.msgmap_forward(platform, hub_message_id, chat)
     }
 
     fn reverse_key(&self, platform: &dyn Display, chat: &str, message_id: &str) -> String {
-        self.keys
-            .bridge(&format!("msgmap:{platform}:{chat}:{message_id}"))
+        self.keys.msgmap_reverse(platform, chat, message_id)
     }
 
     /// The ops that [`MessageMap::record_parts`] runs, for callers that batch them with others.

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::bridge::{DeadLetter, HubHandle};
 use crate::event::now_millis;
 use crate::guard::isolate;
-use crate::metrics::{label, labels2};
+use crate::metrics::{retry, BridgeDestination, BridgeLabels};
 use crate::store::{Op, StoreError};
 
 /// How long transient errors are retried before the job is dead-lettered.
@@ -230,7 +230,7 @@ impl<J: Send + 'static> Outboxes<J> {
             .hub
             .metrics()
             .outbox_share_refusals
-            .get_or_create(&label("bridge", bridge))
+            .get_or_create(&BridgeLabels { bridge })
             .inc();
         tracing::warn!(
             bridge,
@@ -291,10 +291,10 @@ impl<J: Send + 'static> Outboxes<J> {
             .hub
             .metrics()
             .destination_queue_depth
-            .get_or_create(&labels2(
-                ("bridge", self.inner.bridge),
-                ("destination", destination),
-            ))
+            .get_or_create(&BridgeDestination {
+                bridge: self.inner.bridge,
+                destination: destination.to_owned(),
+            })
             .clone()
     }
 
@@ -311,16 +311,11 @@ impl<J: Send + 'static> Outboxes<J> {
     }
 
     fn list_key(&self, destination: &str) -> String {
-        let bridge = self.inner.bridge;
-        self.inner
-            .hub
-            .keys()
-            .bridge(&format!("outbox:{bridge}:{destination}"))
+        self.inner.hub.keys().outbox(self.inner.bridge, destination)
     }
 
     fn index_key(&self) -> String {
-        let bridge = self.inner.bridge;
-        self.inner.hub.keys().bridge(&format!("outboxes:{bridge}"))
+        self.inner.hub.keys().outboxes(self.inner.bridge)
     }
 
     fn entry_text(id: &str, job: Value) -> String {
@@ -624,7 +619,9 @@ impl<J: Send + 'static> Worker<J> {
         let outboxes = &self.outboxes;
         let inner = &outboxes.inner;
         let destination = self.destination.as_str();
-        let metrics_label = label("bridge", inner.bridge);
+        let metrics_label = BridgeLabels {
+            bridge: inner.bridge,
+        };
         let started = Instant::now();
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -670,9 +667,7 @@ impl<J: Send + 'static> Worker<J> {
                     inner
                         .hub
                         .metrics()
-                        .retries
-                        .get_or_create(&metrics_label)
-                        .inc();
+                        .count_retry(inner.bridge, retry::DELIVERY_FAILED);
                     if started.elapsed() >= GIVE_UP_AFTER {
                         let reason = format!("gave up after {:?}: {reason}", started.elapsed());
                         return outboxes.finish(destination, entry, Some(reason)).await;

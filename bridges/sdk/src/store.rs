@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+pub use crate::keys::Keys;
+
 /// One key-value or publish operation. Keys are full keys, prefix included (see [`Keys`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -250,53 +252,6 @@ impl dyn Store {
 
     pub async fn publish(&self, channel: String, payload: String) -> Result<(), StoreError> {
         self.one(Op::Publish { channel, payload }).await.map(drop)
-    }
-}
-
-/// Builds the state keys of SPEC section 3 under the configured prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub fn presence(&self, channel_id: &str, agent_id: &str) -> String {
-        format!("{}presence:{channel_id}:{agent_id}", self.prefix)
-    }
-
-    pub fn typing(&self, channel_id: &str) -> String {
-        format!("{}typing:{channel_id}", self.prefix)
-    }
-
-    pub fn recent_messages(&self, channel_id: &str) -> String {
-        format!("{}messages:{channel_id}:recent", self.prefix)
-    }
-
-    pub fn channel(&self, channel_id: &str) -> String {
-        format!("{}channel:{channel_id}", self.prefix)
-    }
-
-    pub fn members(&self, channel_id: &str) -> String {
-        format!("{}channel:{channel_id}:members", self.prefix)
-    }
-
-    pub fn rate_limit(&self, action: &str, sender_id: &str) -> String {
-        format!("{}ratelimit:{action}:{sender_id}", self.prefix)
-    }
-
-    /// The service's own keys (message-id map, cursors, outboxes, leases) live here.
-    pub fn bridge(&self, rest: &str) -> String {
-        format!("{}bridge:{rest}", self.prefix)
     }
 }
 

@@ -1,8 +1,13 @@
 //! The `[telegram]` config section: the bot token, where the Bot API is, which chats mirror which
-//! hub channels, where private messages go, and how fast the bridge may send.
+//! hub channels, where private messages go, and how fast the bridge may send. The section registers
+//! the bridge with the service ([`BridgeConfig`]).
 
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
+use hub_bridge_sdk::registry::BridgeConfig;
+use hub_bridge_sdk::Bridge;
 use serde::Deserialize;
+
+use crate::TelegramBridge;
 
 /// `[telegram]`: the bot, where its Bot API is, and which chats mirror which hub channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,9 +79,11 @@ fn default_max_parts() -> usize {
     10
 }
 
-impl TelegramConfig {
+impl BridgeConfig for TelegramConfig {
+    const SECTION: &'static str = "telegram";
+
     /// Cross-field checks; the key in the issue is relative to `[telegram]`.
-    pub fn validate(&self) -> Result<(), ConfigIssue> {
+    fn validate(&self) -> Result<(), ConfigIssue> {
         check_token("token", &self.token)?;
         check_http_url("api_url", &self.api_url)?;
         if !(1..=16).contains(&self.poll_timeout_secs) {
@@ -127,6 +134,10 @@ impl TelegramConfig {
             }
         }
         Ok(())
+    }
+
+    fn bridge(&self) -> Box<dyn Bridge> {
+        Box::new(TelegramBridge::new(self.clone()))
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::metrics::labels2;
+use hub_bridge_sdk::metrics::retry;
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::{
     Capabilities, Chat, Connector, Edited, PartId, Place, ReactionChange, Rendered, Rendering,
@@ -110,12 +110,7 @@ impl Telegram {
         tracing::warn!(error = %self.redactor.describe(error), "Telegram refused the HTML for its form; sending plain text");
         self.hub
             .metrics()
-            .retries
-            .get_or_create(&labels2(
-                ("bridge", "telegram"),
-                ("reason", "plain_text_fallback"),
-            ))
-            .inc();
+            .count_retry("telegram", retry::PLAIN_TEXT_FALLBACK);
     }
 
     /// A failed getChat or createForumTopic: retried when it may pass later; otherwise the thread

@@ -47,8 +47,8 @@ const ALLOWED: [AllowedUpdate; 5] = [
 /// what a restart cannot cure (a rejected token).
 pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeError> {
     let inbound = Inbound { shared: &shared };
-    let offset_key = offset_key(&shared.hub.keys().bridge("telegram"), shared.me_id);
-    let legacy_key = shared.hub.keys().bridge("telegram:offset");
+    let offset_key = shared.hub.keys().telegram().offset(shared.me_id);
+    let legacy_key = shared.hub.keys().telegram().legacy_offset();
     let Some(mut offset) = inbound.load_offset(&offset_key, &legacy_key, &status).await else {
         return Ok(());
     };
@@ -468,7 +468,11 @@ impl Inbound<'_> {
         origin: &str,
     ) -> Op {
         self.claimed_publish(
-            format!("telegram:update:{update_id}:{index}"),
+            self.shared
+                .hub
+                .keys()
+                .telegram()
+                .update_claim(update_id, index),
             claim_value,
             Source::Channel(event.channel_id().to_owned()).channel_name(),
             Envelope::new(event, now_millis())
@@ -477,9 +481,15 @@ impl Inbound<'_> {
         )
     }
 
-    fn claimed_publish(&self, claim: String, value: &str, channel: String, payload: String) -> Op {
+    fn claimed_publish(
+        &self,
+        claim_key: String,
+        value: &str,
+        channel: String,
+        payload: String,
+    ) -> Op {
         Op::PublishOnce {
-            claim_key: self.shared.hub.keys().bridge(&claim),
+            claim_key,
             claim_value: value.to_owned(),
             ttl: CLAIM_TTL,
             channel,
@@ -541,9 +551,12 @@ impl Inbound<'_> {
                 // Telegram reports one change both as a service message and as a chat_member
                 // update with the same date: one claim covers both.
                 self.claimed_publish(
-                    format!(
-                        "telegram:member:{channel}:{chat}:{}:{verb}:{date}",
-                        member.id.0
+                    self.shared.hub.keys().telegram().member_claim(
+                        channel,
+                        chat,
+                        member.id.0,
+                        verb,
+                        date,
                     ),
                     &agent_id,
                     Source::Channel(channel.clone()).channel_name(),
@@ -790,7 +803,7 @@ impl Inbound<'_> {
         }
         let event = dm::direct_message(&person, text, now_millis());
         let op = self.claimed_publish(
-            format!("telegram:update:{update_id}:0"),
+            self.shared.hub.keys().telegram().update_claim(update_id, 0),
             agent,
             Source::Agent(agent.to_owned()).channel_name(),
             event.to_json(),
@@ -860,10 +873,6 @@ fn fnv1a(text: &str) -> u64 {
 /// `{prefix}bridge:telegram:{botId}:offset`: the update offset of one bot (update ids are per
 /// bot, so a new token must not inherit another bot's offset). `base` is
 /// `{prefix}bridge:telegram`.
-fn offset_key(base: &str, bot_id: u64) -> String {
-    format!("{base}:{bot_id}:offset")
-}
-
 /// `First Last (@username)`: how a person is named in the hub.
 pub fn display_name(user: &User) -> String {
     let mut name = user.first_name.clone();

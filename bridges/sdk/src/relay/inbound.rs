@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::guard::handle_event;
 use crate::health::Component;
 use crate::limits::{Action, Decision};
-use crate::metrics::labels2;
+use crate::metrics::{retry, ActionDirection, Direction};
 use crate::relay::connector::{Chat, Connector};
 use crate::relay::Relay;
 use crate::store::{Op, StoreError};
@@ -61,11 +61,7 @@ impl<C: Connector> Relay<C> {
                 }
                 Err(error) => error,
             };
-            self.hub()
-                .metrics()
-                .retries
-                .get_or_create(&labels2(("bridge", name), ("reason", "store_unavailable")))
-                .inc();
+            self.hub().metrics().count_retry(name, retry::STORE_FAILED);
             if !failing {
                 let refused = matches!(error, StoreError::Command(_));
                 tracing::warn!(%error, what, refused, bridge = name, "store failed; platform events wait and retry until it works");
@@ -138,10 +134,10 @@ impl<C: Connector> Relay<C> {
         self.hub()
             .metrics()
             .rate_limit_rejections
-            .get_or_create(&labels2(
-                ("action", action.as_str()),
-                ("direction", "inbound"),
-            ))
+            .get_or_create(&ActionDirection {
+                action,
+                direction: Direction::Inbound,
+            })
             .inc();
         if let (true, Some(notice)) = (first_in_window, notice) {
             let what = match action {

@@ -158,7 +158,7 @@ impl Links {
     }
 
     fn key(&self, hub: &HubHandle) -> String {
-        hub.keys().bridge(&format!("{}:stopped", self.platform))
+        hub.keys().relay(self.platform).stopped()
     }
 }
 

@@ -172,7 +172,7 @@ impl<C: Connector> Core<C> {
         }
     }
 
-    fn count_ignored(&self, reason: &str) {
+    fn count_ignored(&self, reason: &'static str) {
         self.hub
             .metrics()
             .count_ignored(self.connector.name(), reason);

@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use crate::bridge::DeadLetter;
 use crate::event::now_millis;
-use crate::metrics::labels2;
+use crate::metrics::{BridgeDirection, Direction};
 use crate::outbox::{Deliver, SendError};
 use crate::relay::connector::{
     Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendering, Reply, ThreadRef,
@@ -28,7 +28,10 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
                 self.hub
                     .metrics()
                     .relay_latency
-                    .get_or_create(&labels2(("bridge", name), ("direction", "outbound")))
+                    .get_or_create(&BridgeDirection {
+                        bridge: name,
+                        direction: Direction::Outbound,
+                    })
                     .observe(received_at.elapsed().as_secs_f64());
             }
             let chat = Chat(destination.to_owned());

@@ -42,8 +42,8 @@ impl Records {
         }
     }
 
-    fn key(&self, rest: &str) -> String {
-        self.keys.bridge(&format!("{}:{rest}", self.platform))
+    fn key(&self) -> crate::keys::RelayKeys<'_> {
+        self.keys.relay(self.platform)
     }
 
     fn set(key: String, value: String, ttl: Duration) -> Op {
@@ -60,15 +60,13 @@ impl Records {
     }
 
     pub async fn look(&self, hub_message_id: &str) -> Result<Option<Look>, StoreError> {
-        let json = self
-            .get(self.key(&format!("look:{hub_message_id}")))
-            .await?;
+        let json = self.get(self.key().look(hub_message_id)).await?;
         Ok(json.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
     pub fn look_op(&self, hub_message_id: &str, look: &Look) -> Op {
         Self::set(
-            self.key(&format!("look:{hub_message_id}")),
+            self.key().look(hub_message_id),
             serde_json::to_string(look).unwrap_or_default(),
             KEEP,
         )
@@ -77,23 +75,14 @@ impl Records {
     /// Records which hub message a hub thread hangs on, both ways.
     pub fn thread_root_ops(&self, thread_id: &str, parent: &str) -> Vec<Op> {
         vec![
-            Self::set(
-                self.keys.bridge(&format!("thread:{thread_id}")),
-                parent.to_owned(),
-                KEEP,
-            ),
-            Self::set(
-                self.keys.bridge(&format!("threadof:{parent}")),
-                thread_id.to_owned(),
-                KEEP,
-            ),
+            Self::set(self.keys.thread_root(thread_id), parent.to_owned(), KEEP),
+            Self::set(self.keys.thread_of(parent), thread_id.to_owned(), KEEP),
         ]
     }
 
     /// The hub message a hub thread hangs on.
     pub async fn thread_root(&self, thread_id: &str) -> Result<Option<String>, StoreError> {
-        self.get(self.keys.bridge(&format!("thread:{thread_id}")))
-            .await
+        self.get(self.keys.thread_root(thread_id)).await
     }
 
     /// The hub thread a hub message is in or starts.
@@ -103,7 +92,7 @@ impl Records {
 
     /// The key of [`Records::thread_of`], for callers that batch it with other ops.
     pub fn thread_of_key(&self, hub_message_id: &str) -> String {
-        self.keys.bridge(&format!("threadof:{hub_message_id}"))
+        self.keys.thread_of(hub_message_id)
     }
 
     /// Records that a hub message is in a hub thread (a person's message published into it).
@@ -121,9 +110,7 @@ impl Records {
         chat: &str,
         thread_id: &str,
     ) -> Result<Option<ThreadRef>, StoreError> {
-        let id = self
-            .get(self.key(&format!("topic:{chat}:{thread_id}")))
-            .await?;
+        let id = self.get(self.key().thread(chat, thread_id)).await?;
         Ok(id.map(ThreadRef))
     }
 
@@ -138,7 +125,7 @@ impl Records {
 
     /// The key of [`Records::hub_thread`], for callers that batch it with other ops.
     pub fn hub_thread_key(&self, chat: &str, thread: &ThreadRef) -> String {
-        self.key(&format!("topicthread:{chat}:{}", thread.0))
+        self.key().hub_thread(chat, &thread.0)
     }
 
     pub async fn record_platform_thread(
@@ -149,7 +136,7 @@ impl Records {
     ) -> Result<(), StoreError> {
         let ops = vec![
             Self::set(
-                self.key(&format!("topic:{chat}:{thread_id}")),
+                self.key().thread(chat, thread_id),
                 thread.0.clone(),
                 THREAD_KEEP,
             ),
@@ -168,24 +155,20 @@ impl Records {
         hub_message_id: &str,
         chat: &str,
     ) -> Result<Option<ThreadRef>, StoreError> {
-        let id = self
-            .get(self.key(&format!("in_thread:{hub_message_id}:{chat}")))
-            .await?;
+        let id = self.get(self.key().shown_in(hub_message_id, chat)).await?;
         Ok(id.map(ThreadRef))
     }
 
     pub fn shown_in_op(&self, hub_message_id: &str, chat: &str, thread: &ThreadRef) -> Op {
         Self::set(
-            self.key(&format!("in_thread:{hub_message_id}:{chat}")),
+            self.key().shown_in(hub_message_id, chat),
             thread.0.clone(),
             KEEP,
         )
     }
 
     pub async fn reactions(&self, chat: &str, part: &PartId) -> Result<Standing, StoreError> {
-        let json = self
-            .get(self.key(&format!("reactions:{chat}:{}", part.0)))
-            .await?;
+        let json = self.get(self.key().reactions(chat, &part.0)).await?;
         Ok(json
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default())
@@ -198,7 +181,7 @@ impl Records {
         standing: &Standing,
     ) -> Result<(), StoreError> {
         let op = Self::set(
-            self.key(&format!("reactions:{chat}:{}", part.0)),
+            self.key().reactions(chat, &part.0),
             serde_json::to_string(standing).unwrap_or_default(),
             KEEP,
         );

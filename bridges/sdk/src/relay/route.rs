@@ -287,7 +287,13 @@ impl<C: Connector> Relay<C> {
 
     /// Counts an event the relay refuses, and tells the agent that sent it (people get no
     /// notifications).
-    async fn refuse(&self, sender: Option<&str>, channel: &str, reason: &str, message: String) {
+    async fn refuse(
+        &self,
+        sender: Option<&str>,
+        channel: &str,
+        reason: &'static str,
+        message: String,
+    ) {
         self.core.count_ignored(reason);
         tracing::debug!(
             reason,
