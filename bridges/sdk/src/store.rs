@@ -277,12 +277,20 @@ pub(crate) mod memory {
     #[derive(Default)]
     pub(crate) struct MemoryStore {
         state: Mutex<State>,
+        /// How many of the next `exec` calls fail as if the store were away.
+        failures: std::sync::atomic::AtomicUsize,
     }
 
     impl MemoryStore {
         pub(crate) fn is_empty(&self) -> bool {
             let state = self.state.lock().unwrap();
             state.text.is_empty() && state.lists.is_empty() && state.sets.is_empty()
+        }
+
+        /// Makes the next `count` calls fail as if the store were unreachable.
+        pub(crate) fn fail_next(&self, count: usize) {
+            self.failures
+                .store(count, std::sync::atomic::Ordering::SeqCst);
         }
 
         /// What was published, as (channel, payload), oldest first.
@@ -424,6 +432,14 @@ pub(crate) mod memory {
 
     impl Store for MemoryStore {
         fn exec(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Reply>, StoreError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let failing = self
+                .failures
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Box::pin(async { Err(StoreError::Command("LOADING".to_owned())) });
+            }
             let mut state = self.state.lock().unwrap();
             let replies = ops
                 .into_iter()

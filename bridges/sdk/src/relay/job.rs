@@ -98,6 +98,9 @@ pub struct SendProgress<P> {
     pub done: usize,
     /// The platform messages shown so far.
     pub shown: Vec<PartId>,
+    /// How many of `shown` are in the message map.
+    #[serde(default)]
+    pub recorded: usize,
 }
 
 #[derive(Serialize, Deserialize)]

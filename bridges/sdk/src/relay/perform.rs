@@ -106,26 +106,24 @@ impl<C: Connector> Core<C> {
                 .is_empty()
                 .then_some(())
                 .and(progress.reply_to.as_ref());
-            let shown_before = progress.shown.len();
             let part = &mut progress.parts[progress.done];
             let result = self
                 .connector
                 .send(&place, part, reply_to, &mut progress.shown)
                 .await;
-            if progress.shown.len() > shown_before {
-                // Mapped part by part: a message given up on halfway still has its shown parts
-                // reached by edits and deletes.
-                self.record_sent(
-                    &place,
-                    send.hub_message_id.as_deref(),
-                    &send.look,
-                    &progress.shown,
-                )
-                .await?;
+            // A part that went out is done whatever happens next: a retry must not show it again.
+            if result.is_ok() {
+                progress.done += 1;
             }
+            // Mapped part by part: a message given up on halfway still has its shown parts
+            // reached by edits and deletes.
+            self.record_progress(&place, send.hub_message_id.as_deref(), &send.look, progress)
+                .await?;
             result?;
-            progress.done += 1;
         }
+        // A retry after a failed record finds every part done: the record is all that is left.
+        self.record_progress(&place, send.hub_message_id.as_deref(), &send.look, progress)
+            .await?;
         Ok(())
     }
 
@@ -184,7 +182,25 @@ impl<C: Connector> Core<C> {
             parts: rendered.parts,
             done: 0,
             shown: Vec::new(),
+            recorded: 0,
         })
+    }
+
+    /// Records the parts shown since the last record, if any.
+    async fn record_progress(
+        &self,
+        place: &Place,
+        hub_message_id: Option<&str>,
+        look: &Look,
+        progress: &mut SendProgress<C::Part>,
+    ) -> Result<(), SendError> {
+        if progress.recorded == progress.shown.len() {
+            return Ok(());
+        }
+        self.record_sent(place, hub_message_id, look, &progress.shown)
+            .await?;
+        progress.recorded = progress.shown.len();
+        Ok(())
     }
 
     /// Maps the parts shown so far to their hub message, keeps how it looks, and where.

@@ -66,6 +66,8 @@ struct Memory {
     next_id: AtomicU64,
     /// Sends are refused for good while set.
     refuse_sends: std::sync::atomic::AtomicBool,
+    /// A store that fails the next `exec` right after the next send (the record of that part).
+    fail_store_after_send: Mutex<Option<Arc<MemoryStore>>>,
 }
 
 const LIMIT: usize = 12;
@@ -81,6 +83,7 @@ impl Memory {
             calls: Mutex::default(),
             next_id: AtomicU64::new(100),
             refuse_sends: std::sync::atomic::AtomicBool::new(false),
+            fail_store_after_send: Mutex::default(),
         }
     }
 
@@ -163,6 +166,9 @@ impl Connector for Memory {
                 id: id.clone(),
             });
             shown.push(PartId(id));
+            if let Some(store) = self.fail_store_after_send.lock().unwrap().take() {
+                store.fail_next(1);
+            }
             Ok(())
         })
     }
@@ -872,5 +878,27 @@ async fn an_event_waits_for_the_store_and_goes_on_when_it_answers() {
         })
         .await;
     assert_eq!(never, None);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_part_shown_before_the_store_failed_is_not_shown_again() {
+    let h = Harness::new(Memory::new(true, 1));
+    *h.connector.fail_store_after_send.lock().unwrap() = Some(h.store.clone());
+    h.say("B", "m1", "ada", "hello there, everyone").await;
+    // The outbox retries after its backoff; wait for the whole message.
+    for _ in 0..100 {
+        if h.parts("m1", "1/B").await.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sends = h.sends();
+    let joined: String = sends.iter().map(text).collect();
+    assert_eq!(
+        joined, "Ada: hello there, everyone",
+        "each part once: {sends:?}"
+    );
+    assert_eq!(h.parts("m1", "1/B").await.len(), 3);
     h.stop().await;
 }
