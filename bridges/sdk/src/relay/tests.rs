@@ -538,7 +538,7 @@ async fn a_reaction_that_is_not_an_emoji_is_refused_and_its_agent_told() {
     assert!(
         told.iter()
             .any(|(channel, payload)| channel == "pubsub:agent:ada"
-                && payload.contains("was not relayed to memory")),
+                && payload.contains("was not relayed to Memory")),
         "{told:?}"
     );
     h.stop().await;
@@ -768,4 +768,34 @@ async fn what_an_earlier_release_kept_elsewhere_is_honoured() {
     h.say("A", "m3", "ada", "hi").await;
     assert!(h.sends().iter().all(|s| s.0 == "1"));
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_is_kept_per_chat_and_never_in_the_shared_look() {
+    let store = Arc::new(MemoryStore::default());
+    let records = crate::relay::Records::new(store.clone(), Keys::new("t:"), "memory");
+    let look = |header: &str| crate::relay::Look {
+        header: Some(header.to_owned()),
+        topic_name: Some("hi".to_owned()),
+        ..crate::relay::Look::default()
+    };
+    // Two links of one hub channel show the message with different headers.
+    store
+        .exec(records.look_ops("m1", "1", &look("**Ada**: ")))
+        .await
+        .unwrap();
+    store
+        .exec(records.look_ops("m1", "2", &look("")))
+        .await
+        .unwrap();
+    let header = |chat: &'static str| {
+        let records = records.clone();
+        async move { records.look_in("m1", chat).await.unwrap().unwrap().header }
+    };
+    assert_eq!(header("1").await.as_deref(), Some("**Ada**: "));
+    assert_eq!(header("2").await.as_deref(), Some(""));
+    assert_eq!(header("3").await, None, "not shown there");
+    let shared = records.look("m1").await.unwrap().unwrap();
+    assert_eq!(shared.header, None);
+    assert_eq!(shared.topic_name.as_deref(), Some("hi"));
 }
