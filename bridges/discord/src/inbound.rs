@@ -24,7 +24,7 @@ use hub_bridge_sdk::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlo
 use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::{label, labels2};
-use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::relay::{Chat, Connector, Link, Place, Relay, ThreadRef};
 use hub_bridge_sdk::{ExternalId, Op, Reply, StoreError};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
@@ -33,12 +33,12 @@ use serenity::model::user::User;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::Discord;
 use crate::format::{self, MentionNames};
 use crate::gateway::GatewayEvent;
 use crate::ids;
-use crate::outbound::Job;
 use crate::rest::RestError;
-use crate::shared::{Cached, Link, Shared};
+use crate::shared::{Cached, Shared};
 
 /// How often an event whose message is not mapped yet is retried, and how far apart.
 /// Times the event processor yields to serenity's other handler tasks before it sorts a batch.
@@ -49,8 +49,6 @@ const DEFER_STEP: Duration = Duration::from_millis(100);
 const PAGE: usize = 100;
 /// At most this many pages per channel per catch-up; a longer gap is logged and cut short.
 const MAX_PAGES: usize = 50;
-/// Thread mappings live this long without use.
-const THREAD_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
 /// At most this many channel lookups for one message's `<#id>` mentions (SPEC section 5,
 /// bounded work); the rest render as `#channel`.
@@ -62,7 +60,7 @@ pub type Cursors = Arc<Mutex<HashMap<u64, u64>>>;
 /// The processor of gateway events.
 pub struct Inbound {
     shared: Arc<Shared>,
-    outboxes: Outboxes<Job>,
+    relay: Relay<Discord>,
     shutdown: CancellationToken,
     /// The newest message id handled per linked channel, as stored under `last_seen:{channel}`.
     /// Kept by the bridge across runs, so a store that lost its keys (a Redis restart without
@@ -73,10 +71,10 @@ pub struct Inbound {
 }
 
 /// Where a Discord event happened, as far as the bridge is concerned.
-enum Place {
+enum Location {
     /// A linked channel (`thread` is the thread's id when it happened in one of its threads).
     Linked {
-        links: Vec<Arc<Link>>,
+        links: Vec<Link>,
         thread: Option<u64>,
     },
     /// A DM with the bot.
@@ -88,14 +86,14 @@ enum Place {
 impl Inbound {
     pub fn new(
         shared: Arc<Shared>,
-        outboxes: Outboxes<Job>,
+        relay: Relay<Discord>,
         shutdown: CancellationToken,
         last_seen: Cursors,
     ) -> Self {
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         Self {
             shared,
-            outboxes,
+            relay,
             shutdown,
             last_seen,
             retry_tx,
@@ -228,38 +226,69 @@ impl Inbound {
 
     /// Where an event in `channel_id` happened; looks the channel up once when it is not linked
     /// (a thread of a linked channel?).
-    async fn place(&self, channel_id: u64, guild_id: Option<u64>) -> Place {
-        let links = self.shared.links_of(channel_id);
+    async fn locate(&self, channel_id: u64, guild_id: Option<u64>) -> Location {
+        let links = self.links_of(channel_id);
         if !links.is_empty() {
-            return Place::Linked {
+            return Location::Linked {
                 links,
                 thread: None,
             };
         }
         if guild_id.is_none() {
-            return Place::Direct;
+            return Location::Direct;
         }
         match self.shared.channel_info(channel_id).await {
             Ok(info) if info.is_thread => {
                 let links = info
                     .parent_id
-                    .map(|parent| self.shared.links_of(parent))
+                    .map(|parent| self.links_of(parent))
                     .unwrap_or_default();
                 if links.is_empty() {
-                    Place::Elsewhere
+                    Location::Elsewhere
                 } else {
-                    Place::Linked {
+                    Location::Linked {
                         links,
                         thread: Some(channel_id),
                     }
                 }
             }
-            Ok(_) => Place::Elsewhere,
+            Ok(_) => Location::Elsewhere,
             Err(error) => {
                 tracing::debug!(%error, channel_id, "unlinked channel could not be looked up; event ignored");
-                Place::Elsewhere
+                Location::Elsewhere
             }
         }
+    }
+
+    /// The links of a Discord channel that still relay.
+    fn links_of(&self, channel: u64) -> Vec<Link> {
+        self.relay.links().of_chat(&Chat(channel.to_string()))
+    }
+
+    /// The chat under which the message map keeps, for `link`, a message in `discord_chat` (the
+    /// linked channel, or one of its threads).
+    fn map_chat(&self, link: &Link, discord_chat: u64) -> String {
+        let discord_chat = discord_chat.to_string();
+        let thread = (discord_chat != link.chat.0).then_some(ThreadRef(discord_chat));
+        self.relay.map_chat(&Place {
+            chat: link.chat.clone(),
+            hub_channel: Some(link.hub_channel.clone()),
+            thread,
+        })
+    }
+
+    /// The map chat of the linked channel itself.
+    fn home_chat(&self, link: &Link) -> String {
+        self.relay.map_chat(&Place {
+            chat: link.chat.clone(),
+            hub_channel: Some(link.hub_channel.clone()),
+            thread: None,
+        })
+    }
+
+    /// The origin of everything published from a linked channel (SPEC section 5, no echo).
+    fn origin(&self, link: &Link) -> String {
+        self.relay.connector().origin(&link.chat)
     }
 
     // ----- messages -----
@@ -284,8 +313,8 @@ impl Inbound {
         }
         let guild_id = message.guild_id.map(|id| id.get());
         self.shared.note_guild(channel_id, guild_id);
-        match self.place(channel_id, guild_id).await {
-            Place::Linked { links, thread } => {
+        match self.locate(channel_id, guild_id).await {
+            Location::Linked { links, thread } => {
                 self.linked_message(&message, &links, thread, received)
                     .await;
                 // A publish cut short by the run stopping is not done: the next catch-up
@@ -294,15 +323,15 @@ impl Inbound {
                     self.note_seen(channel_id, message_id).await;
                 }
             }
-            Place::Direct => self.direct_message(&message, received.is_some()).await,
-            Place::Elsewhere => self.ignored("unlinked_channel"),
+            Location::Direct => self.direct_message(&message, received.is_some()).await,
+            Location::Elsewhere => self.ignored("unlinked_channel"),
         }
     }
 
     async fn linked_message(
         &mut self,
         message: &Message,
-        links: &[Arc<Link>],
+        links: &[Link],
         thread: Option<u64>,
         received: Option<Instant>,
     ) {
@@ -324,11 +353,11 @@ impl Inbound {
         );
         let chat_id = message.channel_id.get();
         for link in links {
-            let chat = link.chat(chat_id);
+            let chat = self.map_chat(link, chat_id);
             let parent = match &message.message_reference {
                 Some(reference) => match reference.message_id {
                     Some(parent) => {
-                        let parent_chat = link.chat(reference.channel_id.get());
+                        let parent_chat = self.map_chat(link, reference.channel_id.get());
                         let parent = parent.to_string();
                         let map = &self.shared.map;
                         self.store("reply lookup", || {
@@ -378,7 +407,7 @@ impl Inbound {
                     message: hub_message,
                 },
             };
-            let origin = link.origin();
+            let origin = self.origin(link);
             let message_id = message.id.to_string();
             let map = &self.shared.map;
             let published = self
@@ -425,18 +454,9 @@ impl Inbound {
         thread: u64,
         created_by: &str,
     ) -> Option<(String, Option<String>)> {
-        let by_discord = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
-        let store = self.shared.hub.store();
-        let known = self
-            .store("thread lookup", || {
-                store.one(Op::Get {
-                    key: by_discord.clone(),
-                })
-            })
-            .await?
-            .into_text();
+        let known = self.known_hub_thread(link, thread).await?;
         // A thread started on a message has that message's id (Discord's convention).
-        let home = link.home_chat();
+        let home = self.home_chat(link);
         let map = &self.shared.map;
         let starter_id = thread.to_string();
         let starter = self
@@ -459,23 +479,13 @@ impl Inbound {
                 reply_count: 0,
             },
         };
-        let ops = vec![
-            Op::Set {
-                key: by_discord.clone(),
-                value: hub_thread.clone(),
-                ttl: Some(THREAD_KEEP),
-                only_if_absent: false,
-            },
-            Op::Set {
-                key: self
-                    .shared
-                    .key(&format!("thread:hub:{hub_thread}:{}", link.home_chat())),
-                value: thread.to_string(),
-                ttl: Some(THREAD_KEEP),
-                only_if_absent: false,
-            },
-            self.shared.hub.publish_op(&event, &link.origin()),
-        ];
+        let mut ops = self.relay.records().platform_thread_ops(
+            &home,
+            &hub_thread,
+            &ThreadRef(thread.to_string()),
+        );
+        ops.push(self.shared.hub.publish_op(&event, &self.origin(link)));
+        let store = self.shared.hub.store();
         self.store("thread create", || store.exec(ops.clone()))
             .await?;
         self.published(event.type_name());
@@ -485,17 +495,39 @@ impl Inbound {
     /// Remembers that a hub message lives in a thread, so the hub's edits, deletes and reactions
     /// find it there.
     async fn note_in_thread(&self, link: &Link, hub_id: &str, thread: u64) {
-        let op = Op::Set {
-            key: self
-                .shared
-                .key(&format!("in_thread:{hub_id}:{}", link.home_chat())),
-            value: thread.to_string(),
-            ttl: Some(hub_bridge_sdk::msgmap::MessageMap::KEEP),
-            only_if_absent: false,
-        };
+        let op = self.relay.records().shown_in_op(
+            hub_id,
+            &self.home_chat(link),
+            &ThreadRef(thread.to_string()),
+        );
         let store = self.shared.hub.store();
         self.store("thread location", || store.one(op.clone()))
             .await;
+    }
+
+    /// The hub thread a Discord thread of `link` shows: the relay engine's record, else the key
+    /// the previous release kept it under (`thread:dc:{mapChat}`).
+    async fn known_hub_thread(&self, link: &Link, thread: u64) -> Option<Option<String>> {
+        let home = self.home_chat(link);
+        let thread_ref = ThreadRef(thread.to_string());
+        let records = self.relay.records();
+        let known = self
+            .store("thread lookup", || records.hub_thread(&home, &thread_ref))
+            .await?;
+        if known.is_some() {
+            return Some(known);
+        }
+        let legacy = self
+            .shared
+            .key(&format!("thread:dc:{}", self.map_chat(link, thread)));
+        let store = self.shared.hub.store();
+        self.store("thread lookup", || {
+            store.one(Op::Get {
+                key: legacy.clone(),
+            })
+        })
+        .await
+        .map(Reply::into_text)
     }
 
     /// Applies the inbound rate limit (SPEC section 4): over the limit the event is not
@@ -538,11 +570,9 @@ impl Inbound {
                 message.author.id,
                 action.as_str()
             );
-            self.outboxes
-                .push(
-                    &destination,
-                    Job::notice(text, Some(message.author.id.get()), self.shared.max_parts),
-                )
+            let mention = Some(message.author.id.to_string());
+            self.relay
+                .notice(&Chat(destination), text, "rate_limit.notice", mention)
                 .await;
         }
         false
@@ -609,7 +639,7 @@ impl Inbound {
 
     /// Stores the newest message id seen in a linked channel, where the next catch-up starts.
     async fn note_seen(&mut self, channel_id: u64, message_id: u64) {
-        if self.shared.links_of(channel_id).is_empty() {
+        if self.links_of(channel_id).is_empty() {
             return;
         }
         {
@@ -665,11 +695,8 @@ impl Inbound {
         };
         match request {
             Private::Reply(answer) => {
-                self.outboxes
-                    .push(
-                        &destination,
-                        Job::notice(answer, None, self.shared.max_parts),
-                    )
+                self.relay
+                    .notice(&Chat(destination), answer, "discord.command", None)
                     .await;
             }
             Private::Send { agent, text } => self.to_agent(message, &agent, text).await,
@@ -712,8 +739,8 @@ impl Inbound {
             }
         }
         let channel_id = update.channel_id.get();
-        let Place::Linked { links, .. } = self
-            .place(channel_id, update.guild_id.map(|id| id.get()))
+        let Location::Linked { links, .. } = self
+            .locate(channel_id, update.guild_id.map(|id| id.get()))
             .await
         else {
             return self.ignored("unlinked_channel");
@@ -771,7 +798,7 @@ impl Inbound {
         if self.shared.deleted_by_us(message_id) {
             return self.ignored("own_message");
         }
-        let Place::Linked { links, .. } = self.place(channel_id, guild).await else {
+        let Location::Linked { links, .. } = self.locate(channel_id, guild).await else {
             return self.ignored("unlinked_channel");
         };
         // A moderator deleting an agent's post removes only Discord's copy: the agent's hub
@@ -830,7 +857,7 @@ impl Inbound {
         }
         let channel_id = reaction.channel_id.get();
         let guild = reaction.guild_id.map(|id| id.get());
-        let Place::Linked { links, .. } = self.place(channel_id, guild).await else {
+        let Location::Linked { links, .. } = self.locate(channel_id, guild).await else {
             return self.ignored("unlinked_channel");
         };
         let sender = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
@@ -890,19 +917,13 @@ impl Inbound {
         }
         let channel_id = typing.channel_id.get();
         let guild = typing.guild_id.map(|id| id.get());
-        let Place::Linked { links, thread } = self.place(channel_id, guild).await else {
+        let Location::Linked { links, thread } = self.locate(channel_id, guild).await else {
             return self.ignored("unlinked_channel");
         };
         let agent_id = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
         for link in &links {
             let thread_id = match thread {
-                Some(thread) => {
-                    let key = self.shared.key(&format!("thread:dc:{}", link.chat(thread)));
-                    let store = self.shared.hub.store();
-                    self.store("thread lookup", || store.one(Op::Get { key: key.clone() }))
-                        .await
-                        .and_then(Reply::into_text)
-                }
+                Some(thread) => self.known_hub_thread(link, thread).await.flatten(),
                 None => None,
             };
             let event = ChannelEvent::Typing {
@@ -916,7 +937,7 @@ impl Inbound {
     }
 
     async fn hub_id(&self, link: &Link, chat: u64, message_id: u64) -> Option<String> {
-        let chat = link.chat(chat);
+        let chat = self.map_chat(link, chat);
         let message_id = message_id.to_string();
         let map = &self.shared.map;
         self.store("message lookup", || {
@@ -928,7 +949,7 @@ impl Inbound {
 
     async fn publish(&self, event: &ChannelEvent, link: &Link) {
         let hub = &self.shared.hub;
-        let origin = link.origin();
+        let origin = self.origin(link);
         if self
             .store("publish", || hub.publish(event, &origin))
             .await
@@ -943,7 +964,14 @@ impl Inbound {
     /// Publishes what was posted in the linked channels since the last seen message (a gap: the
     /// service was down, or the gateway reconnected without resuming).
     async fn catch_up(&mut self) {
-        for channel in self.shared.active_channels() {
+        let channels: Vec<u64> = self
+            .relay
+            .links()
+            .active_chats()
+            .iter()
+            .filter_map(|chat| ids::parse(&chat.0))
+            .collect();
+        for channel in channels {
             if self.shutdown.is_cancelled() {
                 return;
             }
