@@ -73,6 +73,13 @@ impl Harness {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut harness = Self::prepare(tweak).await;
+        harness.start_service().await;
+        harness
+    }
+
+    /// Everything but the service, which [`Harness::start_service`] starts.
+    async fn prepare(tweak: impl FnOnce(&mut Config)) -> Self {
         let redis = RedisServer::start();
         let fake = FakeDiscord::start(TOKEN).await;
         fake.add_text_channel(CHANNEL, GUILD);
@@ -121,15 +128,13 @@ impl Harness {
             ..Config::default()
         };
         tweak(&mut config);
-        let mut harness = Self {
+        Self {
             redis,
             fake,
             spy,
             config,
             service: None,
-        };
-        harness.start_service().await;
-        harness
+        }
     }
 
     async fn start_service(&mut self) {
@@ -1612,4 +1617,82 @@ async fn dm_commands_count_against_the_limit_and_dms_go_only_to_user_ids() {
             .len(),
         opened
     );
+}
+
+// ===================== upgrade =====================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_the_previous_release_left_is_relayed_after_the_upgrade() {
+    let mut h = Harness::prepare(|_| {}).await;
+    // Jobs as the previous release kept them (`{"kind", "event_type", ...}`), waiting in the
+    // webhook channel's outbox: a post, its edit, and a typing indicator.
+    let link = json!({"hub_channel": HUB, "discord_channel": CHANNEL});
+    let job = |kind: Value| {
+        json!({"kind": kind, "event_type": "channel.message", "hub_channel": HUB,
+               "agent_id": AGENT})
+    };
+    let jobs = [
+        job(
+            json!({"Post": {"link": link, "hub_id": "m-old", "person": false,
+            "name": "Backend Architect", "avatar_url": AVATAR,
+            "text": "queued before the upgrade", "reply_to": null, "hub_thread": null,
+            "plan": null, "sent": []}}),
+        ),
+        job(json!({"Edit": {"link": link, "hub_id": "m-old",
+            "text": "edited before the upgrade", "progress": null}})),
+        job(json!({"Typing": {"link": link, "hub_thread": null}})),
+    ];
+    let mut redis = h.redis.connection().await;
+    for (n, job) in jobs.iter().enumerate() {
+        let entry = json!({"id": format!("old-{n}"), "job": job});
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("openclaw:bridge:outbox:discord:{CHANNEL}"))
+            .arg(entry.to_string())
+            .query_async(&mut redis)
+            .await
+            .expect("RPUSH");
+    }
+    let _: () = redis::cmd("SADD")
+        .arg("openclaw:bridge:outboxes:discord")
+        .arg(CHANNEL.to_string())
+        .query_async(&mut redis)
+        .await
+        .expect("SADD");
+    // The previous release stopped the webhook-less link with a key of its own.
+    let _: () = redis::cmd("SET")
+        .arg(format!("openclaw:bridge:discord:stopped:{HUB}:{PLAIN}"))
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    h.start_service().await;
+
+    let post = h.wait_webhook_post("queued before the upgrade").await;
+    assert_eq!(post.body["username"], "Backend Architect");
+    assert_eq!(post.body["avatar_url"], AVATAR);
+    // The edit found the message the post mapped.
+    eventually("the old edit", || {
+        h.fake
+            .messages_in(CHANNEL)
+            .iter()
+            .any(|m| m.content == "edited before the upgrade")
+    })
+    .await;
+    let letters: Vec<String> = redis::cmd("LRANGE")
+        .arg("openclaw:bridge:deadletter:discord")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("LRANGE");
+    assert!(letters.is_empty(), "nothing was unreadable: {letters:?}");
+
+    // The stopped link stays stopped; the other relays.
+    h.agent_says("after the upgrade").await;
+    h.wait_webhook_post("after the upgrade").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h
+        .fake
+        .requests_matching("POST", &format!("/channels/{PLAIN}/messages"))
+        .is_empty());
 }

@@ -1,25 +1,26 @@
 //! The Discord bridge as the hub sees it: the [`Bridge`] implementation that wires one run
-//! together. A run checks the token (`GET /users/@me`), starts the outboxes, the inbound
-//! processor and serenity's gateway client, and relays the hub's deliveries into the outboxes
-//! until `ctx.shutdown`; then it stops everything it started, so `run` can be called again with
-//! the same context.
+//! together. A run checks the token (`GET /users/@me`), starts the relay engine (which drives
+//! Discord through [`crate::connector`] and resumes what an earlier run left queued), the inbound
+//! processor and serenity's gateway client, and hands the hub's deliveries to the engine until
+//! `ctx.shutdown`; then it stops everything it started, so `run` can be called again with the
+//! same context.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::guard::handle_event;
-use hub_bridge_sdk::outbox::Outboxes;
+use hub_bridge_sdk::relay::{Chat, Link, Links, Relay};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::config::DiscordConfig;
+use crate::config::{DiscordConfig, WebhookRef};
+use crate::connector::Discord;
 use crate::gateway::{self, Handler, IdentifyGate};
 use crate::inbound::{Cursors, Inbound};
-use crate::outbound::{self, DiscordDeliver};
 use crate::rest::{Rest, RestError};
 use crate::shared::Shared;
 
@@ -47,6 +48,19 @@ impl DiscordBridge {
             last_identify: Mutex::new(None),
             last_seen: Cursors::default(),
         }
+    }
+
+    /// The configured links, each with its webhook when it has one.
+    fn links(&self) -> Vec<(Link, Option<WebhookRef>)> {
+        self.config
+            .links
+            .iter()
+            .filter_map(|link| {
+                let channel = crate::ids::parse(&link.discord_channel)?;
+                let chat = Chat(channel.to_string());
+                Some((Link::new(link.channel.clone(), chat), link.webhook()))
+            })
+            .collect()
     }
 
     /// `GET /users/@me`: who the bot is; a 401 means the token is wrong.
@@ -105,29 +119,34 @@ impl Bridge for DiscordBridge {
                 ctx.hub.clone(),
             ));
             shared.set_bot_id(bot_id);
-            if let Err(error) = shared.load_stopped().await {
+
+            let stop = ctx.shutdown.child_token();
+            let tasks = TaskTracker::new();
+            let links = self.links();
+            let webhooks = links
+                .iter()
+                .filter_map(|(link, hook)| Some((link.clone(), hook.clone()?)))
+                .collect();
+            let connector = Discord::new(shared.clone(), webhooks, self.config.max_parts);
+            let relay = Relay::new(
+                Arc::new(connector),
+                ctx.hub.clone(),
+                Links::new("discord", links.into_iter().map(|(link, _)| link)),
+                tasks.clone(),
+                stop.clone(),
+            );
+            // Durable: what a stopped run (or a crash) left queued is sent by this one. The
+            // stopped links must be known before anything is relayed.
+            if let Err(error) = relay.resume().await {
+                stop.cancel();
                 return Err(BridgeError::Transient(format!(
                     "store unavailable at start: {error}"
                 )));
             }
-
-            let stop = ctx.shutdown.child_token();
-            let tasks = TaskTracker::new();
-            // Durable: what a stopped run (or a crash) left queued is sent by the next one.
-            let outboxes = Outboxes::durable(
-                "discord",
-                Arc::new(DiscordDeliver::new(shared.clone())),
-                ctx.hub.clone(),
-                tasks.clone(),
-                stop.clone(),
-            );
-            if let Err(error) = outboxes.recover().await {
-                tracing::warn!(%error, "could not recover the relays a previous run left queued");
-            }
             let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
             let inbound = Inbound::new(
                 shared.clone(),
-                outboxes.clone(),
+                relay.clone(),
                 stop.clone(),
                 self.last_seen.clone(),
             );
@@ -152,15 +171,8 @@ impl Bridge for DiscordBridge {
                 while let Some(delivery) = ctx.deliveries.recv().await {
                     // One event that makes routing panic is counted and skipped; the next is
                     // routed (SPEC section 9).
-                    let routed = outbound::route(&shared, &delivery);
-                    let Some(jobs) =
-                        handle_event(ctx.hub.metrics(), "discord", "hub event", routed).await
-                    else {
-                        continue;
-                    };
-                    for (destination, job) in jobs {
-                        outboxes.push(&destination, job).await;
-                    }
+                    let routed = relay.route(&delivery);
+                    handle_event(ctx.hub.metrics(), "discord", "hub event", routed).await;
                 }
                 // The hub loop is gone, so the service is stopping: the gateway side ends on
                 // the shutdown token (and closes the connection properly); wait for that.

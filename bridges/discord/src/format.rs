@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use hub_bridge_sdk::event::ContentBlock;
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
 use hub_bridge_sdk::text::{split_capped, Unit};
-use hub_bridge_sdk::Platform;
 use serenity::model::channel::{Attachment, ReactionType};
 
 /// Discord's content limit, in characters.
@@ -144,17 +143,15 @@ pub fn hub_emoji(emoji: &ReactionType) -> String {
 /// Discord's longest webhook username, in characters.
 const MAX_USERNAME_CHARS: usize = 80;
 
-/// How a relayed person is named on Discord (SPEC section 9: a person never appears exactly as
-/// an agent): `Ada (Telegram)`, and `Backend Architect (Telegram, not an agent)` when the name is
-/// an agent's. The name is cut (with `…`) so that the whole, once Discord's username rules are
-/// applied (`sanitize_webhook_username` may lengthen it), stays within 80 characters and the
-/// mark is never the part that is cut.
-pub fn person_name(name: &str, platform: Option<Platform>, agent_name: bool) -> String {
-    let label = platform.map_or_else(|| "external".to_owned(), |platform| platform.label());
-    let suffix = if agent_name {
-        format!(" ({label}, not an agent)")
-    } else {
-        format!(" ({label})")
+/// A relayed person's name as a webhook username. The relay engine names a person with their
+/// platform (`Ada (Telegram)`, `Backend Architect (Telegram, not an agent)`: SPEC section 9); the
+/// name is cut (with `…`) so that the whole, once Discord's username rules are applied
+/// (`sanitize_webhook_username` may lengthen it), stays within 80 characters and the mark is never
+/// the part that is cut.
+pub fn person_username(marked: &str) -> String {
+    let (name, suffix) = match marked.rfind(" (") {
+        Some(at) if marked.ends_with(')') => marked.split_at(at),
+        _ => (marked, ""),
     };
     let name = name.trim();
     let name = if name.is_empty() { "someone" } else { name };
@@ -173,7 +170,7 @@ pub fn person_name(name: &str, platform: Option<Platform>, agent_name: bool) -> 
         }
         let candidate = format!("{cut}{suffix}");
         if fits(&candidate) || keep == 0 {
-            return candidate;
+            return sanitize_webhook_username(&candidate);
         }
         let excess = candidate.chars().count().saturating_sub(MAX_USERNAME_CHARS);
         keep = keep.saturating_sub(excess.max(1));
@@ -210,11 +207,10 @@ pub enum Header {
     Prefix(String),
 }
 
-/// Splits `text` into the parts posted on Discord, each at most [`MAX_CHARS`] characters with the
-/// header on the first, never cutting inside a code block (the splitter closes and reopens it);
-/// at most `max_parts` parts, the last ending with a note of how much was cut.
-pub fn compose(header: &Header, text: &str, max_parts: usize) -> Vec<String> {
-    let head = match header {
+/// What the first part starts with for `header`: nothing, the bot-mode `**name**: ` (on a line of
+/// its own before a code fence), or the prefix as it is.
+pub fn head(header: &Header, text: &str) -> String {
+    match header {
         Header::None => String::new(),
         Header::Name(name) => {
             // A fence must start its own line to open a code block.
@@ -226,7 +222,14 @@ pub fn compose(header: &Header, text: &str, max_parts: usize) -> Vec<String> {
             format!("**{}**:{separator}", escape_markdown(name))
         }
         Header::Prefix(prefix) => prefix.clone(),
-    };
+    }
+}
+
+/// Splits `text` into the parts posted on Discord, each at most [`MAX_CHARS`] characters with the
+/// header on the first, never cutting inside a code block (the splitter closes and reopens it);
+/// at most `max_parts` parts, the last ending with a note of how much was cut.
+pub fn compose(header: &Header, text: &str, max_parts: usize) -> Vec<String> {
+    let head = head(header, text);
     let budget = MAX_CHARS.saturating_sub(head.chars().count()).max(1);
     let mut parts = split_capped(text, budget, Unit::Chars, max_parts);
     if parts.is_empty() {
@@ -471,30 +474,22 @@ mod tests {
 
     #[test]
     fn people_are_named_with_their_platform_and_marked_when_named_like_an_agent() {
+        assert_eq!(person_username("Alice (Telegram)"), "Alice (Telegram)");
         assert_eq!(
-            person_name("Alice", Some(Platform::named("telegram")), false),
-            "Alice (Telegram)"
-        );
-        assert_eq!(
-            person_name(
-                " Backend Architect ",
-                Some(Platform::named("telegram")),
-                true
-            ),
+            person_username("Backend Architect (Telegram, not an agent)"),
             "Backend Architect (Telegram, not an agent)"
         );
-        assert_eq!(person_name("  ", None, false), "someone (external)");
+        assert_eq!(person_username("  (external)"), "someone (external)");
         let long = "discord ".repeat(20);
-        for agent in [false, true] {
-            let name = person_name(&long, Some(crate::PLATFORM), agent);
-            let shown = sanitize_webhook_username(&name);
+        for mark in ["(Discord)", "(Discord, not an agent)"] {
+            let shown = person_username(&format!("{long} {mark}"));
             assert!(shown.chars().count() <= 80, "{shown}");
-            let mark = if agent {
+            let expected = if mark.contains("agent") {
                 ", not an agent)"
             } else {
                 "(Disc-ord)"
             };
-            assert!(shown.ends_with(mark), "{shown}");
+            assert!(shown.ends_with(expected), "{shown}");
         }
     }
 

@@ -4,21 +4,25 @@
 //! - [`bridge`]: the `Bridge` implementation that wires a run together;
 //! - `gateway`: serenity's client and event handler, IDENTIFY spacing;
 //! - `inbound`: Discord -> hub, and the catch-up after a gap;
-//! - `outbound`: hub -> Discord, the outbox jobs and webhook execution;
+//! - `connector`: hub -> Discord as the SDK's relay engine drives it (the engine owns routing,
+//!   outboxes, the message map, stopped links); `posts`: the REST calls it is made of;
+//!   `upgrade`: the previous release's queued jobs, read into the engine's;
 //! - `rest`: REST calls that read Discord's rate-limit headers;
 //! - `format`: mention rendering, splitting, quoting and people's names, as pure functions;
 //! - `ids`: Discord ids read from untrusted text, and checked route ids (never 0);
-//! - `shared`: what one run's parts share (links, caches, the bridge's keys).
+//! - `shared`: what one run's parts share (caches, the bot's identity, the bridge's keys).
 
 mod bridge;
 pub mod config;
+mod connector;
 mod format;
 mod gateway;
 mod ids;
 mod inbound;
-mod outbound;
+mod posts;
 mod rest;
 mod shared;
+mod upgrade;
 
 pub use bridge::DiscordBridge;
 pub use config::*;

@@ -1,6 +1,7 @@
-//! What the gateway side and the outbox workers of one run share: the REST client, the hub, the
-//! message map, the links, the bot's identity, and small caches of what Discord told us (channel
-//! kinds and parents, role names, DM channels). Also the bridge's own store keys.
+//! What the inbound side and the connector of one run share: the REST client, the hub, the
+//! message map, the bot's identity and its webhooks, and small caches of what Discord told us
+//! (channel kinds and parents, role names, DM channels). Also the bridge's own store keys. The
+//! links and which of them stopped are the relay engine's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,43 +15,9 @@ use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use serenity::model::id::GuildId;
 
-use crate::config::{DiscordConfig, WebhookRef};
+use crate::config::DiscordConfig;
 use crate::ids;
 use crate::rest::{RestError, SharedRest};
-
-/// One `[[discord.links]]` entry, parsed.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub hub_channel: String,
-    pub discord_channel: u64,
-    pub webhook: Option<WebhookRef>,
-    /// The first link of its Discord channel in the config. Its map entries use the bare Discord
-    /// chat id; further links of the same Discord channel (N:M) get `{chat}/{hubChannel}`, so
-    /// one Discord message can be published once into each linked hub channel.
-    pub primary: bool,
-}
-
-impl Link {
-    /// The origin of everything published from this Discord channel (SPEC section 5, no echo).
-    pub fn origin(&self) -> String {
-        format!("discord:{}", self.discord_channel)
-    }
-
-    /// The chat id under which a message that lives in `discord_chat` (the linked channel, or
-    /// one of its threads) is kept in the message map for this link.
-    pub fn chat(&self, discord_chat: u64) -> String {
-        if self.primary {
-            discord_chat.to_string()
-        } else {
-            format!("{discord_chat}/{}", self.hub_channel)
-        }
-    }
-
-    /// The map chat of the linked channel itself.
-    pub fn home_chat(&self) -> String {
-        self.chat(self.discord_channel)
-    }
-}
 
 /// What the bridge needs to know about a Discord channel.
 #[derive(Debug, Clone, Default)]
@@ -85,15 +52,12 @@ pub enum Cached {
 /// A guild's role names by role id.
 pub type RoleNames = Arc<HashMap<u64, String>>;
 
-/// The state of one run, shared by the inbound processor and the outbox workers.
+/// The state of one run, shared by the inbound processor and the connector.
 pub struct Shared {
     pub rest: SharedRest,
     pub hub: HubHandle,
     pub map: MessageMap,
-    pub links: Vec<Arc<Link>>,
     pub dm_agent: Option<String>,
-    /// `[discord] max_parts`: the most messages one hub message becomes.
-    pub max_parts: usize,
     bot_id: AtomicU64,
     own_webhooks: HashSet<u64>,
     // std mutexes: each is held for a map operation only, never across an await.
@@ -104,36 +68,20 @@ pub struct Shared {
     /// Each guild's role names, and when they were fetched.
     roles: Mutex<HashMap<u64, (Instant, RoleNames)>>,
     dm_channels: Mutex<HashMap<u64, u64>>,
-    stopped: Mutex<HashSet<String>>,
 }
 
 impl Shared {
     pub fn new(config: &DiscordConfig, rest: SharedRest, hub: HubHandle) -> Self {
-        let mut seen = HashSet::new();
-        let links: Vec<Arc<Link>> = config
+        let own_webhooks = config
             .links
             .iter()
-            .filter_map(|link| {
-                let discord_channel = ids::parse(&link.discord_channel)?;
-                Some(Arc::new(Link {
-                    hub_channel: link.channel.clone(),
-                    discord_channel,
-                    webhook: link.webhook(),
-                    primary: seen.insert(discord_channel),
-                }))
-            })
-            .collect();
-        let own_webhooks = links
-            .iter()
-            .filter_map(|link| link.webhook.as_ref().map(|hook| hook.id.get()))
+            .filter_map(|link| link.webhook().map(|hook| hook.id.get()))
             .collect();
         Self {
             map: MessageMap::new(&hub),
             rest,
             hub,
-            links,
             dm_agent: config.dm_agent.clone(),
-            max_parts: config.max_parts,
             bot_id: AtomicU64::new(0),
             own_webhooks,
             deleted_by_us: Mutex::new(HashMap::new()),
@@ -141,7 +89,6 @@ impl Shared {
             channel_failures: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             dm_channels: Mutex::new(HashMap::new()),
-            stopped: Mutex::new(HashSet::new()),
         }
     }
 
@@ -156,83 +103,6 @@ impl Shared {
     /// Whether a message came from the bridge itself (the bot, or one of the links' webhooks).
     pub fn is_own(&self, author_id: u64, webhook_id: Option<u64>) -> bool {
         author_id == self.bot_id() || webhook_id.is_some_and(|id| self.own_webhooks.contains(&id))
-    }
-
-    /// The configured link between a hub channel and a Discord channel, stopped or not.
-    pub fn link(&self, hub_channel: &str, discord_channel: u64) -> Option<Arc<Link>> {
-        self.links
-            .iter()
-            .find(|link| link.hub_channel == hub_channel && link.discord_channel == discord_channel)
-            .cloned()
-    }
-
-    /// The links of a Discord channel that still relay.
-    pub fn links_of(&self, discord_channel: u64) -> Vec<Arc<Link>> {
-        let stopped = lock(&self.stopped);
-        self.links
-            .iter()
-            .filter(|link| link.discord_channel == discord_channel)
-            .filter(|link| !stopped.contains(&stop_id(link)))
-            .cloned()
-            .collect()
-    }
-
-    /// The links of a hub channel that still relay.
-    pub fn links_for_hub(&self, hub_channel: &str) -> Vec<Arc<Link>> {
-        let stopped = lock(&self.stopped);
-        self.links
-            .iter()
-            .filter(|link| link.hub_channel == hub_channel)
-            .filter(|link| !stopped.contains(&stop_id(link)))
-            .cloned()
-            .collect()
-    }
-
-    /// Every distinct linked Discord channel that still relays.
-    pub fn active_channels(&self) -> Vec<u64> {
-        let stopped = lock(&self.stopped);
-        let mut channels: Vec<u64> = self
-            .links
-            .iter()
-            .filter(|link| !stopped.contains(&stop_id(link)))
-            .map(|link| link.discord_channel)
-            .collect();
-        channels.sort_unstable();
-        channels.dedup();
-        channels
-    }
-
-    /// Stops a link (its hub channel was archived or deleted), here and for later runs.
-    pub async fn stop_link(&self, link: &Link) {
-        lock(&self.stopped).insert(stop_id(link));
-        let op = hub_bridge_sdk::Op::Set {
-            key: self.keys().stopped(&link.hub_channel, link.discord_channel),
-            value: "1".to_owned(),
-            ttl: None,
-            only_if_absent: false,
-        };
-        if let Err(error) = self.hub.store().one(op).await {
-            tracing::warn!(%error, hub_channel = %link.hub_channel, "could not persist the stopped link; it stops for this run only");
-        }
-    }
-
-    /// Loads which links were stopped by earlier runs.
-    pub async fn load_stopped(&self) -> Result<(), hub_bridge_sdk::StoreError> {
-        let ops = self
-            .links
-            .iter()
-            .map(|link| hub_bridge_sdk::Op::Exists {
-                key: self.keys().stopped(&link.hub_channel, link.discord_channel),
-            })
-            .collect();
-        let replies = self.hub.store().exec(ops).await?;
-        let mut stopped = lock(&self.stopped);
-        for (link, reply) in self.links.iter().zip(replies) {
-            if reply.as_int().unwrap_or(0) > 0 {
-                stopped.insert(stop_id(link));
-            }
-        }
-        Ok(())
     }
 
     /// This bridge's keys (`{prefix}bridge:discord:...`).
@@ -415,10 +285,6 @@ fn bounded_insert<V>(map: &mut HashMap<u64, V>, key: u64, value: V) {
         map.clear();
     }
     map.insert(key, value);
-}
-
-fn stop_id(link: &Link) -> String {
-    format!("{}:{}", link.hub_channel, link.discord_channel)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -182,6 +182,12 @@ impl RelayKeys<'_> {
         self.key(format_args!("look:{hub_message_id}"))
     }
 
+    /// `bridge:{platform}:header:{hubMessageId}:{chat}`: what a connector showed before a
+    /// message's text in one chat (a quote, a name), for its edits.
+    pub fn header(&self, hub_message_id: &str, chat: &str) -> String {
+        self.key(format_args!("header:{hub_message_id}:{chat}"))
+    }
+
     /// `bridge:{platform}:topic:{chat}:{threadId}`: the platform thread showing a hub thread.
     pub fn thread(&self, chat: &str, thread_id: &str) -> String {
         self.key(format_args!("topic:{chat}:{thread_id}"))
@@ -262,7 +268,7 @@ impl DiscordKeys<'_> {
     }
 
     /// `bridge:discord:stopped:{hubChannel}:{discordChannel}`: a stopped link.
-    pub fn stopped(&self, hub_channel: &str, discord_channel: u64) -> String {
+    pub fn stopped(&self, hub_channel: &str, discord_channel: &str) -> String {
         self.key(format_args!("stopped:{hub_channel}:{discord_channel}"))
     }
 
@@ -363,6 +369,7 @@ mod tests {
                 "p:bridge:telegram:topicthread:-100:3",
             ),
             (relay.look("m1"), "p:bridge:telegram:look:m1"),
+            (relay.header("m1", "7/C"), "p:bridge:telegram:header:m1:7/C"),
             (
                 relay.reactions("-100", "8"),
                 "p:bridge:telegram:reactions:-100:8",
@@ -372,7 +379,7 @@ mod tests {
                 "p:bridge:discord:in_thread:m1:7",
             ),
             (discord.identify(), "p:bridge:discord:identify"),
-            (discord.stopped("C", 7), "p:bridge:discord:stopped:C:7"),
+            (discord.stopped("C", "7"), "p:bridge:discord:stopped:C:7"),
             (discord.own(9), "p:bridge:discord:own:9"),
             (
                 discord.in_thread("m1", "7"),

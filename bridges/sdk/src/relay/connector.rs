@@ -79,8 +79,10 @@ pub struct Look {
     /// The hub thread the message belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread_id: Option<String>,
-    /// What the connector put before the text when it first rendered the message (Discord: the
-    /// quote of the message a webhook post answers), kept so an edit shows it again.
+    /// What the connector put before the text when it first rendered the message in one chat
+    /// (Discord: the bot's `**name**: `, or the quote of the message a webhook post answers),
+    /// kept so an edit shows it again. It differs from chat to chat, so the engine keeps it per
+    /// chat ([`Records::look_in`](crate::relay::Records::look_in)), never in the shared look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
 }

@@ -216,10 +216,9 @@ impl<C: Connector> Core<C> {
         };
         let name = self.connector.name();
         let ids: Vec<String> = shown.iter().map(|id| id.0.clone()).collect();
-        let mut ops = self
-            .map
-            .record_ops(name, hub_message_id, &self.map_chat(place), &ids);
-        ops.push(self.records.look_op(hub_message_id, look));
+        let map_chat = self.map_chat(place);
+        let mut ops = self.map.record_ops(name, hub_message_id, &map_chat, &ids);
+        ops.extend(self.records.look_ops(hub_message_id, &map_chat, look));
         if let Some(thread) = &place.thread {
             let home = self.map_chat(&home(&place.chat, place.hub_channel.as_deref()));
             ops.push(self.records.shown_in_op(hub_message_id, &home, thread));
@@ -383,7 +382,7 @@ impl<C: Connector> Core<C> {
             }
             let look = self
                 .records
-                .look(&edit.hub_message_id)
+                .look_in(&edit.hub_message_id, &self.map_chat(&place))
                 .await
                 .map_err(unavailable)?
                 .unwrap_or_default();

@@ -3,6 +3,8 @@
 //! ([`THREAD_KEEP`], threads live long):
 //!
 //! - `{platform}:look:{hubMessageId}`: how a relayed message looks ([`Look`]), for its edits;
+//! - `{platform}:header:{hubMessageId}:{chat}`: what the connector put before its text in one
+//!   chat ([`Look::header`]), for its edits there;
 //! - `thread:{threadId}` and `threadof:{hubMessageId}`: which hub message a hub thread hangs on,
 //!   and the reverse (platform-neutral: the hub's own threads);
 //! - `{platform}:topic:{chat}:{threadId}` and `{platform}:topicthread:{chat}:{platformThread}`:
@@ -64,12 +66,52 @@ impl Records {
         Ok(json.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
-    pub fn look_op(&self, hub_message_id: &str, look: &Look) -> Op {
-        Self::set(
+    /// How a message looks in `chat` (a map chat): the shared look with the chat's header.
+    pub async fn look_in(
+        &self,
+        hub_message_id: &str,
+        chat: &str,
+    ) -> Result<Option<Look>, StoreError> {
+        let ops = vec![
+            Op::Get {
+                key: self.key().look(hub_message_id),
+            },
+            Op::Get {
+                key: self.header_key(hub_message_id, chat),
+            },
+        ];
+        let mut replies = self.store.exec(ops).await?.into_iter();
+        let look: Option<Look> = replies
+            .next()
+            .and_then(crate::store::Reply::into_text)
+            .and_then(|json| serde_json::from_str(&json).ok());
+        let header = replies.next().and_then(crate::store::Reply::into_text);
+        Ok(look.map(|look| Look { header, ..look }))
+    }
+
+    /// Records how a message looks; its header (if any) for `chat` (a map chat) only.
+    pub fn look_ops(&self, hub_message_id: &str, chat: &str, look: &Look) -> Vec<Op> {
+        let shared = Look {
+            header: None,
+            ..look.clone()
+        };
+        let mut ops = vec![Self::set(
             self.key().look(hub_message_id),
-            serde_json::to_string(look).unwrap_or_default(),
+            serde_json::to_string(&shared).unwrap_or_default(),
             KEEP,
-        )
+        )];
+        if let Some(header) = &look.header {
+            ops.push(Self::set(
+                self.header_key(hub_message_id, chat),
+                header.clone(),
+                KEEP,
+            ));
+        }
+        ops
+    }
+
+    fn header_key(&self, hub_message_id: &str, chat: &str) -> String {
+        self.key().header(hub_message_id, chat)
     }
 
     /// Records which hub message a hub thread hangs on, both ways.
@@ -134,7 +176,15 @@ impl Records {
         thread_id: &str,
         thread: &ThreadRef,
     ) -> Result<(), StoreError> {
-        let ops = vec![
+        let ops = self.platform_thread_ops(chat, thread_id, thread);
+        self.store.exec(ops).await.map(drop)
+    }
+
+    /// Records the platform thread showing a hub thread in `chat` (a map chat), both ways, for
+    /// callers that batch it with other ops (a platform thread a person opened, published as
+    /// `thread.create` in the same round trip).
+    pub fn platform_thread_ops(&self, chat: &str, thread_id: &str, thread: &ThreadRef) -> Vec<Op> {
+        vec![
             Self::set(
                 self.key().thread(chat, thread_id),
                 thread.0.clone(),
@@ -145,8 +195,7 @@ impl Records {
                 thread_id.to_owned(),
                 THREAD_KEEP,
             ),
-        ];
-        self.store.exec(ops).await.map(drop)
+        ]
     }
 
     /// The platform thread a hub message was shown in, in `chat` (the link's own map chat).

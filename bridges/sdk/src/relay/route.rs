@@ -64,7 +64,9 @@ impl<C: Connector> Relay<C> {
             .private_chat_user_id()
             .and_then(|id| self.connector().private_chat(&id.to_string()));
         let Some(chat) = chat else {
-            return self.refuse_direct_message(recipient, about).await;
+            return self
+                .refuse_direct_message(recipient, &person.user_id, about)
+                .await;
         };
         let look = Look {
             author: Some(self.author(&from, None)),
@@ -88,14 +90,15 @@ impl<C: Connector> Relay<C> {
 
     /// A direct message to an id that is not a person of this platform: counted, kept as a dead
     /// letter, and the agent told.
-    async fn refuse_direct_message(&self, recipient: &str, about: About) {
+    async fn refuse_direct_message(&self, recipient: &str, user_id: &str, about: About) {
         let name = self.connector().name();
         self.core.count_ignored("direct_message_to_non_user");
         let letter = DeadLetter {
             destination: recipient.to_owned(),
             event_type: about.event_type,
             reason: format!(
-                "direct messages go only to a person's private chat, and this id is not a {} user",
+                "direct messages go only to a person's private chat, and `{user_id}` is not a {} \
+                 user id",
                 crate::ids::Platform::named(name).label()
             ),
             agent_id: about.agent_id,
@@ -145,7 +148,8 @@ impl<C: Connector> Relay<C> {
                 // The emoji reaches a platform request: what is not one emoji is refused here,
                 // once per event.
                 if let Err(error) = Emoji::parse(emoji) {
-                    let name = self.connector().name();
+                    // People read it: the platform as it calls itself ("Discord").
+                    let name = crate::ids::Platform::named(self.connector().name()).label();
                     let what = event.type_name();
                     return self
                         .refuse(

@@ -568,7 +568,7 @@ async fn a_reaction_that_is_not_an_emoji_is_refused_and_its_agent_told() {
     assert!(
         told.iter()
             .any(|(channel, payload)| channel == "pubsub:agent:ada"
-                && payload.contains("was not relayed to memory")),
+                && payload.contains("was not relayed to Memory")),
         "{told:?}"
     );
     h.stop().await;
@@ -901,4 +901,34 @@ async fn a_part_shown_before_the_store_failed_is_not_shown_again() {
     );
     assert_eq!(h.parts("m1", "1/B").await.len(), 3);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_is_kept_per_chat_and_never_in_the_shared_look() {
+    let store = Arc::new(MemoryStore::default());
+    let records = crate::relay::Records::new(store.clone(), Keys::new("t:"), "memory");
+    let look = |header: &str| crate::relay::Look {
+        header: Some(header.to_owned()),
+        topic_name: Some("hi".to_owned()),
+        ..crate::relay::Look::default()
+    };
+    // Two links of one hub channel show the message with different headers.
+    store
+        .exec(records.look_ops("m1", "1", &look("**Ada**: ")))
+        .await
+        .unwrap();
+    store
+        .exec(records.look_ops("m1", "2", &look("")))
+        .await
+        .unwrap();
+    let header = |chat: &'static str| {
+        let records = records.clone();
+        async move { records.look_in("m1", chat).await.unwrap().unwrap().header }
+    };
+    assert_eq!(header("1").await.as_deref(), Some("**Ada**: "));
+    assert_eq!(header("2").await.as_deref(), Some(""));
+    assert_eq!(header("3").await, None, "not shown there");
+    let shared = records.look("m1").await.unwrap().unwrap();
+    assert_eq!(shared.header, None);
+    assert_eq!(shared.topic_name.as_deref(), Some("hi"));
 }
