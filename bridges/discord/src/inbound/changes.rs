@@ -2,6 +2,8 @@
 //! concern. An event whose message is not mapped yet is retried shortly (its message may be just
 //! behind it in the queue).
 
+use std::collections::HashMap;
+
 use hub_bridge_sdk::event::{now_millis, ChannelEvent};
 use hub_bridge_sdk::limits::{Action, Decision};
 use hub_bridge_sdk::metrics::{ActionDirection, Direction};
@@ -9,7 +11,7 @@ use hub_bridge_sdk::{ExternalId, Op};
 use serenity::model::user::User;
 
 use super::{Inbound, Location};
-use crate::format::{self, MentionNames};
+use crate::format;
 use crate::gateway::GatewayEvent;
 
 impl Inbound {
@@ -65,24 +67,8 @@ impl Inbound {
         mentions: &[User],
         guild: Option<serenity::model::id::GuildId>,
     ) -> String {
-        let mut names = MentionNames {
-            users: mentions
-                .iter()
-                .map(|user| {
-                    let name = format::display_name(None, user.global_name.as_deref(), &user.name);
-                    (user.id.get(), name)
-                })
-                .collect(),
-            ..MentionNames::default()
-        };
-        let roles = match guild {
-            Some(guild) if content.contains("<@&") => {
-                Some(self.shared.role_names(guild, content).await)
-            }
-            _ => None,
-        };
-        names.roles = roles.as_deref();
-        format::render_mentions(content, &names)
+        self.render_with(content, mentions, guild, HashMap::new())
+            .await
     }
 
     pub(super) async fn delete(

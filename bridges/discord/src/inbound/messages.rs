@@ -291,6 +291,19 @@ impl Inbound {
         mentions: &[User],
         message: &Message,
     ) -> String {
+        let channels = self.channel_names(content).await;
+        self.render_with(content, mentions, message.guild_id, channels)
+            .await
+    }
+
+    /// The content with user, role and the given channel mentions rendered as names.
+    pub(super) async fn render_with(
+        &self,
+        content: &str,
+        mentions: &[User],
+        guild: Option<serenity::model::id::GuildId>,
+        channels: HashMap<u64, String>,
+    ) -> String {
         let mut names = MentionNames {
             users: mentions
                 .iter()
@@ -299,10 +312,10 @@ impl Inbound {
                     (user.id.get(), name)
                 })
                 .collect(),
+            channels,
             ..MentionNames::default()
         };
-        names.channels = self.channel_names(content).await;
-        let roles = match message.guild_id {
+        let roles = match guild {
             Some(guild) if content.contains("<@&") => {
                 Some(self.shared.role_names(guild, content).await)
             }
