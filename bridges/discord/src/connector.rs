@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::SendError;
-use hub_bridge_sdk::relay::connector::Reply;
+use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{
     Author, Capabilities, Chat, Connector, Edited, Job, Link, Look, PartId, Place, ReactionChange,
     Rendered, Rendering, ThreadRef,
@@ -104,6 +104,7 @@ impl Discord {
                 // A hub thread whose `thread.create` a channel missed becomes a Discord thread on
                 // its parent when its first message arrives.
                 open_threads_on_demand: true,
+                threads_are_chats: true,
             },
         }
     }
@@ -122,7 +123,7 @@ impl Discord {
         &self,
         place: &Place,
         author: Option<&Author>,
-        reply_to: Option<&Reply>,
+        reply_to: Option<&Parent>,
     ) -> Result<(Header, Option<u64>), SendError> {
         if self.webhook(place).is_none() {
             // The bot answers natively; its post names the sender.

@@ -4,7 +4,7 @@
 //! into request paths, as escaped segments, never into an error or a log line.
 
 use hub_bridge_sdk::outbox::SendError;
-use hub_bridge_sdk::relay::connector::Reply;
+use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{Chat, PartId, Place, ThreadRef};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
@@ -168,7 +168,7 @@ impl Discord {
     pub(crate) async fn quote(
         &self,
         place: &Place,
-        parent: &Reply,
+        parent: &Parent,
     ) -> Result<Option<(String, Option<u64>)>, SendError> {
         let channel = match &parent.thread {
             Some(thread) => thread_channel(thread)?,

@@ -195,6 +195,13 @@ impl HubHandle {
         publish_op(event, origin)
     }
 
+    /// The payload that publishes a channel event from `origin`.
+    pub fn event_payload(&self, event: &ChannelEvent, origin: &str) -> String {
+        Envelope::new(event, now_millis())
+            .with_origin(origin)
+            .to_json()
+    }
+
     /// Publishes an event on `pubsub:agent:{agentId}`.
     pub async fn publish_to_agent(
         &self,

@@ -205,6 +205,18 @@ impl RelayKeys<'_> {
         self.key(format_args!("in_thread:{hub_message_id}:{chat}"))
     }
 
+    /// `bridge:{platform}:{claim}:{index}`: the claim that publishes the `index`th hub event of
+    /// one platform update once (`bridge:telegram:update:7:0`).
+    pub fn claim(&self, claim: &str, index: usize) -> String {
+        self.key(format_args!("{claim}:{index}"))
+    }
+
+    /// `bridge:{platform}:member:{channel}:{claim}`: the claim that publishes a membership change
+    /// (`{chat}:{userId}:{verb}:{date}`) once into a channel.
+    pub fn member_claim(&self, hub_channel: &str, claim: &str) -> String {
+        self.key(format_args!("member:{hub_channel}:{claim}"))
+    }
+
     /// `bridge:{platform}:reactions:{chat}:{partId}`: the agents' standing reactions on a part.
     pub fn reactions(&self, chat: &str, part: &str) -> String {
         self.key(format_args!("reactions:{chat}:{part}"))
@@ -229,27 +241,6 @@ impl TelegramKeys<'_> {
     /// once and moved to [`Self::offset`].
     pub fn legacy_offset(&self) -> String {
         self.key(format_args!("offset"))
-    }
-
-    /// `bridge:telegram:update:{updateId}:{index}`: the claim that publishes the `index`th event
-    /// of an update once.
-    pub fn update_claim(&self, update_id: u32, index: usize) -> String {
-        self.key(format_args!("update:{update_id}:{index}"))
-    }
-
-    /// `bridge:telegram:member:{channel}:{chat}:{userId}:{verb}:{date}`: the claim that publishes
-    /// a membership change once, however Telegram reports it.
-    pub fn member_claim(
-        &self,
-        channel_id: &str,
-        chat: i64,
-        user_id: u64,
-        verb: &str,
-        date: i64,
-    ) -> String {
-        self.key(format_args!(
-            "member:{channel_id}:{chat}:{user_id}:{verb}:{date}"
-        ))
     }
 
     fn key(&self, rest: fmt::Arguments<'_>) -> String {
@@ -355,9 +346,9 @@ mod tests {
             (telegram.offset(123), "p:bridge:telegram:123:offset"),
             (telegram.legacy_offset(), "p:bridge:telegram:offset"),
             (relay.stopped(), "p:bridge:telegram:stopped"),
-            (telegram.update_claim(7, 0), "p:bridge:telegram:update:7:0"),
+            (relay.claim("update:7", 0), "p:bridge:telegram:update:7:0"),
             (
-                telegram.member_claim("C", -100, 5, "join", 1700),
+                relay.member_claim("C", "-100:5:join:1700"),
                 "p:bridge:telegram:member:C:-100:5:join:1700",
             ),
             (

@@ -116,6 +116,22 @@ impl MessageMap {
         event: &ChannelEvent,
         origin: &str,
     ) -> Result<bool, StoreError> {
+        let ops = self.claim_ops(platform, chat, message_id, hub_message_id, event, origin);
+        let replies = self.store.exec(ops).await?;
+        Ok(replies.first() == Some(&Reply::Int(1)))
+    }
+
+    /// The ops of [`MessageMap::publish_once`], for callers that batch them with others: the
+    /// first replies 1 when it published.
+    pub fn claim_ops(
+        &self,
+        platform: impl Display,
+        chat: &str,
+        message_id: &str,
+        hub_message_id: &str,
+        event: &ChannelEvent,
+        origin: &str,
+    ) -> Vec<Op> {
         let publish = Op::PublishOnce {
             claim_key: self.reverse_key(&platform, chat, message_id),
             claim_value: hub_message_id.to_owned(),
@@ -133,8 +149,7 @@ impl MessageMap {
             ttl: Some(Self::KEEP),
             only_if_absent: true,
         };
-        let replies = self.store.exec(vec![publish, forward]).await?;
-        Ok(replies.first() == Some(&Reply::Int(1)))
+        vec![publish, forward]
     }
 
     /// Forgets a hub message's platform messages in `chat` (after they were deleted).

@@ -74,6 +74,7 @@ impl Telegram {
                 // A hub thread becomes a forum topic when `thread.create` arrives; elsewhere its
                 // messages reply to the parent.
                 open_threads_on_demand: false,
+                threads_are_chats: false,
             },
         }
     }

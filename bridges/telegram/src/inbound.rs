@@ -471,8 +471,8 @@ impl Inbound<'_> {
             self.shared
                 .hub
                 .keys()
-                .telegram()
-                .update_claim(update_id, index),
+                .relay(crate::PLATFORM.as_str())
+                .claim(&format!("update:{update_id}"), index),
             claim_value,
             Source::Channel(event.channel_id().to_owned()).channel_name(),
             Envelope::new(event, now_millis())
@@ -551,13 +551,11 @@ impl Inbound<'_> {
                 // Telegram reports one change both as a service message and as a chat_member
                 // update with the same date: one claim covers both.
                 self.claimed_publish(
-                    self.shared.hub.keys().telegram().member_claim(
-                        channel,
-                        chat,
-                        member.id.0,
-                        verb,
-                        date,
-                    ),
+                    self.shared
+                        .hub
+                        .keys()
+                        .relay(crate::PLATFORM.as_str())
+                        .member_claim(channel, &format!("{chat}:{}:{verb}:{date}", member.id.0)),
                     &agent_id,
                     Source::Channel(channel.clone()).channel_name(),
                     Envelope::new(&event, now_millis())
@@ -803,7 +801,11 @@ impl Inbound<'_> {
         }
         let event = dm::direct_message(&person, text, now_millis());
         let op = self.claimed_publish(
-            self.shared.hub.keys().telegram().update_claim(update_id, 0),
+            self.shared
+                .hub
+                .keys()
+                .relay(crate::PLATFORM.as_str())
+                .claim(&format!("update:{update_id}"), 0),
             agent,
             Source::Agent(agent.to_owned()).channel_name(),
             event.to_json(),

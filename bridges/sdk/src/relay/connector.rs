@@ -89,7 +89,7 @@ pub struct Look {
 
 /// The platform message a message answers, and the thread it is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct Parent {
     pub id: PartId,
     pub thread: Option<ThreadRef>,
 }
@@ -100,7 +100,7 @@ pub struct Rendering<'a> {
     pub look: &'a Look,
     pub text: &'a str,
     /// The platform message it answers, when this chat shows it (in this place or another).
-    pub reply_to: Option<&'a Reply>,
+    pub reply_to: Option<&'a Parent>,
     /// For an edit, the first part already shown (the header is in `look`, except for messages
     /// an earlier release showed, which a connector may read back from the platform).
     pub edit_of: Option<&'a PartId>,
@@ -145,6 +145,12 @@ pub struct Capabilities {
     /// message arrives (Discord: a thread on the parent). Otherwise the message replies to the
     /// thread's parent.
     pub open_threads_on_demand: bool,
+    /// Whether the platform's threads are chats of their own that people open (Discord): a
+    /// person's message in one is a `thread.message` that answers, by default, the message the
+    /// thread started on, and a thread the hub does not know yet becomes a hub thread
+    /// (`thread.create`) with its first message. Otherwise (Telegram's forum topics) a message
+    /// in a topic the bridge opened is a `channel.message` in that topic's hub thread.
+    pub threads_are_chats: bool,
 }
 
 /// A platform, as the relay engine drives it.
@@ -190,6 +196,18 @@ pub trait Connector: Send + Sync + 'static {
     /// (read when the engine's own record is absent), if it kept it elsewhere.
     fn legacy_thread_key(&self, chat: &str, thread_id: &str) -> Option<String> {
         let _ = (chat, thread_id);
+        None
+    }
+
+    /// Where an earlier release of this bridge kept the hub thread of the platform thread whose
+    /// map chat is `thread_chat`, if it kept it elsewhere.
+    fn legacy_hub_thread_key(&self, thread_chat: &str) -> Option<String> {
+        let _ = thread_chat;
+        None
+    }
+
+    /// The agent a person's private messages go to until they pick one with `/dm`.
+    fn dm_agent(&self) -> Option<String> {
         None
     }
 

@@ -9,8 +9,8 @@
 //!   every part of a message, mapping the parts to the hub message, reconciling a message's parts
 //!   on an edit or a delete, reactions, platform threads for hub threads, notices;
 //! - typing indicators outside the outboxes ([`typing`]);
-//! - on the way in: waiting for the store, the inbound rate limit and its notice, counting what
-//!   was published (`inbound`);
+//! - on the way in: publishing what people do on the platform ([`PlatformEvent`]) into the linked
+//!   channels once, with the inbound rate limit and its notice, waiting for the store (`inbound`);
 //! - dead letters with the reason, and the agent told;
 //! - the records that make edits, replies and threads work across restarts ([`records`]).
 
@@ -37,10 +37,10 @@ use crate::outbox::Outboxes;
 use crate::store::StoreError;
 
 pub use connector::{
-    Author, Capabilities, Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendered,
-    Rendering, ThreadRef,
+    Author, Capabilities, Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange,
+    Rendered, Rendering, ThreadRef,
 };
-pub use inbound::{LimitNotice, Readiness};
+pub use inbound::{Handled, LimitNotice, Person, PlatformEvent, Readiness, Said, Whisper};
 pub use job::Job;
 pub use links::{Link, Links};
 pub use records::Records;

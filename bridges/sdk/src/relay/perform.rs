@@ -10,7 +10,7 @@ use crate::event::now_millis;
 use crate::metrics::{BridgeDirection, Direction};
 use crate::outbox::{Deliver, SendError};
 use crate::relay::connector::{
-    Chat, Connector, Edited, Look, PartId, Place, ReactionChange, Rendering, Reply, ThreadRef,
+    Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange, Rendering, ThreadRef,
 };
 use crate::relay::job::{self, Action, Job, Rewrite, SendProgress};
 use crate::relay::{home, Core};
@@ -155,7 +155,7 @@ impl<C: Connector> Core<C> {
             Some(parent) => self
                 .first_part(&place, &parent)
                 .await?
-                .map(|(id, thread)| Reply { id, thread }),
+                .map(|(id, thread)| Parent { id, thread }),
             None => None,
         };
         let rendered = self

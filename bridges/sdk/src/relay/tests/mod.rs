@@ -25,6 +25,8 @@ use crate::relay::{Link, Links, Relay};
 use crate::store::memory::MemoryStore;
 use crate::store::{Keys, Op, Store};
 
+mod inbound;
+
 /// One call the engine made, as the platform saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
@@ -79,6 +81,7 @@ impl Memory {
                 reactions_per_message,
                 typing_refresh: Duration::from_secs(5),
                 open_threads_on_demand,
+                threads_are_chats: open_threads_on_demand,
             },
             calls: Mutex::default(),
             next_id: AtomicU64::new(100),

@@ -1,6 +1,16 @@
-//! The relay's inbound half that is the same on every platform: waiting for the store while it is
-//! unreachable (an event waits unacknowledged rather than being lost), the inbound rate limit with
-//! its one notice per window, and counting what was published.
+//! The relay's inbound half: a connector reads its platform's updates into [`PlatformEvent`]s and
+//! the engine publishes them ([`Relay::publish`]): to the hub channels of the chat's relaying
+//! links, once (a redelivered or replayed update publishes nothing new), after the person's inbound
+//! limit, with the hub ids of the messages they answer, edit or react to. Also here, the same on
+//! every platform: waiting for the store while it is unreachable (an event waits unacknowledged
+//! rather than being lost), the limit's one notice per window, and counting what was published.
+//!
+//! Chapters: `events` (what a connector hands over), `messages` (new messages and threads),
+//! `changes` (edits, deletes, reactions, typing, members, private messages).
+
+mod changes;
+pub mod events;
+mod messages;
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,9 +20,13 @@ use crate::health::Component;
 use crate::limits::{Action, Decision};
 use crate::metrics::{retry, ActionDirection, Direction};
 use crate::relay::connector::{Chat, Connector};
-use crate::relay::Relay;
+use crate::relay::{Link, Relay};
 use crate::store::{Op, StoreError};
 
+pub use events::{Handled, Person, PlatformEvent, Said, Whisper};
+
+/// How long a platform update's claims are kept: far longer than any redelivery or replay.
+pub(crate) const CLAIM_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -33,6 +47,71 @@ pub struct Readiness<'a> {
 }
 
 impl<C: Connector> Relay<C> {
+    /// Publishes a platform event into the hub channels its chat is linked to (a private message:
+    /// to the person's agent), once. `Unmapped`: it concerns a message no relaying link maps.
+    pub async fn publish(&self, event: &PlatformEvent) -> Result<Handled, StoreError> {
+        match event {
+            PlatformEvent::Message(said) => self.message(said).await,
+            PlatformEvent::Edit {
+                place,
+                id,
+                content,
+                edited_at,
+                claim,
+            } => {
+                self.edit(place, id, content, *edited_at, claim.as_deref())
+                    .await
+            }
+            PlatformEvent::Delete { place, id } => self.delete(place, id).await,
+            PlatformEvent::Reaction {
+                place,
+                id,
+                person,
+                added,
+                removed,
+                claim,
+                once,
+            } => {
+                self.reaction(place, id, person, added, removed, claim, *once)
+                    .await
+            }
+            PlatformEvent::Typing { place, person } => self.typing(place, person).await,
+            PlatformEvent::Member {
+                chat,
+                person,
+                joined,
+                at,
+                claim,
+            } => self.member(chat, person, *joined, *at, claim).await,
+            PlatformEvent::Private(whisper) => self.private(whisper).await,
+        }
+    }
+
+    /// Counts a platform event the relay does not publish, by why.
+    pub fn ignored(&self, reason: &'static str) {
+        self.core.count_ignored(reason);
+    }
+
+    /// The relaying links of a chat an event happened in; none (counted) when the chat is not
+    /// linked or all its links are stopped.
+    fn links_for(&self, chat: &Chat) -> Vec<Link> {
+        if !self.links().is_linked(chat) {
+            self.ignored("unlinked_chat");
+            return Vec::new();
+        }
+        let links = self.links().of_chat(chat);
+        if links.is_empty() {
+            self.ignored("stopped_link");
+        }
+        links
+    }
+
+    fn count_published(&self, type_name: &str) {
+        self.hub()
+            .metrics()
+            .count_published(self.connector().name(), type_name);
+    }
+
     /// Runs a store operation until it succeeds. While the store is unreachable or refuses
     /// writes (an error reply such as LOADING, READONLY or OOM is as passing as a lost
     /// connection) the platform event waits here, unacknowledged, so nothing is lost (SPEC
@@ -155,22 +234,29 @@ impl<C: Connector> Relay<C> {
         Ok(false)
     }
 
-    /// Runs ops that include publish-once ops in one round trip, and counts as `type_name` those
-    /// that published (a duplicate publishes nothing).
+    /// Runs publish ops (and others) in one round trip, and counts as `type_name` those that
+    /// published (a publish-once op that found its claim taken publishes nothing).
     pub async fn publish_all(&self, ops: Vec<Op>, type_name: &str) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
-        let publishes: Vec<bool> = ops
+        let publishes: Vec<Option<bool>> = ops
             .iter()
-            .map(|op| matches!(op, Op::PublishOnce { .. }))
+            .map(|op| match op {
+                Op::PublishOnce { .. } => Some(true),
+                Op::Publish { .. } => Some(false),
+                _ => None,
+            })
             .collect();
         let replies = self.hub().store().exec(ops).await?;
-        for (reply, is_publish) in replies.iter().zip(publishes) {
-            if is_publish && reply.as_int() == Some(1) {
-                self.hub()
-                    .metrics()
-                    .count_published(self.connector().name(), type_name);
+        for (reply, publish) in replies.iter().zip(publishes) {
+            let published = match publish {
+                Some(true) => reply.as_int() == Some(1),
+                Some(false) => true,
+                None => false,
+            };
+            if published {
+                self.count_published(type_name);
             }
         }
         Ok(())
