@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::guard::handle_event;
-use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::relay::{Chat, Link, Links, Relay};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, HubHandle};
 use teloxide::prelude::*;
@@ -39,7 +38,6 @@ pub(crate) struct Shared {
     pub me_username: String,
     pub config: TelegramConfig,
     pub hub: HubHandle,
-    pub map: MessageMap,
     pub redactor: Redactor,
     pub relay: Relay<Telegram>,
     pub shutdown: CancellationToken,
@@ -49,16 +47,6 @@ impl Shared {
     /// Whether any link names this chat (relaying or stopped).
     pub fn is_linked(&self, chat: i64) -> bool {
         self.relay.links().is_linked(&chat_of(chat))
-    }
-
-    /// The hub channels this chat still relays to.
-    pub fn channels_of(&self, chat: i64) -> Vec<String> {
-        self.relay
-            .links()
-            .of_chat(&chat_of(chat))
-            .into_iter()
-            .map(|link| link.hub_channel)
-            .collect()
     }
 }
 
@@ -113,6 +101,7 @@ impl TelegramBridge {
             }),
             ctx.hub.clone(),
             self.config.max_parts,
+            self.config.dm_agent.clone(),
             shutdown.clone(),
         );
         let links = Links::new(
@@ -137,7 +126,6 @@ impl TelegramBridge {
             me_username: me.username().to_owned(),
             bot,
             config: self.config.clone(),
-            map: MessageMap::new(&ctx.hub),
             hub: ctx.hub.clone(),
             redactor,
             relay: relay.clone(),

@@ -47,6 +47,8 @@ pub struct Telegram {
     pub hub: HubHandle,
     pub max_parts: usize,
     pub shutdown: CancellationToken,
+    /// `telegram.dm_agent`: where private messages go until a person picks an agent.
+    dm_agent: Option<String>,
     capabilities: Capabilities,
 }
 
@@ -57,6 +59,7 @@ impl Telegram {
         pacer: Pacer,
         hub: HubHandle,
         max_parts: usize,
+        dm_agent: Option<String>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -67,6 +70,7 @@ impl Telegram {
             hub,
             max_parts,
             shutdown,
+            dm_agent,
             capabilities: Capabilities {
                 // Bots show one reaction per message.
                 reactions_per_message: 1,
@@ -163,6 +167,10 @@ impl Connector for Telegram {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn dm_agent(&self) -> Option<String> {
+        self.dm_agent.clone()
     }
 
     fn private_chat(&self, user_id: &str) -> Option<Chat> {
@@ -398,10 +406,4 @@ impl Connector for Telegram {
             }
         })
     }
-}
-
-/// The origin a Telegram chat stamps on what it publishes; events carrying it are not relayed
-/// back to that chat.
-pub fn origin(chat: i64) -> String {
-    format!("telegram:{chat}")
 }

@@ -1,0 +1,214 @@
+//! Telegram -> hub: the bridge's own getUpdates loop and the mapping of each update onto hub
+//! events (SPEC sections 5 and 6).
+//!
+//! Delivery is at least once on Telegram's side and exactly once on the hub's: the update offset
+//! is stored under `{prefix}bridge:telegram:{botId}:offset` and advanced only after an update's events are
+//! published, and every publish claims a key in the same atomic step (the platform message id for
+//! messages, the update id otherwise), so an update delivered again after a crash publishes
+//! nothing new. While the store is unreachable the update is retried, never skipped.
+//!
+//! Chapters: `updates` (each kind of update read into the relay engine's platform events) and
+//! `describe` (speakers, names and media descriptions).
+
+mod describe;
+mod updates;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_bridge_sdk::health::Component;
+use hub_bridge_sdk::relay::Readiness;
+use hub_bridge_sdk::{BridgeError, Op, StoreError};
+use teloxide::prelude::*;
+use teloxide::types::AllowedUpdate;
+use teloxide::{ApiError, RequestError};
+
+use crate::bridge::Shared;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The update kinds the bridge asks for; reactions and member changes are only sent on request.
+const ALLOWED: [AllowedUpdate; 5] = [
+    AllowedUpdate::Message,
+    AllowedUpdate::EditedMessage,
+    AllowedUpdate::MessageReaction,
+    AllowedUpdate::ChatMember,
+    AllowedUpdate::MyChatMember,
+];
+
+/// Polls Telegram and publishes what arrives, until the bridge stops. Returns an error only for
+/// what a restart cannot cure (a rejected token).
+pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeError> {
+    let inbound = Inbound { shared: &shared };
+    let offset_key = shared.hub.keys().telegram().offset(shared.me_id);
+    let legacy_key = shared.hub.keys().telegram().legacy_offset();
+    let Some(mut offset) = inbound.load_offset(&offset_key, &legacy_key, &status).await else {
+        return Ok(());
+    };
+    let ready = format!("polling Telegram as @{}", shared.me_username);
+    status.ready(&ready);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut request = shared
+            .bot
+            .get_updates()
+            .timeout(shared.config.poll_timeout_secs)
+            .allowed_updates(ALLOWED);
+        if let Some(offset) = offset {
+            request = request.offset(offset);
+        }
+        let polled = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            polled = request.into_future() => polled,
+        };
+        let updates = match polled {
+            Ok(updates) => updates,
+            Err(error) => {
+                let wait = match &error {
+                    RequestError::Api(ApiError::InvalidToken) => {
+                        return Err(BridgeError::Unauthorized {
+                            platform: "telegram",
+                            detail: "getUpdates: the bot token was rejected".to_owned(),
+                        });
+                    }
+                    RequestError::RetryAfter(wait) => wait.duration(),
+                    RequestError::Api(ApiError::CantGetUpdates) => {
+                        // A webhook and getUpdates exclude each other; this bridge polls.
+                        tracing::warn!("a webhook is set for this bot; deleting it to poll");
+                        if let Err(error) = shared.bot.delete_webhook().await {
+                            tracing::warn!(error = %shared.redactor.describe(&error), "could not delete the webhook");
+                        }
+                        backoff
+                    }
+                    _ => backoff,
+                };
+                let detail = shared.redactor.describe(&error);
+                tracing::warn!(error = %detail, retry_in = ?wait, "getUpdates failed");
+                status.not_ready(&format!("Telegram getUpdates failing: {detail}"));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if !inbound.sleep(wait).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        status.ready(&ready);
+        let Some(last) = updates.last().map(|update| update.id.0) else {
+            continue;
+        };
+        for update in &updates {
+            if !inbound.handle_until_done(update, &status, &ready).await {
+                return Ok(());
+            }
+        }
+        // Telegram forgets everything below the offset, so it moves only now that every update
+        // of the batch is published.
+        let next = i32::try_from(last.saturating_add(1)).unwrap_or(i32::MAX);
+        offset = Some(next);
+        let stored = shared
+            .hub
+            .store()
+            .one(Op::Set {
+                key: offset_key.clone(),
+                value: next.to_string(),
+                ttl: None,
+                only_if_absent: false,
+            })
+            .await;
+        if let Err(error) = stored {
+            // The claims keep a redelivery from publishing twice; the next batch stores it.
+            tracing::warn!(%error, "could not store the Telegram offset");
+        }
+        shared.relay.connector().pacer.prune();
+    }
+}
+
+struct Inbound<'a> {
+    shared: &'a Shared,
+}
+
+impl Inbound<'_> {
+    /// Sleeps unless the bridge stops first; false when it stopped.
+    async fn sleep(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// The stored offset (`None` before the first update ever); waits for the store. `None` from
+    /// the outer option means the bridge stopped meanwhile.
+    ///
+    /// Versions before the offset was keyed by bot kept it under `legacy_key`. When the bot's key
+    /// is absent and that one exists, it is taken over once (moved to the bot's key and deleted):
+    /// the old key cannot say which bot it belonged to, so an upgrade that also changes the token
+    /// starts the new bot from that offset once, which at worst skips updates the new bot never
+    /// had below it (Telegram's update ids are per bot).
+    async fn load_offset(
+        &self,
+        key: &str,
+        legacy_key: &str,
+        status: &Component,
+    ) -> Option<Option<i32>> {
+        let readiness = Readiness {
+            status,
+            ready: "read the Telegram offset",
+        };
+        self.shared
+            .relay
+            .until_stored("offset", Some(&readiness), || {
+                self.read_offset(key, legacy_key)
+            })
+            .await
+    }
+
+    async fn read_offset(&self, key: &str, legacy_key: &str) -> Result<Option<i32>, StoreError> {
+        let store = self.shared.hub.store();
+        let get = |key: &str| Op::Get {
+            key: key.to_owned(),
+        };
+        let mut replies = store
+            .exec(vec![get(key), get(legacy_key)])
+            .await?
+            .into_iter();
+        let parse = |reply: Option<hub_bridge_sdk::Reply>| {
+            reply
+                .and_then(|reply| reply.into_text())
+                .and_then(|text| text.parse::<i32>().ok())
+        };
+        let current = parse(replies.next());
+        let legacy = parse(replies.next());
+        let (None, Some(legacy)) = (current, legacy) else {
+            return Ok(current);
+        };
+        tracing::info!(
+            offset = legacy,
+            "taking over the Telegram offset stored before it was keyed by bot"
+        );
+        store
+            .exec(vec![
+                Op::Set {
+                    key: key.to_owned(),
+                    value: legacy.to_string(),
+                    ttl: None,
+                    only_if_absent: false,
+                },
+                Op::Del {
+                    key: legacy_key.to_owned(),
+                },
+            ])
+            .await?;
+        Ok(Some(legacy))
+    }
+
+    /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.
+    async fn handle_until_done(&self, update: &Update, status: &Component, ready: &str) -> bool {
+        let readiness = Readiness { status, ready };
+        self.shared
+            .relay
+            .handle_until_stored("update", Some(&readiness), || self.handle(update))
+            .await
+    }
+}
