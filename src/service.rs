@@ -98,19 +98,7 @@ pub async fn start_with(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let bus: Arc<dyn Bus> = match &config.redis.url {
-        Some(url) => Arc::new(RedisBus::new(
-            url.expose(),
-            metrics.clone(),
-            health.component("redis"),
-        )?),
-        None => {
-            let bus = EmbeddedBus::new(metrics.clone());
-            spawn_expiry_sweeper(&bus, &tasks, shutdown.clone());
-            health.component("bus").ready("embedded in-process bus");
-            Arc::new(bus)
-        }
-    };
+    let bus = open_bus(&config, &metrics, &health, &tasks, &shutdown)?;
     let store = bus.store();
     let keys = Keys::new(config.hub.key_prefix.clone());
     let limiter = RateLimiter::new(store.clone(), keys.clone(), config.limits.clone());
@@ -122,32 +110,9 @@ pub async fn start_with(
         metrics.clone(),
     );
 
-    let instance_id = uuid::Uuid::new_v4().to_string();
-    let mut queues = Vec::new();
     // With no bridge, no hub loop counts agents' limits: the agent API then counts them itself.
     let api_counts_limits = bridges.is_empty();
-    for bridge in bridges {
-        let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
-        let active = Arc::new(AtomicBool::new(false));
-        queues.push(BridgeQueue {
-            name: bridge.name(),
-            sender,
-            active: active.clone(),
-        });
-        let ctx = BridgeContext {
-            deliveries,
-            hub: hub.clone(),
-            shutdown: shutdown.child_token(),
-            status: health.component(bridge.name()),
-        };
-        tasks.spawn(supervise(
-            bridge,
-            ctx,
-            instance_id.clone(),
-            shutdown.clone(),
-            active,
-        ));
-    }
+    let queues = spawn_bridges(bridges, &config, &hub, &health, &tasks, &shutdown);
 
     let settings = StateSettings {
         presence_ttl: Duration::from_secs(config.hub.presence_ttl_secs),
@@ -179,28 +144,11 @@ pub async fn start_with(
     }
     tasks.spawn(hub_loop.run(messages, shutdown.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.http.listen,
-        source,
-    })?;
     let mut app = crate::http::router(health.clone(), Arc::new(registry));
     if let Some(api) = api {
         app = app.merge(crate::api::router(api));
     }
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
+    let http_addr = serve_http(config.http.listen, app, &tasks, &shutdown).await?;
     tracing::info!(%http_addr, bus = if config.redis.url.is_some() { "redis" } else { "embedded" }, "hub-bridge started");
 
     Ok(Running {
@@ -212,4 +160,89 @@ pub async fn start_with(
         tasks,
         grace: Duration::from_secs(config.hub.shutdown_grace_secs),
     })
+}
+
+/// The bus the hub runs on: Redis when `redis.url` is set, else the embedded in-process bus.
+fn open_bus(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Bus>, StartError> {
+    Ok(match &config.redis.url {
+        Some(url) => Arc::new(RedisBus::new(
+            url.expose(),
+            metrics.clone(),
+            health.component("redis"),
+        )?),
+        None => {
+            let bus = EmbeddedBus::new(metrics.clone());
+            spawn_expiry_sweeper(&bus, tasks, shutdown.clone());
+            health.component("bus").ready("embedded in-process bus");
+            Arc::new(bus)
+        }
+    })
+}
+
+/// Starts each bridge under its supervisor, and returns the queues the hub loop feeds them by.
+fn spawn_bridges(
+    bridges: Vec<Box<dyn Bridge>>,
+    config: &Config,
+    hub: &HubHandle,
+    health: &Health,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Vec<BridgeQueue> {
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    let mut queues = Vec::new();
+    for bridge in bridges {
+        let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
+        let active = Arc::new(AtomicBool::new(false));
+        queues.push(BridgeQueue {
+            name: bridge.name(),
+            sender,
+            active: active.clone(),
+        });
+        let ctx = BridgeContext {
+            deliveries,
+            hub: hub.clone(),
+            shutdown: shutdown.child_token(),
+            status: health.component(bridge.name()),
+        };
+        tasks.spawn(supervise(
+            bridge,
+            ctx,
+            instance_id.clone(),
+            shutdown.clone(),
+            active,
+        ));
+    }
+    queues
+}
+
+/// Binds `listen` and serves `app` there until shutdown; returns the bound address.
+async fn serve_http(
+    listen: std::net::SocketAddr,
+    app: axum::Router,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<std::net::SocketAddr, StartError> {
+    let listen_error = |source| StartError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(listen_error)?;
+    let http_addr = listener.local_addr().map_err(listen_error)?;
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    Ok(http_addr)
 }

@@ -141,44 +141,21 @@ pub fn prepare(
             max: max_payload_bytes,
         });
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    let Value::Object(mut outer) = value else {
-        return Err(bad(
-            "the body must be a JSON object (an envelope or an event)",
-        ));
-    };
-    if outer.contains_key("origin") {
-        return Err(bad("`origin` is set by bridges only"));
-    }
-    let to = match outer.remove("to") {
-        None => None,
-        Some(Value::String(to)) => Some(to),
-        Some(_) => return Err(bad("`to` must be a string")),
-    };
-    // An envelope wraps the event in `event`; a bare event has `type` itself (and
-    // `collaboration.event` has an `event` field of its own, hence the `type` check).
-    let is_envelope =
-        !outer.contains_key("type") && outer.get("event").is_some_and(Value::is_object);
-    let (mut event, envelope) = if is_envelope {
-        let Some(Value::Object(event)) = outer.remove("event") else {
-            return Err(bad("`event` must be an object"));
-        };
-        (event, Some(outer))
-    } else {
-        (outer, None)
-    };
-    let envelope_sender = match &envelope {
-        Some(envelope) => optional_string(envelope, "senderId")?,
-        None => None,
-    };
-    if let Some(sender) = envelope_sender {
-        same_sender(agent, "senderId", &sender)?;
+    let Body {
+        to,
+        mut event,
+        envelope,
+    } = Body::read(body)?;
+    if let Some(envelope) = &envelope {
+        if let Some(sender) = optional_string(envelope, "senderId")? {
+            same_sender(agent, "senderId", &sender)?;
+        }
     }
     let timestamp = match &envelope {
         Some(envelope) => optional_int(envelope, "timestamp")?,
         None => None,
-    };
+    }
+    .unwrap_or(now);
     let type_name = match event.get("type") {
         Some(Value::String(name)) => name.clone(),
         _ => return Err(bad("the event has no string `type`")),
@@ -190,7 +167,7 @@ pub fn prepare(
         })?;
         check_agent_id(&to)?;
         if event.get("timestamp").is_none() {
-            event.insert("timestamp".to_owned(), json!(timestamp.unwrap_or(now)));
+            event.insert("timestamp".to_owned(), json!(timestamp));
         }
         return prepare_agent_event(agent, event, &to, max_payload_bytes);
     }
@@ -206,10 +183,79 @@ pub fn prepare(
     check_channel_id(&channel_id)?;
     check_and_fill_sender(agent, &type_name, &mut event)?;
     event.insert("channelId".to_owned(), Value::String(channel_id.clone()));
+    let stamped = Stamped {
+        agent,
+        channel_id: &channel_id,
+        timestamp,
+        max_payload_bytes,
+    };
+    prepare_channel_event(event, &type_name, &stamped)
+}
 
+/// A body as sent: the recipient of an agent event, the event, and the envelope around it.
+struct Body {
+    to: Option<String>,
+    event: Map<String, Value>,
+    envelope: Option<Map<String, Value>>,
+}
+
+impl Body {
+    fn read(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
+        let Value::Object(mut outer) = value else {
+            return Err(bad(
+                "the body must be a JSON object (an envelope or an event)",
+            ));
+        };
+        if outer.contains_key("origin") {
+            return Err(bad("`origin` is set by bridges only"));
+        }
+        let to = match outer.remove("to") {
+            None => None,
+            Some(Value::String(to)) => Some(to),
+            Some(_) => return Err(bad("`to` must be a string")),
+        };
+        // An envelope wraps the event in `event`; a bare event has `type` itself (and
+        // `collaboration.event` has an `event` field of its own, hence the `type` check).
+        let is_envelope =
+            !outer.contains_key("type") && outer.get("event").is_some_and(Value::is_object);
+        if !is_envelope {
+            return Ok(Self {
+                to,
+                event: outer,
+                envelope: None,
+            });
+        }
+        let Some(Value::Object(event)) = outer.remove("event") else {
+            return Err(bad("`event` must be an object"));
+        };
+        Ok(Self {
+            to,
+            event,
+            envelope: Some(outer),
+        })
+    }
+}
+
+/// What the service stamps on a channel event it publishes for an agent.
+struct Stamped<'a> {
+    agent: &'a str,
+    channel_id: &'a str,
+    timestamp: Millis,
+    max_payload_bytes: usize,
+}
+
+/// A channel event, its sender checked and filled: parsed as the hub parses it (so that nothing
+/// the hub would refuse is published) and put in an envelope from the agent.
+fn prepare_channel_event(
+    event: Map<String, Value>,
+    type_name: &str,
+    stamped: &Stamped<'_>,
+) -> Result<Prepared, ApiError> {
     let bytes = serde_json::to_vec(&Value::Object(event))
         .map_err(|error| bad(format!("the event cannot be read: {error}")))?;
-    let source = Source::Channel(channel_id.clone());
+    let source = Source::Channel(stamped.channel_id.to_owned());
     let inbound =
         parse(&source, &bytes).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let event = match inbound.event {
@@ -218,7 +264,7 @@ pub fn prepare(
     };
     // Belt and braces: whoever the parsed event says acted must be the agent.
     if let Some(actor) = event.actor() {
-        same_sender(agent, "the event's actor", actor)?;
+        same_sender(stamped.agent, "the event's actor", actor)?;
     }
     let (id, action) = match &event {
         ChannelEvent::Message { message, .. } | ChannelEvent::ThreadMessage { message, .. } => {
@@ -232,15 +278,15 @@ pub fn prepare(
     };
     let payload = Envelope {
         event: &event,
-        timestamp: timestamp.unwrap_or(now),
-        channel_id: &channel_id,
-        sender_id: Some(agent),
+        timestamp: stamped.timestamp,
+        channel_id: stamped.channel_id,
+        sender_id: Some(stamped.agent),
         origin: None,
     }
     .to_json();
-    if payload.len() > max_payload_bytes {
+    if payload.len() > stamped.max_payload_bytes {
         return Err(ApiError::TooLarge {
-            max: max_payload_bytes,
+            max: stamped.max_payload_bytes,
         });
     }
     Ok(Prepared {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hub_bridge_sdk::event::{ChannelEvent, HubEvent, Millis, PresenceStatus};
+use hub_bridge_sdk::event::{ChannelEvent, HubEvent, Millis, Presence, PresenceStatus};
 use hub_bridge_sdk::{ExternalId, Keys, Op};
 
 /// TTLs of the state keys.
@@ -112,27 +112,10 @@ pub fn plan(event: &HubEvent, now: Millis, keys: &Keys, settings: &StateSettings
     match event {
         ChannelEvent::Message { message, .. } | ChannelEvent::ThreadMessage { message, .. } => {
             invalidate_recent(&mut plan, keys, channel_id);
-            touch_presence(
-                &mut plan,
-                keys,
-                settings,
-                channel_id,
-                &message.sender_id,
-                now,
-            );
-            if ExternalId::is_external(&message.sender_id) {
-                let reply = plan.push(
-                    "members",
-                    Op::SAdd {
-                        key: keys.members(channel_id),
-                        member: message.sender_id.clone(),
-                    },
-                );
-                plan.follow_ups.push(FollowUp::FirstMessage {
-                    reply,
-                    channel_id: channel_id.to_owned(),
-                    agent_id: message.sender_id.clone(),
-                });
+            let sender = &message.sender_id;
+            touch_presence(&mut plan, keys, settings, channel_id, sender, now);
+            if ExternalId::is_external(sender) {
+                note_person_wrote(&mut plan, keys, channel_id, sender);
             }
         }
         ChannelEvent::MessageEdit { .. } | ChannelEvent::MessageDelete { .. } => {
@@ -144,74 +127,15 @@ pub fn plan(event: &HubEvent, now: Millis, keys: &Keys, settings: &StateSettings
         ChannelEvent::Typing {
             agent_id, started, ..
         } => {
-            let key = keys.typing(channel_id);
+            plan_typing(
+                &mut plan, keys, settings, channel_id, agent_id, *started, now,
+            );
             if *started {
-                plan.push(
-                    "typing",
-                    Op::ZAdd {
-                        key: key.clone(),
-                        score: now,
-                        member: agent_id.clone(),
-                    },
-                );
-                plan.push(
-                    "typing",
-                    Op::Expire {
-                        key,
-                        ttl: settings.typing_ttl,
-                    },
-                );
                 touch_presence(&mut plan, keys, settings, channel_id, agent_id, now);
-            } else {
-                plan.push(
-                    "typing",
-                    Op::ZRem {
-                        key,
-                        member: agent_id.clone(),
-                    },
-                );
             }
         }
         ChannelEvent::Presence { presence, .. } => {
-            let key = keys.presence(channel_id, &presence.agent_id);
-            let tracked = (channel_id.to_owned(), presence.agent_id.clone());
-            if presence.status == PresenceStatus::Offline {
-                plan.push("presence", Op::Del { key });
-                plan.tracking.push(Tracking::Gone {
-                    channel_id: tracked.0,
-                    agent_id: tracked.1,
-                });
-                return plan;
-            }
-            let mut fields = vec![
-                ("agentId".to_owned(), presence.agent_id.clone()),
-                ("status".to_owned(), presence.status.as_str().to_owned()),
-                ("lastSeen".to_owned(), presence.last_seen.to_string()),
-            ];
-            if let Some(custom) = &presence.custom_status {
-                fields.push(("customStatus".to_owned(), custom.clone()));
-            }
-            if let Some(avatar) = &presence.avatar {
-                fields.push(("avatar".to_owned(), avatar.clone()));
-            }
-            plan.push(
-                "presence",
-                Op::HSet {
-                    key: key.clone(),
-                    fields,
-                },
-            );
-            plan.push(
-                "presence",
-                Op::Expire {
-                    key,
-                    ttl: settings.presence_ttl,
-                },
-            );
-            plan.tracking.push(Tracking::Refreshed {
-                channel_id: tracked.0,
-                agent_id: tracked.1,
-            });
+            plan_presence(&mut plan, keys, settings, channel_id, presence)
         }
         ChannelEvent::MemberJoin { member, .. } => {
             plan.push(
@@ -257,6 +181,108 @@ pub fn plan(event: &HubEvent, now: Millis, keys: &Keys, settings: &StateSettings
         | ChannelEvent::Collaboration { .. } => {}
     }
     plan
+}
+
+/// A person's message: they are a member of the channel from now on; the first time, the hub
+/// says so (`channel.member.join`, a follow-up on the SADD's reply).
+fn note_person_wrote(plan: &mut Plan, keys: &Keys, channel_id: &str, sender: &str) {
+    let reply = plan.push(
+        "members",
+        Op::SAdd {
+            key: keys.members(channel_id),
+            member: sender.to_owned(),
+        },
+    );
+    plan.follow_ups.push(FollowUp::FirstMessage {
+        reply,
+        channel_id: channel_id.to_owned(),
+        agent_id: sender.to_owned(),
+    });
+}
+
+fn plan_typing(
+    plan: &mut Plan,
+    keys: &Keys,
+    settings: &StateSettings,
+    channel_id: &str,
+    agent_id: &str,
+    started: bool,
+    now: Millis,
+) {
+    let key = keys.typing(channel_id);
+    if !started {
+        plan.push(
+            "typing",
+            Op::ZRem {
+                key,
+                member: agent_id.to_owned(),
+            },
+        );
+        return;
+    }
+    plan.push(
+        "typing",
+        Op::ZAdd {
+            key: key.clone(),
+            score: now,
+            member: agent_id.to_owned(),
+        },
+    );
+    plan.push(
+        "typing",
+        Op::Expire {
+            key,
+            ttl: settings.typing_ttl,
+        },
+    );
+}
+
+fn plan_presence(
+    plan: &mut Plan,
+    keys: &Keys,
+    settings: &StateSettings,
+    channel_id: &str,
+    presence: &Presence,
+) {
+    let key = keys.presence(channel_id, &presence.agent_id);
+    let tracked = (channel_id.to_owned(), presence.agent_id.clone());
+    if presence.status == PresenceStatus::Offline {
+        plan.push("presence", Op::Del { key });
+        plan.tracking.push(Tracking::Gone {
+            channel_id: tracked.0,
+            agent_id: tracked.1,
+        });
+        return;
+    }
+    let mut fields = vec![
+        ("agentId".to_owned(), presence.agent_id.clone()),
+        ("status".to_owned(), presence.status.as_str().to_owned()),
+        ("lastSeen".to_owned(), presence.last_seen.to_string()),
+    ];
+    if let Some(custom) = &presence.custom_status {
+        fields.push(("customStatus".to_owned(), custom.clone()));
+    }
+    if let Some(avatar) = &presence.avatar {
+        fields.push(("avatar".to_owned(), avatar.clone()));
+    }
+    plan.push(
+        "presence",
+        Op::HSet {
+            key: key.clone(),
+            fields,
+        },
+    );
+    plan.push(
+        "presence",
+        Op::Expire {
+            key,
+            ttl: settings.presence_ttl,
+        },
+    );
+    plan.tracking.push(Tracking::Refreshed {
+        channel_id: tracked.0,
+        agent_id: tracked.1,
+    });
 }
 
 fn invalidate_recent(plan: &mut Plan, keys: &Keys, channel_id: &str) {
