@@ -270,6 +270,15 @@ impl Connector for Discord {
         Some(self.shared.keys().thread_by_hub(thread_id, chat))
     }
 
+    /// The previous release kept the hub thread of a Discord thread under the thread's map chat.
+    fn legacy_hub_thread_key(&self, thread_chat: &str) -> Option<String> {
+        Some(self.shared.keys().thread_by_discord(thread_chat))
+    }
+
+    fn dm_agent(&self) -> Option<String> {
+        self.shared.dm_agent.clone()
+    }
+
     fn legacy_stopped_key(&self, link: &Link) -> Option<String> {
         Some(self.shared.keys().stopped(&link.hub_channel, &link.chat.0))
     }

@@ -1,7 +1,7 @@
 //! What the inbound side and the connector of one run share: the REST client, the hub, the
-//! message map, the bot's identity and its webhooks, and small caches of what Discord told us
-//! (channel kinds and parents, role names, DM channels). Also the bridge's own store keys. The
-//! links and which of them stopped are the relay engine's.
+//! bot's identity and its webhooks, the agent DMs go to by default, and small caches of what
+//! Discord told us (channel kinds and parents, role names, DM channels). Also the bridge's own
+//! store keys. The links and which of them stopped are the relay engine's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::keys::DiscordKeys;
-use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::HubHandle;
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
@@ -56,7 +55,6 @@ pub type RoleNames = Arc<HashMap<u64, String>>;
 pub struct Shared {
     pub rest: SharedRest,
     pub hub: HubHandle,
-    pub map: MessageMap,
     pub dm_agent: Option<String>,
     bot_id: AtomicU64,
     own_webhooks: HashSet<u64>,
@@ -78,7 +76,6 @@ impl Shared {
             .filter_map(|link| link.webhook().map(|hook| hook.id.get()))
             .collect();
         Self {
-            map: MessageMap::new(&hub),
             rest,
             hub,
             dm_agent: config.dm_agent.clone(),

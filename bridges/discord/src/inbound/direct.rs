@@ -1,14 +1,12 @@
-//! Direct messages to the bot: `/dm`, `/agents` and `/help` are answered in the DM; anything
-//! else goes to the person's chosen agent as an `agent.direct_message`.
+//! Direct messages to the bot, read into the engine's [`Whisper`]: `/dm`, `/agents` and `/help`
+//! are answered in the DM; anything else goes to the person's chosen agent as an
+//! `agent.direct_message` (the engine's, as on every platform).
 
-use hub_bridge_sdk::dm::{self, Private, PrivateChats};
-use hub_bridge_sdk::limits::Action;
-use hub_bridge_sdk::relay::Chat;
-use hub_bridge_sdk::ExternalId;
+use hub_bridge_sdk::relay::{Chat, PlatformEvent, Whisper};
 use serenity::model::channel::Message;
 
 use super::messages::blocks;
-use super::Inbound;
+use super::{person, Inbound};
 use crate::format;
 
 impl Inbound {
@@ -17,51 +15,24 @@ impl Inbound {
     /// `discord.dm_agent`. `/help` (or `/start`) and `/agents` answer in the DM.
     pub(super) async fn direct_message(&self, message: &Message, live: bool) {
         let user = message.author.id.get();
-        // Commands (`/dm`, `/agents`, ...) count against the person's message limit like any
-        // message: decided once per Discord message, before anything is retried.
-        let sender = ExternalId::new(crate::PLATFORM, user.to_string()).to_string();
-        if live && !self.allowed(Action::Message, &sender, message).await {
-            return;
-        }
+        // The DM channel the answers and notices for `dm:{user}` go to.
         self.shared.note_dm_channel(user, message.channel_id.get());
-        let destination = format!("dm:{user}");
-        let text = format::hub_text(message.content.trim(), blocks(message).as_deref());
-        let private = PrivateChats::new(
-            self.shared.hub.clone(),
-            crate::PLATFORM,
-            self.shared.dm_agent.clone(),
+        let name = format::display_name(
+            None,
+            message.author.global_name.as_deref(),
+            &message.author.name,
         );
-        let user_id = user.to_string();
-        let Some(request) = self
-            .store("dm choice", || private.read(&user_id, &text))
-            .await
-        else {
-            return;
+        let whisper = Whisper {
+            chat: Chat(format!("dm:{user}")),
+            author: person(user, name),
+            user_id: user.to_string(),
+            text: format::hub_text(message.content.trim(), blocks(message).as_deref()),
+            timestamp: message.timestamp.timestamp_millis(),
+            live,
+            // Counted against the limit under the same key as before the engine counted it.
+            claim: format!("message:{}", message.id),
         };
-        match request {
-            Private::Reply(answer) => {
-                self.relay
-                    .notice(&Chat(destination), answer, "discord.command", None)
-                    .await;
-            }
-            Private::Send { agent, text } => self.to_agent(message, &agent, text).await,
-        }
-    }
-
-    /// Publishes a person's DM as `agent.direct_message` on `pubsub:agent:{agent}`.
-    pub(super) async fn to_agent(&self, message: &Message, agent: &str, text: &str) {
-        if text.trim().is_empty() {
-            return self.ignored("empty_message");
-        }
-        let from = ExternalId::new(crate::PLATFORM, message.author.id.to_string());
-        let event = dm::direct_message(&from, text, message.timestamp.timestamp_millis());
-        let hub = &self.shared.hub;
-        if self
-            .store("direct message", || hub.publish_to_agent(agent, &event))
-            .await
-            .is_some()
-        {
-            self.published("agent.direct_message");
-        }
+        self.publish("publish direct message", &PlatformEvent::Private(whisper))
+            .await;
     }
 }

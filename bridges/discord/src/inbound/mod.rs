@@ -1,31 +1,30 @@
-//! Discord -> hub (SPEC section 5): messages, replies, thread messages, edits, deletes,
-//! reactions and typing in linked channels become hub channel events; a DM to the bot becomes an
-//! `agent.direct_message`; after a gap the linked channels are caught up from the last seen id.
+//! Discord -> hub (SPEC section 5): what people do in linked channels and their threads, and
+//! their DMs to the bot, read into the relay engine's [`PlatformEvent`]s; the engine publishes
+//! them (which links, once, the inbound limit, replies, threads, DMs to agents). After a gap the
+//! linked channels are caught up from the last seen id.
 //!
 //! One task processes the gateway's events in order and publishes each before taking the next;
-//! while the store is unreachable it waits and retries, so nothing is lost (SPEC section 6). A
-//! message is published through [`MessageMap::publish_once`], so the gateway and a catch-up fetch
-//! that both see it publish it once.
+//! while the store is unreachable it waits and retries, so nothing is lost (SPEC section 6). The
+//! engine publishes a message once, so the gateway and a catch-up fetch that both see it publish
+//! it once.
 //!
 //! Ordering: serenity hands each event to its handler in a task of its own, so two events that
 //! arrive together can reach the queue swapped. The processor undoes what matters: messages that
 //! are queued together are handled in id (creation) order, and an edit, delete or reaction whose
 //! message is not mapped yet is retried shortly, in case its message is just behind it.
 //!
-//! Chapters: `messages` (new messages and threads), `changes` (edits, deletes, reactions,
-//! typing), `direct` (DMs to the bot) and `catch_up` (the gap after a restart).
-//!
-//! [`MessageMap::publish_once`]: hub_bridge_sdk::msgmap::MessageMap::publish_once
+//! Chapters: `messages` (new messages, their mentions and attachments), `changes` (edits,
+//! deletes, reactions, typing), `direct` (DMs to the bot) and `catch_up` (the gap after a
+//! restart).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hub_bridge_sdk::event::ChannelEvent;
 use hub_bridge_sdk::guard::handle_event;
-use hub_bridge_sdk::relay::{Chat, Connector, Link, Place, Relay, ThreadRef};
-use hub_bridge_sdk::StoreError;
+use hub_bridge_sdk::relay::{Chat, Handled, Link, Person, Place, PlatformEvent, Relay, ThreadRef};
+use hub_bridge_sdk::{ExternalId, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -69,11 +68,9 @@ pub struct Inbound {
 
 /// Where a Discord event happened, as far as the bridge is concerned.
 enum Location {
-    /// A linked channel (`thread` is the thread's id when it happened in one of its threads).
-    Linked {
-        links: Vec<Link>,
-        thread: Option<u64>,
-    },
+    /// A linked channel (`thread` is the thread's id when it happened in one of its threads);
+    /// the engine decides which of its links relay.
+    Linked { chat: u64, thread: Option<u64> },
     /// A DM with the bot.
     Direct,
     /// Anywhere else: not relayed.
@@ -175,14 +172,7 @@ impl Inbound {
     }
 
     fn ignored(&self, reason: &'static str) {
-        self.shared.hub.metrics().count_ignored("discord", reason);
-    }
-
-    fn published(&self, type_name: &str) {
-        self.shared
-            .hub
-            .metrics()
-            .count_published("discord", type_name);
+        self.relay.ignored(reason);
     }
 
     /// Runs a store operation until it succeeds (the engine's [`Relay::until_stored`]): inbound
@@ -195,13 +185,33 @@ impl Inbound {
         self.relay.until_stored(what, None, op).await
     }
 
+    /// Hands a platform event to the engine, waiting for the store. `None` only when the run
+    /// stops.
+    async fn publish(&self, what: &str, event: &PlatformEvent) -> Option<Handled> {
+        self.store(what, || self.relay.publish(event)).await
+    }
+
+    /// Publishes a change to a message (an edit, a delete, a reaction); one whose message is not
+    /// mapped yet is tried again shortly as `retry`, and counted after the last attempt.
+    async fn publish_change(
+        &self,
+        what: &str,
+        event: &PlatformEvent,
+        retry: GatewayEvent,
+        attempt: u32,
+    ) {
+        let handled = self.publish(what, event).await;
+        if handled == Some(Handled::Unmapped) && !self.defer(retry, attempt) {
+            self.ignored("unmapped_message");
+        }
+    }
+
     /// Where an event in `channel_id` happened; looks the channel up once when it is not linked
     /// (a thread of a linked channel?).
     async fn locate(&self, channel_id: u64, guild_id: Option<u64>) -> Location {
-        let links = self.links_of(channel_id);
-        if !links.is_empty() {
+        if self.is_linked(channel_id) {
             return Location::Linked {
-                links,
+                chat: channel_id,
                 thread: None,
             };
         }
@@ -209,20 +219,13 @@ impl Inbound {
             return Location::Direct;
         }
         match self.shared.channel_info(channel_id).await {
-            Ok(info) if info.is_thread => {
-                let links = info
-                    .parent_id
-                    .map(|parent| self.links_of(parent))
-                    .unwrap_or_default();
-                if links.is_empty() {
-                    Location::Elsewhere
-                } else {
-                    Location::Linked {
-                        links,
-                        thread: Some(channel_id),
-                    }
-                }
-            }
+            Ok(info) if info.is_thread => match info.parent_id {
+                Some(parent) if self.is_linked(parent) => Location::Linked {
+                    chat: parent,
+                    thread: Some(channel_id),
+                },
+                _ => Location::Elsewhere,
+            },
             Ok(_) => Location::Elsewhere,
             Err(error) => {
                 tracing::debug!(%error, channel_id, "unlinked channel could not be looked up; event ignored");
@@ -231,58 +234,33 @@ impl Inbound {
         }
     }
 
+    /// Whether any link (relaying or stopped) names a Discord channel.
+    fn is_linked(&self, channel: u64) -> bool {
+        self.relay.links().is_linked(&Chat(channel.to_string()))
+    }
+
     /// The links of a Discord channel that still relay.
     fn links_of(&self, channel: u64) -> Vec<Link> {
         self.relay.links().of_chat(&Chat(channel.to_string()))
     }
+}
 
-    /// The chat under which the message map keeps, for `link`, a message in `discord_chat` (the
-    /// linked channel, or one of its threads).
-    fn map_chat(&self, link: &Link, discord_chat: u64) -> String {
-        let discord_chat = discord_chat.to_string();
-        let thread = (discord_chat != link.chat.0).then_some(ThreadRef(discord_chat));
-        self.relay.map_chat(&Place {
-            chat: link.chat.clone(),
-            hub_channel: Some(link.hub_channel.clone()),
-            thread,
-        })
+/// A linked channel, or a thread in it, as the engine names it.
+fn place(chat: u64, thread: Option<u64>) -> Place {
+    Place {
+        chat: Chat(chat.to_string()),
+        hub_channel: None,
+        thread: thread.map(|thread| ThreadRef(thread.to_string())),
     }
+}
 
-    /// The map chat of the linked channel itself.
-    fn home_chat(&self, link: &Link) -> String {
-        self.relay.map_chat(&Place {
-            chat: link.chat.clone(),
-            hub_channel: Some(link.hub_channel.clone()),
-            thread: None,
-        })
-    }
-
-    /// The origin of everything published from a linked channel (SPEC section 5, no echo).
-    fn origin(&self, link: &Link) -> String {
-        self.relay.connector().origin(&link.chat)
-    }
-
-    async fn hub_id(&self, link: &Link, chat: u64, message_id: u64) -> Option<String> {
-        let chat = self.map_chat(link, chat);
-        let message_id = message_id.to_string();
-        let map = &self.shared.map;
-        self.store("message lookup", || {
-            map.hub_id(crate::PLATFORM, &chat, &message_id)
-        })
-        .await
-        .flatten()
-    }
-
-    async fn publish(&self, event: &ChannelEvent, link: &Link) {
-        let hub = &self.shared.hub;
-        let origin = self.origin(link);
-        if self
-            .store("publish", || hub.publish(event, &origin))
-            .await
-            .is_some()
-        {
-            self.published(event.type_name());
-        }
+/// A Discord user as the hub sees them; notices to them ping them.
+fn person(user: u64, name: String) -> Person {
+    Person {
+        id: ExternalId::new(crate::PLATFORM, user.to_string()),
+        name,
+        addressed_as: format!("<@{user}>"),
+        mention: Some(user.to_string()),
     }
 }
 
