@@ -236,7 +236,7 @@ impl<C: Connector> Relay<C> {
 
     /// Runs publish ops (and others) in one round trip, and counts as `type_name` those that
     /// published (a publish-once op that found its claim taken publishes nothing).
-    pub async fn publish_all(&self, ops: Vec<Op>, type_name: &str) -> Result<(), StoreError> {
+    async fn publish_all(&self, ops: Vec<Op>, type_name: &str) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
