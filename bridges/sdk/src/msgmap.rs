@@ -6,7 +6,7 @@
 //! - `hub:{hubMessageId}:{chat}` -> JSON array of the platform message ids showing it in that chat
 //!   (every part of a split message, in order);
 //! - `{chat}:{platformMessageId}` -> the hub message id. This key is also the claim that makes
-//!   [`MessageMap::publish_once`] exactly-once.
+//!   [`MessageMap::claim_ops`] exactly-once.
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::bridge::HubHandle;
 use crate::event::{now_millis, ChannelEvent, Envelope, Source};
-use crate::store::{Keys, Op, Reply, Store, StoreError};
+use crate::store::{Keys, Op, Store, StoreError};
 
 /// The platform <-> hub message-id map.
 #[derive(Clone)]
@@ -104,25 +104,9 @@ impl MessageMap {
         Ok(self.store.one(Op::Get { key }).await?.into_text())
     }
 
-    /// Publishes a platform message's event unless that platform message was published before,
-    /// and maps it to `hub_message_id`; claim and publish are one atomic step, so a crash at any
-    /// point neither loses nor duplicates it. Returns false for a duplicate.
-    pub async fn publish_once(
-        &self,
-        platform: impl Display,
-        chat: &str,
-        message_id: &str,
-        hub_message_id: &str,
-        event: &ChannelEvent,
-        origin: &str,
-    ) -> Result<bool, StoreError> {
-        let ops = self.claim_ops(platform, chat, message_id, hub_message_id, event, origin);
-        let replies = self.store.exec(ops).await?;
-        Ok(replies.first() == Some(&Reply::Int(1)))
-    }
-
-    /// The ops of [`MessageMap::publish_once`], for callers that batch them with others: the
-    /// first replies 1 when it published.
+    /// The ops that publish a platform message's event unless that platform message was published
+    /// before, and map it to `hub_message_id`: claim and publish are one atomic step, so a crash
+    /// at any point neither loses nor duplicates it. The first op replies 1 when it published.
     pub fn claim_ops(
         &self,
         platform: impl Display,

@@ -247,11 +247,10 @@ impl Inbound {
 
 /// A linked channel, or a thread in it, as the engine names it.
 fn place(chat: u64, thread: Option<u64>) -> Place {
-    Place {
-        chat: Chat(chat.to_string()),
-        hub_channel: None,
-        thread: thread.map(|thread| ThreadRef(thread.to_string())),
-    }
+    Place::on_platform(
+        Chat(chat.to_string()),
+        thread.map(|thread| ThreadRef(thread.to_string())),
+    )
 }
 
 /// A Discord user as the hub sees them; notices to them ping them.

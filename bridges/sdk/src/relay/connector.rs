@@ -49,6 +49,18 @@ pub struct Place {
     pub thread: Option<ThreadRef>,
 }
 
+impl Place {
+    /// Where something happened on the platform: a chat and the thread in it. The engine adds
+    /// the link when it relays through one.
+    pub fn on_platform(chat: Chat, thread: Option<ThreadRef>) -> Self {
+        Self {
+            chat,
+            hub_channel: None,
+            thread,
+        }
+    }
+}
+
 /// Who a relayed message is from, as the platforms show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Author {

@@ -117,11 +117,7 @@ impl Inbound<'_> {
             .filter(|_| message.is_topic_message)
             .map(|topic| ThreadRef(topic.0 .0.to_string()));
         let said = Said {
-            place: Place {
-                chat: chat_of(message.chat.id.0),
-                hub_channel: None,
-                thread: topic,
-            },
+            place: Place::on_platform(chat_of(message.chat.id.0), topic),
             id: PartId(message.id.0.to_string()),
             author: Person {
                 id: speaker.id,
@@ -195,11 +191,7 @@ impl Inbound<'_> {
             .edit_date()
             .map_or_else(now_millis, |date| date.timestamp_millis());
         let event = PlatformEvent::Edit {
-            place: Place {
-                chat: chat_of(message.chat.id.0),
-                hub_channel: None,
-                thread: None,
-            },
+            place: Place::on_platform(chat_of(message.chat.id.0), None),
             id: PartId(message.id.0.to_string()),
             content,
             edited_at,
@@ -233,11 +225,7 @@ impl Inbound<'_> {
             return Ok(());
         }
         let event = PlatformEvent::Reaction {
-            place: Place {
-                chat: chat_of(reaction.chat.id.0),
-                hub_channel: None,
-                thread: None,
-            },
+            place: Place::on_platform(chat_of(reaction.chat.id.0), None),
             id: PartId(reaction.message_id.0.to_string()),
             person: person(user),
             added,

@@ -8,7 +8,7 @@ use crate::ids::{ExternalId, Platform};
 use crate::limits::Action;
 use crate::relay::connector::{Chat, Connector, PartId, Place};
 use crate::relay::inbound::events::{Handled, Person, Whisper};
-use crate::relay::inbound::{LimitNotice, CLAIM_TTL};
+use crate::relay::inbound::CLAIM_TTL;
 use crate::relay::{Link, Relay};
 use crate::store::{Op, StoreError};
 
@@ -75,11 +75,7 @@ impl<C: Connector> Relay<C> {
             return Ok(unmapped(&links));
         }
         let sender = person.id.to_string();
-        let notice = LimitNotice {
-            chat: place.chat.clone(),
-            who: person.addressed_as.clone(),
-            mention: person.mention.clone(),
-        };
+        let notice = person.notice_in(&place.chat);
         if !self
             .within_limit(Action::Reaction, &sender, claim, Some(notice))
             .await?
@@ -203,11 +199,7 @@ impl<C: Connector> Relay<C> {
     pub(super) async fn private(&self, whisper: &Whisper) -> Result<Handled, StoreError> {
         let sender = whisper.author.id.to_string();
         if whisper.live {
-            let notice = LimitNotice {
-                chat: whisper.chat.clone(),
-                who: whisper.author.addressed_as.clone(),
-                mention: whisper.author.mention.clone(),
-            };
+            let notice = whisper.author.notice_in(&whisper.chat);
             if !self
                 .within_limit(Action::Message, &sender, &whisper.claim, Some(notice))
                 .await?

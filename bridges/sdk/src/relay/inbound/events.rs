@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::event::{ContentBlock, Millis};
 use crate::ids::ExternalId;
 use crate::relay::connector::{Chat, Parent, PartId, Place};
+use crate::relay::inbound::LimitNotice;
 
 /// Someone on the platform, as the hub sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,17 @@ pub struct Person {
     pub addressed_as: String,
     /// The platform user a notice to them pings, where it can.
     pub mention: Option<String>,
+}
+
+impl Person {
+    /// How a notice in `chat` tells them they are over their limit.
+    pub fn notice_in(&self, chat: &Chat) -> LimitNotice {
+        LimitNotice {
+            chat: chat.clone(),
+            who: self.addressed_as.clone(),
+            mention: self.mention.clone(),
+        }
+    }
 }
 
 /// A person's new message in a linked chat.

@@ -8,7 +8,6 @@ use crate::limits::Action;
 use crate::metrics::{BridgeDirection, Direction};
 use crate::relay::connector::{Connector, Place, ThreadRef};
 use crate::relay::inbound::events::{Handled, Said};
-use crate::relay::inbound::LimitNotice;
 use crate::relay::{home, Link, Relay};
 use crate::store::{Op, Reply, StoreError};
 
@@ -36,11 +35,7 @@ impl<C: Connector> Relay<C> {
             .await?;
         let sender = said.author.id.to_string();
         if known.is_none() && said.received.is_some() {
-            let notice = LimitNotice {
-                chat: said.place.chat.clone(),
-                who: said.author.addressed_as.clone(),
-                mention: said.author.mention.clone(),
-            };
+            let notice = said.author.notice_in(&said.place.chat);
             if !self
                 .within_limit(Action::Message, &sender, &said.claim, Some(notice))
                 .await?

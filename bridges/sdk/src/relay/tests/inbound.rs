@@ -19,11 +19,7 @@ fn person(id: &str) -> Person {
 }
 
 fn place(chat: &str, thread: Option<&str>) -> Place {
-    Place {
-        chat: Chat(chat.into()),
-        hub_channel: None,
-        thread: thread.map(|t| ThreadRef(t.into())),
-    }
+    Place::on_platform(Chat(chat.into()), thread.map(|t| ThreadRef(t.into())))
 }
 
 fn said(chat: &str, id: &str, content: &str) -> Said {
