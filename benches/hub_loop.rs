@@ -44,6 +44,7 @@ use futures_util::future::BoxFuture;
 use hub_bridge::config::Config;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::event::Origin;
 use hub_bridge_sdk::metrics::{BridgeLabels, Metrics, ReasonLabel};
 use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
@@ -210,7 +211,7 @@ impl Bridge for ProbeBridge {
                 };
                 let now = now_ns();
                 let inbound = &delivery.inbound;
-                if inbound.origin.as_deref() != Some(ORIGIN) {
+                if inbound.origin.as_ref().map(Origin::as_str) != Some(ORIGIN) {
                     probe.follow_ups.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{
-    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, Envelope, Inbound, Source,
+    now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, Envelope, Inbound,
+    Origin, Source,
 };
 use crate::health::Component;
 use crate::limits::RateLimiter;
@@ -183,7 +184,7 @@ impl HubHandle {
 
     /// Publishes a channel event on behalf of a platform chat. `origin` (`telegram:{chatId}`) keeps
     /// the event from being relayed back to that chat.
-    pub async fn publish(&self, event: &ChannelEvent, origin: &str) -> Result<(), StoreError> {
+    pub async fn publish(&self, event: &ChannelEvent, origin: &Origin) -> Result<(), StoreError> {
         self.store
             .exec(vec![publish_op(event, origin)])
             .await
@@ -191,12 +192,12 @@ impl HubHandle {
     }
 
     /// The op that publishes a channel event, for callers that batch it with other ops.
-    pub fn publish_op(&self, event: &ChannelEvent, origin: &str) -> Op {
+    pub fn publish_op(&self, event: &ChannelEvent, origin: &Origin) -> Op {
         publish_op(event, origin)
     }
 
     /// The payload that publishes a channel event from `origin`.
-    pub fn event_payload(&self, event: &ChannelEvent, origin: &str) -> String {
+    pub fn event_payload(&self, event: &ChannelEvent, origin: &Origin) -> String {
         Envelope::new(event, now_millis())
             .with_origin(origin)
             .to_json()
@@ -258,7 +259,7 @@ impl HubHandle {
     }
 }
 
-fn publish_op(event: &ChannelEvent, origin: &str) -> Op {
+fn publish_op(event: &ChannelEvent, origin: &Origin) -> Op {
     Op::Publish {
         channel: Source::Channel(event.channel_id().to_owned()).channel_name(),
         payload: Envelope::new(event, now_millis())

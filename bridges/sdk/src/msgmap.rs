@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bridge::HubHandle;
-use crate::event::{now_millis, ChannelEvent, Envelope, Source};
+use crate::event::{now_millis, ChannelEvent, Envelope, Origin, Source};
 use crate::store::{Keys, Op, Store, StoreError};
 
 /// The platform <-> hub message-id map.
@@ -114,7 +114,7 @@ impl MessageMap {
         message_id: &str,
         hub_message_id: &str,
         event: &ChannelEvent,
-        origin: &str,
+        origin: &Origin,
     ) -> Vec<Op> {
         let publish = Op::PublishOnce {
             claim_key: self.reverse_key(&platform, chat, message_id),

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{AgentEvent, ChannelEvent, Millis};
+use super::{AgentEvent, ChannelEvent, Millis, Origin};
 
 /// The envelope every bridge publishes on `pubsub:channel:{id}`:
 /// `{"event":{"type":..},"timestamp":..,"channelId":..,"senderId":..,"origin":..}`.
@@ -17,7 +17,7 @@ pub struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub origin: Option<&'a str>,
+    pub origin: Option<&'a Origin>,
 }
 
 impl<'a> Envelope<'a> {
@@ -31,7 +31,7 @@ impl<'a> Envelope<'a> {
         }
     }
 
-    pub fn with_origin(mut self, origin: &'a str) -> Self {
+    pub fn with_origin(mut self, origin: &'a Origin) -> Self {
         self.origin = Some(origin);
         self
     }

@@ -21,6 +21,7 @@ mod channel;
 mod checks;
 mod envelope;
 mod global;
+mod origin;
 #[cfg(test)]
 mod props;
 mod wire;
@@ -34,6 +35,7 @@ pub use self::channel::{
 };
 pub use self::envelope::Envelope;
 pub use self::global::{GlobalEvent, GlobalEventData, GlobalEventKind};
+pub use self::origin::Origin;
 pub use self::wire::WireMessage;
 
 use self::agent::agent_kind_name;
@@ -126,7 +128,7 @@ pub struct Inbound {
     pub sender_id: Option<String>,
     /// Set by bridges on what they publish (`telegram:{chatId}`), so no bridge relays an event
     /// back to the chat it came from.
-    pub origin: Option<String>,
+    pub origin: Option<Origin>,
 }
 
 /// Why a payload could not be read as a hub event.
@@ -158,7 +160,7 @@ pub fn parse(source: &Source, payload: &[u8]) -> Result<Inbound, ParseError> {
     };
     let timestamp = outer.get("timestamp").and_then(Value::as_i64);
     let sender_id = string_field(&outer, "senderId");
-    let origin = string_field(&outer, "origin");
+    let origin = string_field(&outer, "origin").map(Origin::from_wire);
     // An envelope wraps the event in `event`; a bare event carries `type` itself (and
     // `collaboration.event` has an `event` field of its own, hence the `type` check).
     let (mut object, envelope_channel) = match outer.remove("event") {

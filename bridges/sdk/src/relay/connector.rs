@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::event::ContentBlock;
+use crate::event::{ContentBlock, Origin};
 use crate::outbox::SendError;
 
 /// A platform chat as the connector spells it (`-1001234`, `123456789012345678`, `dm:42`). It
@@ -178,8 +178,8 @@ pub trait Connector: Send + Sync + 'static {
 
     /// The origin a chat stamps on what it publishes (`telegram:-100123`), so nothing is relayed
     /// back to where it came from.
-    fn origin(&self, chat: &Chat) -> String {
-        format!("{}:{chat}", self.name())
+    fn origin(&self, chat: &Chat) -> Origin {
+        Origin::chat(self.name(), &chat.0)
     }
 
     /// The chat a person's direct messages go to; `None` when `user_id` cannot be a person's

@@ -113,13 +113,13 @@ impl<C: Connector> Relay<C> {
 
     async fn channel_event(&self, delivery: &Delivery, event: &ChannelEvent) {
         let channel = event.channel_id();
-        let origin = delivery.inbound.origin.as_deref();
+        let origin = delivery.inbound.origin.as_ref();
         // No echo: what came from a chat is not relayed back to it.
         let links: Vec<Link> = self
             .links()
             .of_channel(channel)
             .into_iter()
-            .filter(|link| origin != Some(self.connector().origin(&link.chat).as_str()))
+            .filter(|link| origin != Some(&self.connector().origin(&link.chat)))
             .collect();
         if links.is_empty() {
             return;
