@@ -15,6 +15,7 @@ use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{DiscordConfig, WebhookRef};
@@ -96,6 +97,37 @@ impl DiscordBridge {
     }
 }
 
+impl DiscordBridge {
+    /// The relay engine over this run's connector, with what a stopped run (or a crash) left
+    /// queued resumed: the outboxes are durable, and the stopped links must be known before
+    /// anything is relayed.
+    async fn start_relay(
+        &self,
+        shared: &Arc<Shared>,
+        ctx: &BridgeContext,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<Relay<Discord>, BridgeError> {
+        let links = self.links();
+        let webhooks = links
+            .iter()
+            .filter_map(|(link, hook)| Some((link.clone(), hook.clone()?)))
+            .collect();
+        let connector = Discord::new(shared.clone(), webhooks, self.config.max_parts);
+        let relay = Relay::new(
+            Arc::new(connector),
+            ctx.hub.clone(),
+            Links::new("discord", links.into_iter().map(|(link, _)| link)),
+            tasks.clone(),
+            stop.clone(),
+        );
+        relay.resume().await.map_err(|error| {
+            BridgeError::Transient(format!("store unavailable at start: {error}"))
+        })?;
+        Ok(relay)
+    }
+}
+
 impl Bridge for DiscordBridge {
     fn name(&self) -> &'static str {
         "discord"
@@ -122,27 +154,13 @@ impl Bridge for DiscordBridge {
 
             let stop = ctx.shutdown.child_token();
             let tasks = TaskTracker::new();
-            let links = self.links();
-            let webhooks = links
-                .iter()
-                .filter_map(|(link, hook)| Some((link.clone(), hook.clone()?)))
-                .collect();
-            let connector = Discord::new(shared.clone(), webhooks, self.config.max_parts);
-            let relay = Relay::new(
-                Arc::new(connector),
-                ctx.hub.clone(),
-                Links::new("discord", links.into_iter().map(|(link, _)| link)),
-                tasks.clone(),
-                stop.clone(),
-            );
-            // Durable: what a stopped run (or a crash) left queued is sent by this one. The
-            // stopped links must be known before anything is relayed.
-            if let Err(error) = relay.resume().await {
-                stop.cancel();
-                return Err(BridgeError::Transient(format!(
-                    "store unavailable at start: {error}"
-                )));
-            }
+            let relay = match self.start_relay(&shared, ctx, &tasks, &stop).await {
+                Ok(relay) => relay,
+                Err(error) => {
+                    stop.cancel();
+                    return Err(error);
+                }
+            };
             let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
             let inbound = Inbound::new(
                 shared.clone(),

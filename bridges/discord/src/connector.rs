@@ -28,13 +28,18 @@ use hub_bridge_sdk::relay::{
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
 use hub_bridge_sdk::Op;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use serenity::builder::{
+    CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, ExecuteWebhook,
+};
 use serenity::http::{LightMethod, Route};
+use serenity::model::channel::{AutoArchiveDuration, MessageReference, MessageReferenceKind};
+use serenity::model::id::UserId;
 
 use crate::config::WebhookRef;
 use crate::format::{self, Header};
 use crate::ids;
-use crate::posts::{id_of, part_id};
+use crate::posts::{id_of, json_body, part_id};
 use crate::rest::path_segment;
 use crate::shared::Shared;
 
@@ -42,8 +47,6 @@ use crate::shared::Shared;
 const TYPING_REFRESH: Duration = Duration::from_secs(8);
 /// Discord shows at most 20 distinct reactions per message.
 const REACTIONS_PER_MESSAGE: usize = 20;
-/// How long a thread the bridge opens stays active without messages, in minutes (a day).
-const AUTO_ARCHIVE_MINUTES: u64 = 1440;
 
 /// One message to post, with everything the post needs, as the outbox keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,11 +225,13 @@ impl Discord {
     }
 }
 
-/// The `allowed_mentions` of a post: nobody, or the one user it may ping.
-fn allowed_mentions(ping: Option<u64>) -> Value {
+/// The `allowed_mentions` of a post: nobody, or the one user it may ping. Nothing is parsed
+/// from the text, so `@everyone`, roles and other users stay unpinged whatever an agent writes.
+fn allowed_mentions(ping: Option<u64>) -> CreateAllowedMentions {
+    let nobody = CreateAllowedMentions::new();
     match ping {
-        Some(user) => json!({"parse": [], "users": [user.to_string()]}),
-        None => json!({"parse": []}),
+        Some(user) => nobody.users([UserId::new(user)]),
+        None => nobody,
     }
 }
 
@@ -352,33 +357,40 @@ impl Connector for Discord {
             let ping = part.ping.filter(|_| !part.person);
             let id = match self.webhook(place) {
                 Some(hook) => {
-                    let mut body = json!({
-                        "content": part.content,
-                        "allowed_mentions": allowed_mentions(ping),
-                    });
+                    let mut post = ExecuteWebhook::new()
+                        .content(&part.content)
+                        .allowed_mentions(allowed_mentions(ping));
                     if let Some(username) = &part.username {
-                        body["username"] = json!(username);
+                        post = post.username(username);
                     }
                     if let Some(avatar) = &part.avatar_url {
-                        body["avatar_url"] = json!(avatar);
+                        post = post.avatar_url(avatar);
                     }
                     let thread = match &place.thread {
                         Some(_) => Some(self.channel(place).await?),
                         None => None,
                     };
-                    self.webhook_post(hook, thread, &body).await?
+                    self.webhook_post(hook, thread, &json_body(&post)).await?
                 }
                 None => {
                     let channel = self.channel(place).await?;
-                    let mut allowed = allowed_mentions(ping);
                     // An agent's native reply pings the author it answers, and nobody else.
-                    allowed["replied_user"] = json!(!part.person && reply_to.is_some());
-                    let mut body = json!({"content": part.content, "allowed_mentions": allowed});
+                    let allowed =
+                        allowed_mentions(ping).replied_user(!part.person && reply_to.is_some());
+                    let mut post = CreateMessage::new()
+                        .content(&part.content)
+                        .allowed_mentions(allowed);
                     if let Some(parent) = reply_to {
-                        body["message_reference"] =
-                            json!({"message_id": parent.0, "fail_if_not_exists": false});
+                        let parent = MessageReference::new(
+                            MessageReferenceKind::Default,
+                            ids::channel(channel)?,
+                        )
+                        .message_id(ids::message(part_id(parent)?)?)
+                        // A parent deleted meanwhile: the answer is still posted, unthreaded.
+                        .fail_if_not_exists(false);
+                        post = post.reference_message(parent);
                     }
-                    self.bot_post(channel, &body).await?
+                    self.bot_post(channel, &json_body(&post)).await?
                 }
             };
             part.posted = Some(id.to_string());
@@ -395,7 +407,13 @@ impl Connector for Discord {
         part: &'a DiscordPart,
     ) -> BoxFuture<'a, Result<Edited, SendError>> {
         Box::pin(async move {
-            let body = json!({"content": part.content, "allowed_mentions": allowed_mentions(None)});
+            // One body for both ways of editing: a webhook's and the bot's edit take the same
+            // fields.
+            let body = json_body(
+                &EditMessage::new()
+                    .content(&part.content)
+                    .allowed_mentions(allowed_mentions(None)),
+            );
             let found = self
                 .change_message(place, LightMethod::Patch, part_id(id)?, Some(&body))
                 .await?;
@@ -489,7 +507,9 @@ impl Connector for Discord {
                 Some(content) if !content.trim().is_empty() => format::thread_name(&content),
                 _ => name.to_owned(),
             };
-            let body = json!({"name": name, "auto_archive_duration": AUTO_ARCHIVE_MINUTES});
+            let body = json_body(
+                &CreateThread::new(name).auto_archive_duration(AutoArchiveDuration::OneDay),
+            );
             let created = self
                 .shared
                 .rest

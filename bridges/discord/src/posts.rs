@@ -6,6 +6,7 @@
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{Chat, PartId, Place, ThreadRef};
+use serde::Serialize;
 use serde_json::Value;
 use serenity::http::{LightMethod, Route};
 use serenity::model::id::WebhookId;
@@ -260,4 +261,10 @@ pub(crate) fn id_of(answer: Option<&Value>) -> Result<u64, SendError> {
         .and_then(Value::as_str)
         .and_then(ids::parse)
         .ok_or_else(|| SendError::Permanent("Discord's answer has no message id".to_owned()))
+}
+
+/// A serenity builder as the JSON body it sends. Serialising a builder cannot fail (every map
+/// key is a string), so the `Null` fallback is never sent.
+pub(crate) fn json_body(builder: &impl Serialize) -> Value {
+    serde_json::to_value(builder).unwrap_or(Value::Null)
 }
