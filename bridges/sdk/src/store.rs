@@ -114,6 +114,13 @@ pub enum Op {
         start: isize,
         stop: isize,
     },
+    /// Replaces the first entry equal to `old` with `new`, where it stands (a queued job that took
+    /// in a newer one keeps its place). Replies `Int(1)` when `old` was there, `Int(0)` when not.
+    LReplace {
+        key: String,
+        old: String,
+        new: String,
+    },
     /// Extends a lease if `owner` still holds it; replies `Int(1)` when it did.
     RenewLease {
         key: String,
@@ -375,6 +382,16 @@ pub(crate) mod memory {
                 }
                 Op::LRange { key, .. } => {
                     Reply::List(state.lists.get(&key).cloned().unwrap_or_default())
+                }
+                Op::LReplace { key, old, new } => {
+                    let found = state
+                        .lists
+                        .get_mut(&key)
+                        .and_then(|list| list.iter_mut().find(|entry| **entry == old));
+                    Reply::Int(found.map_or(0, |entry| {
+                        *entry = new;
+                        1
+                    }))
                 }
                 Op::TrimToNewest { key, max_len } => {
                     if let Some(list) = state.lists.get_mut(&key) {

@@ -50,6 +50,7 @@ impl State {
             Op::LPush { key, value } => self.lpush(key, value, now),
             Op::LRem { key, count, value } => self.lrem(key, count, value, now),
             Op::LRange { key, start, stop } => self.lrange(key, start, stop, now),
+            Op::LReplace { key, old, new } => self.lreplace(key, old, new, now),
             Op::IncrWindowOnce {
                 key,
                 window,
@@ -329,6 +330,27 @@ impl State {
         };
         self.remove_if_empty(&key);
         Ok(Reply::Int(removed))
+    }
+
+    fn lreplace(
+        &mut self,
+        key: String,
+        old: String,
+        new: String,
+        now: Instant,
+    ) -> Result<Reply, StoreError> {
+        let found = match self.live(&key, now) {
+            Some(Entry {
+                value: Value::List(list),
+                ..
+            }) => list.iter_mut().find(|entry| **entry == old),
+            Some(_) => return Err(wrong_type(&key)),
+            None => None,
+        };
+        Ok(Reply::Int(found.map_or(0, |entry| {
+            *entry = new;
+            1
+        })))
     }
 
     fn lrange(

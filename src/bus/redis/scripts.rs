@@ -30,6 +30,8 @@ pub(super) const INCR_WINDOW_ONCE: &str = "local kept = redis.call('GET', KEYS[2
     redis.call('SET', KEYS[2], n, 'PX', ARGV[2]) return n";
 pub(super) const FORGET_IF_EMPTY: &str = "if redis.call('LLEN', KEYS[1]) == 0 then \
     return redis.call('SREM', KEYS[2], ARGV[1]) else return 0 end";
+pub(super) const LIST_REPLACE: &str = "local at = redis.call('LPOS', KEYS[1], ARGV[1]) \
+    if at then redis.call('LSET', KEYS[1], at, ARGV[2]) return 1 else return 0 end";
 pub(super) const PUBLISH_ONCE: &str =
     "if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then \
     redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end";

@@ -9,8 +9,8 @@ use hub_bridge_sdk::{Op, Reply, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::scripts::{
-    FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, MERGE_JSON, PUBLISH_ONCE, RELEASE_LEASE,
-    RENEW_LEASE, TOUCH_PRESENCE,
+    FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, LIST_REPLACE, MERGE_JSON, PUBLISH_ONCE,
+    RELEASE_LEASE, RENEW_LEASE, TOUCH_PRESENCE,
 };
 use super::MAX_RECONNECT_DELAY;
 
@@ -252,6 +252,14 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
         }
         Op::LRange { key, start, stop } => {
             pipe.cmd("LRANGE").arg(key).arg(start).arg(stop);
+        }
+        Op::LReplace { key, old, new } => {
+            pipe.cmd("EVAL")
+                .arg(LIST_REPLACE)
+                .arg(1)
+                .arg(key)
+                .arg(old)
+                .arg(new);
         }
         Op::IncrWindowOnce {
             key,

@@ -72,6 +72,23 @@ pub struct ChannelMessage {
     /// `{chatId}:{messageId}` on that platform.
     pub external_source_id: Option<String>,
     pub content_blocks: Option<Vec<ContentBlock>>,
+    /// Whatever the sender attached, relayed as is; `{"streaming": true}` marks a partial answer
+    /// (SPEC section 5).
+    pub metadata: Option<Value>,
+}
+
+impl ChannelMessage {
+    /// Whether this is the start of an answer still being written (more edits follow).
+    pub fn is_streaming(&self) -> bool {
+        is_streaming(self.metadata.as_ref())
+    }
+}
+
+/// Whether a message's or an edit's `metadata` marks a partial answer. Only `true` does:
+/// anything else (absent, `false`, a string) is a complete text, so a malformed flag can never
+/// keep an answer looking unfinished.
+pub fn is_streaming(metadata: Option<&Value>) -> bool {
+    metadata.and_then(|metadata| metadata.get("streaming")) == Some(&Value::Bool(true))
 }
 
 /// `channel.presence`'s payload.
@@ -142,6 +159,9 @@ pub enum ChannelEvent {
         content: String,
         #[serde(default = "now_millis")]
         edited_at: Millis,
+        /// `{"streaming": true}` on every edit of a streamed answer but the last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<Value>,
     },
     #[serde(rename = "channel.message.delete")]
     MessageDelete {

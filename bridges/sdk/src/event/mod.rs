@@ -30,8 +30,8 @@ use serde_json::Value;
 
 pub use self::agent::{AgentEvent, AgentEventData, AgentEventKind};
 pub use self::channel::{
-    ChannelEvent, ChannelMessage, Collaboration, ContentBlock, Member, Presence, PresenceStatus,
-    Thread,
+    is_streaming, ChannelEvent, ChannelMessage, Collaboration, ContentBlock, Member, Presence,
+    PresenceStatus, Thread,
 };
 pub use self::envelope::Envelope;
 pub use self::global::{GlobalEvent, GlobalEventData, GlobalEventKind};

@@ -46,6 +46,8 @@ pub struct WireMessage {
     reactions: Option<BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     content_blocks: Option<Vec<ContentBlock>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
 }
 
 impl TryFrom<WireMessage> for ChannelMessage {
@@ -73,6 +75,7 @@ impl TryFrom<WireMessage> for ChannelMessage {
             external_platform: wire.external_platform,
             external_source_id: wire.external_source_id,
             content_blocks: wire.content_blocks,
+            metadata: wire.metadata,
         })
     }
 }
@@ -96,6 +99,7 @@ impl From<ChannelMessage> for WireMessage {
             edited: message.edited,
             reactions: message.reactions,
             content_blocks: message.content_blocks,
+            metadata: message.metadata,
         }
     }
 }

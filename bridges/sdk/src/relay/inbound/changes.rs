@@ -33,6 +33,7 @@ impl<C: Connector> Relay<C> {
                 message_id: hub_id.clone(),
                 content: content.to_owned(),
                 edited_at,
+                metadata: None,
             };
             ops.push(self.publish_op(&event, &link.chat, Once(claim), index, hub_id));
         }

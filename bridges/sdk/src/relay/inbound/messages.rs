@@ -234,6 +234,7 @@ impl<C: Connector> Relay<C> {
             external_platform: Some(self.connector().name().to_owned()),
             external_source_id: Some(format!("{shown_in}:{}", said.id.0)),
             content_blocks: (!said.blocks.is_empty()).then(|| said.blocks.clone()),
+            metadata: None,
         };
         let channel_id = link.hub_channel.clone();
         match &position.thread {
