@@ -494,3 +494,52 @@ async fn one_agent_cannot_take_more_than_its_share_of_a_destination() {
         .get();
     assert_eq!(refusals, 5);
 }
+
+/// A queued job that took in a newer one is rewritten where it stands, on both buses: a restart
+/// then finds the newest text in the job's place in line.
+#[tokio::test]
+async fn a_list_entry_is_replaced_in_place_on_both_buses() {
+    let server = RedisServer::start();
+    let redis = hub(&server).store_arc();
+    let embedded =
+        hub_bridge::bus::embedded::EmbeddedBus::new(Arc::new(Metrics::default())).store();
+    for store in [redis, embedded] {
+        let key = "openclaw:bridge:outbox:test:42".to_owned();
+        let push = |value: &str| Op::RPush {
+            key: key.clone(),
+            value: value.to_owned(),
+        };
+        store
+            .exec(vec![push("send m1"), push("edit m1 v1"), push("send m2")])
+            .await
+            .unwrap();
+        let replace = |old: &str, new: &str| Op::LReplace {
+            key: key.clone(),
+            old: old.to_owned(),
+            new: new.to_owned(),
+        };
+        let replies = store
+            .exec(vec![
+                replace("edit m1 v1", "edit m1 v2"),
+                replace("gone", "x"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(replies[0].as_int(), Some(1));
+        assert_eq!(
+            replies[1].as_int(),
+            Some(0),
+            "nothing to replace: nothing added"
+        );
+        let list = store
+            .one(Op::LRange {
+                key: key.clone(),
+                start: 0,
+                stop: -1,
+            })
+            .await
+            .unwrap()
+            .into_list();
+        assert_eq!(list, ["send m1", "edit m1 v2", "send m2"]);
+    }
+}

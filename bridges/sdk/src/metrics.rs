@@ -153,6 +153,9 @@ pub struct Metrics {
     pub presence_evictions: Counter,
     /// Jobs refused because their agent already held its share of a destination's outbox.
     pub outbox_share_refusals: Family<BridgeLabels, Counter>,
+    /// Queued jobs taken into a newer one (a streamed answer's edits) or cancelled by one (a
+    /// delete of a message not shown yet), so they cost no platform call.
+    pub outbox_coalesced: Family<BridgeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +181,7 @@ impl Default for Metrics {
             state_errors: Counter::default(),
             presence_evictions: Counter::default(),
             outbox_share_refusals: Family::default(),
+            outbox_coalesced: Family::default(),
         }
     }
 }
@@ -285,6 +289,11 @@ impl Metrics {
             "outbox_share_refusals",
             "Relays refused because their agent already held its share of a destination's outbox",
             self.outbox_share_refusals.clone(),
+        );
+        registry.register(
+            "outbox_coalesced",
+            "Queued relays taken into a newer one or cancelled by it, at no platform call",
+            self.outbox_coalesced.clone(),
         );
     }
 }

@@ -54,7 +54,11 @@ impl<J: Send + 'static> Outboxes<J> {
             },
         ];
         match self.inner.hub.store().exec(ops).await {
-            Ok(_) => Some(Persisted { id, raw }),
+            Ok(_) => Some(Persisted {
+                id,
+                raw,
+                superseded: Vec::new(),
+            }),
             Err(error) => {
                 tracing::warn!(bridge = self.inner.bridge, destination, %error, "relay kept in memory only: the store is unavailable");
                 None
@@ -77,21 +81,56 @@ impl<J: Send + 'static> Outboxes<J> {
             return;
         }
         let key = self.list_key(destination);
-        let ops = vec![
-            Op::LRem {
-                key: key.clone(),
-                count: 1,
-                value: persisted.raw.clone(),
-            },
-            // The job being worked on is the oldest: back at the head it stays first.
-            Op::LPush {
-                key,
-                value: raw.clone(),
-            },
-        ];
+        let mut ops = Self::removals(&key, persisted);
+        // The job being worked on is the oldest: back at the head it stays first.
+        ops.push(Op::LPush {
+            key,
+            value: raw.clone(),
+        });
         if self.inner.hub.store().exec(ops).await.is_ok() {
             persisted.raw = raw;
+            persisted.superseded.clear();
         }
+    }
+
+    /// Re-encodes a waiting job that took in a newer one; returns its old and new list entries
+    /// for [`Self::replace_stored`]. The old entry stays in `superseded` until the job is
+    /// removed, in case the worker finishes the job before the replacement is written.
+    pub(super) fn restate(&self, entry: &mut Entry<J>) -> Option<(String, String)> {
+        let durability = self.inner.durability.as_ref()?;
+        let persisted = entry.persisted.as_mut()?;
+        let value = (durability.encode)(&entry.job).ok()?;
+        let raw = Self::entry_text(&persisted.id, value);
+        let old = std::mem::replace(&mut persisted.raw, raw.clone());
+        persisted.superseded.push(old.clone());
+        Some((old, raw))
+    }
+
+    /// Writes a job's new entry where its old one stands, so a restart finds the newest text in
+    /// the job's place in line.
+    pub(super) async fn replace_stored(&self, destination: &str, old: String, new: String) {
+        let replace = Op::LReplace {
+            key: self.list_key(destination),
+            old,
+            new,
+        };
+        if let Err(error) = self.inner.hub.store().one(replace).await {
+            // The job is still stored as it was: after a restart its older text is sent, and
+            // the newer one only if another edit follows.
+            tracing::warn!(bridge = self.inner.bridge, destination, %error, "a queued relay's newer text was not stored");
+        }
+    }
+
+    /// The ops that remove a job's entry from `key`, and any entry it was stored as before.
+    fn removals(key: &str, persisted: &Persisted) -> Vec<Op> {
+        std::iter::once(&persisted.raw)
+            .chain(&persisted.superseded)
+            .map(|raw| Op::LRem {
+                key: key.to_owned(),
+                count: 1,
+                value: raw.clone(),
+            })
+            .collect()
     }
 
     /// Ends a job: delivered (`reason` None) or dead-lettered with the reason.
@@ -107,20 +146,14 @@ impl<J: Send + 'static> Outboxes<J> {
             return;
         };
         let list = self.list_key(destination);
-        let ops = vec![
-            Op::LRem {
-                key: list.clone(),
-                count: 1,
-                value: persisted.raw,
-            },
-            // The last job of a destination takes it out of the index, so the index holds only
-            // destinations with work and recovery stays quick however many chats were served.
-            Op::ForgetIfEmpty {
-                index: self.index_key(),
-                member: destination.to_owned(),
-                list,
-            },
-        ];
+        let mut ops = Self::removals(&list, &persisted);
+        // The last job of a destination takes it out of the index, so the index holds only
+        // destinations with work and recovery stays quick however many chats were served.
+        ops.push(Op::ForgetIfEmpty {
+            index: self.index_key(),
+            member: destination.to_owned(),
+            list,
+        });
         if let Err(error) = self.inner.hub.store().exec(ops).await {
             // It will be sent again after a restart: at least once, never lost.
             tracing::warn!(bridge = self.inner.bridge, destination, %error, "delivered relay not removed from the store");
@@ -236,11 +269,17 @@ impl<J: Serialize + DeserializeOwned + Send + 'static> Outboxes<J> {
             if let Some(agent) = &agent {
                 self.take_share(destination, agent, true);
             }
-            let persisted = Some(Persisted { id, raw });
+            let persisted = Some(Persisted {
+                id,
+                raw,
+                superseded: Vec::new(),
+            });
+            let key = self.inner.deliver.coalescing_key(&job);
             let entry = Entry {
                 job,
                 persisted,
                 agent,
+                key,
             };
             self.enqueue(destination, entry).await;
             queued += 1;

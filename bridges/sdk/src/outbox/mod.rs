@@ -23,13 +23,12 @@
 //! delivery loop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,8 +36,10 @@ use crate::bridge::HubHandle;
 use crate::metrics::{BridgeDestination, BridgeLabels};
 
 mod durable;
+mod queue;
 mod worker;
 
+use self::queue::Queue;
 use self::worker::Worker;
 
 /// How long transient errors are retried before the job is dead-lettered.
@@ -81,6 +82,44 @@ pub trait Deliver<J>: Send + Sync + 'static {
         let _ = job;
         None
     }
+
+    /// Which jobs may meet in [`Self::absorb`]: those with the same key (the same hub message in
+    /// the same link). `None` (the default): the job meets no other.
+    fn coalescing_key(&self, job: &J) -> Option<String> {
+        let _ = job;
+        None
+    }
+
+    /// What `newer`, just pushed, does to `waiting`, the newest job with the same key that has not
+    /// started yet. Called under the queue's lock: no awaiting, no I/O.
+    fn absorb(&self, waiting: &mut J, newer: &J) -> Absorb {
+        let _ = (waiting, newer);
+        Absorb::Neither
+    }
+
+    /// The earliest time `job` may start (an edit waits for its message's cadence); `None` (the
+    /// default): now. Called under the queue's lock, as [`Self::absorb`].
+    fn not_before(&self, destination: &str, job: &J) -> Option<Instant> {
+        let _ = (destination, job);
+        None
+    }
+}
+
+/// What a new job does to one still waiting for the same destination (SPEC section 5: a streamed
+/// answer's edits must not become one platform call each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorb {
+    /// Unrelated: the new job queues behind.
+    Neither,
+    /// The waiting job now does the new one's work too (a newer text taken into a queued send or
+    /// edit); the new job is not queued.
+    IntoWaiting,
+    /// The new job makes the waiting one moot (a delete of a message whose edit waits): the
+    /// waiting job goes, the new one queues.
+    ReplacesWaiting,
+    /// Each makes the other moot (a delete of a message whose send has not started): neither
+    /// runs.
+    Cancels,
 }
 
 /// The outboxes of one bridge.
@@ -101,7 +140,7 @@ struct Inner<J> {
     deliver: Arc<dyn Deliver<J>>,
     hub: HubHandle,
     durability: Option<Durability<J>>,
-    // A std mutex: held only to look up or insert a queue, never across an await.
+    // A std mutex: held only to queue, take or look at jobs, never across an await.
     queues: Mutex<HashMap<String, Queue<J>>>,
     /// Jobs waiting per (destination, agent); entries at zero are removed. A std mutex, as above.
     shares: Mutex<HashMap<(String, String), usize>>,
@@ -123,17 +162,18 @@ struct Entry<J> {
     persisted: Option<Persisted>,
     /// The agent whose share of the destination this job holds.
     agent: Option<String>,
+    /// Its [`Deliver::coalescing_key`].
+    key: Option<String>,
 }
 
 struct Persisted {
     id: String,
     /// The list entry as stored; removed by value when the job is done.
     raw: String,
-}
-
-struct Queue<J> {
-    sender: mpsc::UnboundedSender<Entry<J>>,
-    depth: Arc<AtomicUsize>,
+    /// Entries this job was stored as before it took in newer jobs. The store may still hold
+    /// one of them for a moment (the replacement is written after the queue's lock is let go),
+    /// so whoever removes the job removes these too.
+    superseded: Vec<String>,
 }
 
 impl<J: Send + 'static> Outboxes<J> {
@@ -173,7 +213,14 @@ impl<J: Send + 'static> Outboxes<J> {
     /// Queues a job for `destination`, behind everything already queued there. A job of an agent
     /// that already has [`AGENT_SHARE`] jobs waiting there is refused: counted, and dead-lettered
     /// with the reason so the agent is told.
+    ///
+    /// First the job meets the newest waiting job with its coalescing key ([`Deliver::absorb`]):
+    /// taken into it, it costs nothing more; cancelling it, both may go.
     pub async fn push(&self, destination: &str, job: J) {
+        let key = self.inner.deliver.coalescing_key(&job);
+        let Some(job) = self.absorb(destination, key.as_deref(), job).await else {
+            return;
+        };
         let agent = self.inner.deliver.agent(&job);
         if let Some(agent) = &agent {
             if !self.take_share(destination, agent, false) {
@@ -185,10 +232,60 @@ impl<J: Send + 'static> Outboxes<J> {
             job,
             persisted,
             agent,
+            key,
         };
         self.enqueue(destination, entry).await;
     }
 
+    /// Lets `job` meet the newest waiting job with its key; returns it when it is still to be
+    /// queued.
+    async fn absorb(&self, destination: &str, key: Option<&str>, job: J) -> Option<J> {
+        let Some(key) = key else {
+            return Some(job);
+        };
+        let (outcome, removed, rewritten) = {
+            let mut queues = self.lock_queues();
+            let Some(queue) = queues.get_mut(destination) else {
+                return Some(job);
+            };
+            let Some(index) = queue.newest_with_key(key) else {
+                return Some(job);
+            };
+            let Some(waiting) = queue.waiting.get_mut(index) else {
+                return Some(job);
+            };
+            let outcome = self.inner.deliver.absorb(&mut waiting.job, &job);
+            let mut removed = None;
+            let mut rewritten = None;
+            match outcome {
+                Absorb::Neither => {}
+                Absorb::IntoWaiting => rewritten = self.restate(waiting),
+                Absorb::ReplacesWaiting | Absorb::Cancels => {
+                    removed = queue.waiting.remove(index);
+                    self.gauge(destination).set(depth_i64(queue.depth()));
+                }
+            }
+            (outcome, removed, rewritten)
+        };
+        if outcome == Absorb::Neither {
+            return Some(job);
+        }
+        self.inner
+            .hub
+            .metrics()
+            .outbox_coalesced
+            .get_or_create(&BridgeLabels {
+                bridge: self.inner.bridge,
+            })
+            .inc();
+        if let Some((old, new)) = rewritten {
+            self.replace_stored(destination, old, new).await;
+        }
+        if let Some(entry) = removed {
+            self.finish(destination, entry, None).await;
+        }
+        (outcome == Absorb::ReplacesWaiting).then_some(job)
+    }
     /// Counts a job against its agent's share of `destination`; `false` (and nothing counted)
     /// when the share is used up, unless `always` (recovered jobs were accepted before).
     fn take_share(&self, destination: &str, agent: &str, always: bool) -> bool {
@@ -248,9 +345,7 @@ impl<J: Send + 'static> Outboxes<J> {
 
     /// Jobs waiting (not yet delivered) for `destination`.
     pub fn depth(&self, destination: &str) -> usize {
-        self.lock_queues()
-            .get(destination)
-            .map_or(0, |queue| queue.depth.load(Ordering::Relaxed))
+        self.lock_queues().get(destination).map_or(0, Queue::depth)
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue<J>>> {
@@ -266,15 +361,16 @@ impl<J: Send + 'static> Outboxes<J> {
             let queue = queues
                 .entry(destination.to_owned())
                 .or_insert_with(|| self.spawn_worker(destination));
-            let depth = queue.depth.load(Ordering::Relaxed);
+            let depth = queue.depth();
             if depth >= MAX_BACKLOG {
                 Some(entry)
             } else {
-                queue.depth.fetch_add(1, Ordering::Relaxed);
+                queue.waiting.push_back(entry);
                 self.gauge(destination).set(depth_i64(depth + 1));
-                // The worker removes its queue under this lock before it exits, so the
-                // receiver is alive here.
-                queue.sender.send(entry).err().map(|error| error.0)
+                // The worker removes its queue under this lock before it exits, so it is alive
+                // to take this job.
+                queue.wake.notify_one();
+                None
             }
         };
         if let Some(entry) = overflow {
@@ -297,15 +393,14 @@ impl<J: Send + 'static> Outboxes<J> {
     }
 
     fn spawn_worker(&self, destination: &str) -> Queue<J> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let depth = Arc::new(AtomicUsize::new(0));
+        let queue = Queue::new();
         let worker = Worker {
             outboxes: self.clone(),
             destination: destination.to_owned(),
-            depth: depth.clone(),
+            wake: queue.wake.clone(),
         };
-        self.inner.tasks.spawn(worker.run(receiver));
-        Queue { sender, depth }
+        self.inner.tasks.spawn(worker.run());
+        queue
     }
 }
 

@@ -1,12 +1,13 @@
 //! A destination's worker: takes its jobs in order and delivers each until it is done,
 //! dead-lettered, or the bridge stops.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::queue::Next;
 use super::{depth_i64, Entry, Outboxes, SendError, GIVE_UP_AFTER};
 use crate::guard::isolate;
 use crate::metrics::{retry, BridgeLabels};
@@ -18,31 +19,39 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub(super) struct Worker<J> {
     pub(super) outboxes: Outboxes<J>,
     pub(super) destination: String,
-    pub(super) depth: Arc<AtomicUsize>,
+    /// Notified when a job is queued here.
+    pub(super) wake: Arc<Notify>,
 }
 
 impl<J: Send + 'static> Worker<J> {
-    pub(super) async fn run(self, mut receiver: mpsc::UnboundedReceiver<Entry<J>>) {
+    pub(super) async fn run(self) {
         let inner = &self.outboxes.inner;
         loop {
-            let entry = tokio::select! {
-                entry = receiver.recv() => entry,
-                _ = inner.shutdown.cancelled() => None,
-                _ = tokio::time::sleep(IDLE_EXIT) => {
+            let wait = match self.next() {
+                Next::Deliver(entry) => {
+                    self.deliver(entry).await;
+                    self.done_with_one();
+                    continue;
+                }
+                Next::WaitUntil(at) => at,
+                Next::Idle => Instant::now() + IDLE_EXIT,
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = inner.shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(wait) => {
                     let mut queues = inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
-                    if receiver.is_empty() {
+                    let idle = queues
+                        .get(&self.destination)
+                        .is_none_or(|queue| queue.depth() == 0);
+                    if idle {
                         queues.remove(&self.destination);
                         return;
                     }
-                    continue;
                 }
-            };
-            let Some(entry) = entry else { break };
-            self.deliver(entry).await;
-            let left = self.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-            self.outboxes.gauge(&self.destination).set(depth_i64(left));
+            }
         }
-        let undelivered = receiver.len();
+        let undelivered = self.outboxes.depth(&self.destination);
         if undelivered > 0 {
             let kept = if inner.durability.is_some() {
                 "kept in the store for the next run"
@@ -55,6 +64,28 @@ impl<J: Send + 'static> Worker<J> {
                 undelivered,
                 "stopping with relays still queued: {kept}"
             );
+        }
+    }
+
+    /// Takes the next job that may start now, or says how long to wait.
+    fn next(&self) -> Next<J> {
+        let deliver = &self.outboxes.inner.deliver;
+        let mut queues = self.outboxes.lock_queues();
+        let Some(queue) = queues.get_mut(&self.destination) else {
+            return Next::Idle;
+        };
+        queue.next(Instant::now(), |job| {
+            deliver.not_before(&self.destination, job)
+        })
+    }
+
+    fn done_with_one(&self) {
+        let mut queues = self.outboxes.lock_queues();
+        if let Some(queue) = queues.get_mut(&self.destination) {
+            queue.in_flight = false;
+            self.outboxes
+                .gauge(&self.destination)
+                .set(depth_i64(queue.depth()));
         }
     }
 
