@@ -771,6 +771,8 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
         max_parts: 10,
+        edit_cadence_private_ms: 1000,
+        edit_cadence_group_ms: 3000,
     }));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {

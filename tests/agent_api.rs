@@ -884,6 +884,8 @@ async fn api_messages_reach_telegram_and_a_full_window_answers_429(bus: BusKind)
             group_sends_per_min: 1000,
             sends_per_sec: 100,
             max_parts: 10,
+            edit_cadence_private_ms: 1000,
+            edit_cadence_group_ms: 3000,
         }));
     })
     .await;

@@ -96,6 +96,8 @@ impl Harness {
                     group_sends_per_min: 1000,
                     sends_per_sec: 100,
                     max_parts: 10,
+                    edit_cadence_private_ms: 1000,
+                    edit_cadence_group_ms: 3000,
                 }),
                 Section::new(DiscordConfig {
                     token: Secret::new(DC_TOKEN),
@@ -109,6 +111,7 @@ impl Harness {
                     }],
                     dm_agent: None,
                     max_parts: 10,
+                    edit_cadence_ms: 1000,
                 }),
             ],
             ..Config::default()

@@ -128,6 +128,7 @@ impl Harness {
                 ],
                 dm_agent: None,
                 max_parts: 10,
+                edit_cadence_ms: 1000,
             })],
             agents: BTreeMap::from([(
                 AGENT.to_owned(),
@@ -1293,6 +1294,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         links: Vec::new(),
         dm_agent: None,
         max_parts: 10,
+        edit_cadence_ms: 1000,
     };
     let bridge = hub_bridge_discord::DiscordBridge::new(config(TOKEN));
     let report = bridge.check().await.expect("check passes");

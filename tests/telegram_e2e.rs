@@ -190,6 +190,8 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             group_sends_per_min: 1000,
             sends_per_sec: 100,
             max_parts: 10,
+            edit_cadence_private_ms: 1000,
+            edit_cadence_group_ms: 3000,
         })],
         ..Config::default()
     }
@@ -1950,6 +1952,8 @@ async fn check_verifies_the_token_with_get_me() {
         group_sends_per_min: 20,
         sends_per_sec: 30,
         max_parts: 10,
+        edit_cadence_private_ms: 1000,
+        edit_cadence_group_ms: 3000,
     };
     let who = TelegramBridge::new(config(TOKEN))
         .check()

@@ -113,7 +113,7 @@ impl DiscordBridge {
             .iter()
             .filter_map(|(link, hook)| Some((link.clone(), hook.clone()?)))
             .collect();
-        let connector = Discord::new(shared.clone(), webhooks, self.config.max_parts);
+        let connector = Discord::new(shared.clone(), webhooks, &self.config);
         let relay = Relay::new(
             Arc::new(connector),
             ctx.hub.clone(),

@@ -31,6 +31,10 @@ pub struct DiscordConfig {
     /// the last with a note saying how much was left out (SPEC section 5, "Bounded work").
     #[serde(default = "default_max_parts")]
     pub max_parts: usize,
+    /// How far apart edits of one message go out, in milliseconds (default 1000): a streamed
+    /// answer is edited in place at this pace, however fast the agent writes.
+    #[serde(default = "default_edit_cadence_ms")]
+    pub edit_cadence_ms: u64,
 }
 
 /// One `[[discord.links]]` entry.
@@ -49,6 +53,10 @@ pub struct DiscordLink {
 
 fn default_max_parts() -> usize {
     10
+}
+
+fn default_edit_cadence_ms() -> u64 {
+    1000
 }
 
 fn default_api_url() -> String {
@@ -209,6 +217,7 @@ mod tests {
             }],
             dm_agent: None,
             max_parts: default_max_parts(),
+            edit_cadence_ms: default_edit_cadence_ms(),
         }
     }
 

@@ -36,7 +36,7 @@ use serenity::http::{LightMethod, Route};
 use serenity::model::channel::{AutoArchiveDuration, MessageReference, MessageReferenceKind};
 use serenity::model::id::UserId;
 
-use crate::config::WebhookRef;
+use crate::config::{DiscordConfig, WebhookRef};
 use crate::format::{self, Header};
 use crate::ids;
 use crate::posts::{id_of, json_body, part_id};
@@ -92,15 +92,22 @@ pub struct Discord {
     webhooks: Vec<(Link, WebhookRef)>,
     /// `[discord] max_parts`: the most messages one hub message becomes.
     max_parts: usize,
+    /// `[discord] edit_cadence_ms`: how far apart edits of one message go.
+    edit_cadence: Duration,
     capabilities: Capabilities,
 }
 
 impl Discord {
-    pub fn new(shared: Arc<Shared>, webhooks: Vec<(Link, WebhookRef)>, max_parts: usize) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        webhooks: Vec<(Link, WebhookRef)>,
+        config: &DiscordConfig,
+    ) -> Self {
         Self {
             shared,
             webhooks,
-            max_parts,
+            max_parts: config.max_parts,
+            edit_cadence: Duration::from_millis(config.edit_cadence_ms),
             capabilities: Capabilities {
                 reactions_per_message: REACTIONS_PER_MESSAGE,
                 typing_refresh: TYPING_REFRESH,
@@ -253,6 +260,10 @@ impl Connector for Discord {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn edit_cadence(&self, _chat: &Chat) -> Duration {
+        self.edit_cadence
     }
 
     fn private_chat(&self, user_id: &str) -> Option<Chat> {

@@ -107,6 +107,7 @@ pub fn job(stored: Value) -> Option<Job<DiscordPart>> {
             hub_message_id: hub_id,
             text,
             progress: None,
+            streaming: false,
         }),
         OldKind::Delete { link, hub_id } => Action::Delete(job::Delete {
             hub_channel: link.hub_channel,
@@ -215,6 +216,7 @@ fn send(post: OldPost) -> job::Send<DiscordPart> {
         reply_to: post.reply_to,
         thread_id: post.hub_thread,
         progress,
+        streaming: false,
     }
 }
 

@@ -100,8 +100,7 @@ impl TelegramBridge {
                 global_per_sec: self.config.sends_per_sec,
             }),
             ctx.hub.clone(),
-            self.config.max_parts,
-            self.config.dm_agent.clone(),
+            &self.config,
             shutdown.clone(),
         );
         let links = Links::new(

@@ -43,6 +43,14 @@ pub struct TelegramConfig {
     /// a message's attachments comes on top.
     #[serde(default = "default_max_parts")]
     pub max_parts: usize,
+    /// How far apart edits of one message go out in a private chat, in milliseconds (default
+    /// 1000): a streamed answer is edited in place at this pace, however fast the agent writes.
+    #[serde(default = "default_edit_cadence_private_ms")]
+    pub edit_cadence_private_ms: u64,
+    /// The same for groups (default 3000: Telegram allows a group about 20 messages and edits a
+    /// minute).
+    #[serde(default = "default_edit_cadence_group_ms")]
+    pub edit_cadence_group_ms: u64,
 }
 
 /// One `[[telegram.links]]` entry.
@@ -77,6 +85,14 @@ fn default_sends_per_sec() -> u32 {
 
 fn default_max_parts() -> usize {
     10
+}
+
+fn default_edit_cadence_private_ms() -> u64 {
+    1000
+}
+
+fn default_edit_cadence_group_ms() -> u64 {
+    3000
 }
 
 impl BridgeConfig for TelegramConfig {

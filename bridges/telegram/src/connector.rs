@@ -21,6 +21,7 @@ use teloxide::types::{ChatAction, MessageId, ParseMode, ReactionType, ReplyParam
 use teloxide::RequestError;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::TelegramConfig;
 use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified, Redactor};
 use crate::forums::Forums;
 use crate::pacing::Pacer;
@@ -49,6 +50,8 @@ pub struct Telegram {
     pub shutdown: CancellationToken,
     /// `telegram.dm_agent`: where private messages go until a person picks an agent.
     dm_agent: Option<String>,
+    /// How far apart edits of one message go: in private chats, in groups.
+    edit_cadence: (Duration, Duration),
     capabilities: Capabilities,
 }
 
@@ -58,8 +61,7 @@ impl Telegram {
         redactor: Redactor,
         pacer: Pacer,
         hub: HubHandle,
-        max_parts: usize,
-        dm_agent: Option<String>,
+        config: &TelegramConfig,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -68,9 +70,13 @@ impl Telegram {
             pacer,
             forums: Arc::default(),
             hub,
-            max_parts,
+            max_parts: config.max_parts,
             shutdown,
-            dm_agent,
+            dm_agent: config.dm_agent.clone(),
+            edit_cadence: (
+                Duration::from_millis(config.edit_cadence_private_ms),
+                Duration::from_millis(config.edit_cadence_group_ms),
+            ),
             capabilities: Capabilities {
                 // Bots show one reaction per message.
                 reactions_per_message: 1,
@@ -171,6 +177,15 @@ impl Connector for Telegram {
 
     fn dm_agent(&self) -> Option<String> {
         self.dm_agent.clone()
+    }
+
+    fn edit_cadence(&self, chat: &Chat) -> Duration {
+        // Private chats have positive ids; groups, supergroups and channels negative ones.
+        let (private, group) = self.edit_cadence;
+        match chat.0.parse::<i64>() {
+            Ok(id) if id > 0 => private,
+            _ => group,
+        }
     }
 
     fn private_chat(&self, user_id: &str) -> Option<Chat> {

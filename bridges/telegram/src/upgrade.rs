@@ -93,6 +93,7 @@ pub fn job(stored: Value) -> Option<Job<TelegramPart>> {
                 reply_to: send.reply_to,
                 thread_id: send.thread_id,
                 progress: None,
+                streaming: false,
             }))
         }
         OldAction::Edit {
@@ -103,6 +104,7 @@ pub fn job(stored: Value) -> Option<Job<TelegramPart>> {
             hub_message_id,
             text: content,
             progress: None,
+            streaming: false,
         }),
         OldAction::Delete { hub_message_id } => Action::Delete(job::Delete {
             hub_channel: channel?,

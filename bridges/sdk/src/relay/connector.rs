@@ -182,6 +182,13 @@ pub trait Connector: Send + Sync + 'static {
         Origin::chat(self.name(), &chat.0)
     }
 
+    /// How far apart edits of one message go out in `chat` (SPEC section 5: a streamed answer is
+    /// edited in place about once per cadence, whatever the agent's pace).
+    fn edit_cadence(&self, chat: &Chat) -> Duration {
+        let _ = chat;
+        Duration::from_secs(1)
+    }
+
     /// The chat a person's direct messages go to; `None` when `user_id` cannot be a person's
     /// private chat (SPEC section 9: a direct message never reaches a group).
     fn private_chat(&self, user_id: &str) -> Option<Chat>;

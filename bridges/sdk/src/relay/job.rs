@@ -81,6 +81,9 @@ pub struct Send<P> {
     pub thread_id: Option<String>,
     /// Set by the first attempt.
     pub progress: Option<SendProgress<P>>,
+    /// A streamed answer's start: more text follows as edits (SPEC section 5).
+    #[serde(default)]
+    pub streaming: bool,
 }
 
 /// Where a send stands.
@@ -113,6 +116,9 @@ pub struct Edit<P> {
     pub hub_message_id: String,
     pub text: String,
     pub progress: Option<Rewrite<P>>,
+    /// An intermediate text of a streamed answer; the last edit is not marked.
+    #[serde(default)]
+    pub streaming: bool,
 }
 
 #[derive(Serialize, Deserialize)]

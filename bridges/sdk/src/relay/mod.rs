@@ -8,6 +8,8 @@
 //! - the durable ordered outbox of each chat, and what a job does there ([`perform`]): sending
 //!   every part of a message, mapping the parts to the hub message, reconciling a message's parts
 //!   on an edit or a delete, reactions, platform threads for hub threads, notices;
+//! - streamed answers: newer texts taken into the queued job, edits spaced by the chat's cadence
+//!   (`streaming`);
 //! - typing indicators outside the outboxes ([`typing`]);
 //! - on the way in: publishing what people do on the platform ([`PlatformEvent`]) into the linked
 //!   channels once, with the inbound rate limit and its notice, waiting for the store (`inbound`);
@@ -21,6 +23,7 @@ pub mod links;
 mod perform;
 pub mod records;
 mod route;
+mod streaming;
 pub mod typing;
 
 #[cfg(test)]
@@ -35,6 +38,7 @@ use crate::bridge::HubHandle;
 use crate::msgmap::MessageMap;
 use crate::outbox::Outboxes;
 use crate::store::StoreError;
+use streaming::Cadence;
 
 pub use connector::{
     Author, Capabilities, Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange,
@@ -69,6 +73,7 @@ pub(crate) struct Core<C: Connector> {
     map: MessageMap,
     records: Records,
     typing: Typing<C>,
+    cadence: Cadence,
     shutdown: CancellationToken,
 }
 
@@ -84,6 +89,7 @@ impl<C: Connector> Relay<C> {
         let name = connector.name();
         let core = Arc::new(Core {
             typing: Typing::new(connector.clone(), tasks.clone(), shutdown.clone()),
+            cadence: Cadence::default(),
             map: MessageMap::new(&hub),
             records: Records::new(hub.store_arc(), hub.keys().clone(), name),
             connector,

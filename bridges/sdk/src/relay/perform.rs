@@ -4,11 +4,12 @@
 //! other records up to date.
 
 use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 
 use crate::bridge::DeadLetter;
 use crate::event::now_millis;
 use crate::metrics::{BridgeDirection, Direction};
-use crate::outbox::{Deliver, SendError};
+use crate::outbox::{Absorb, Deliver, SendError};
 use crate::relay::connector::{
     Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange, Rendering, ThreadRef,
 };
@@ -47,6 +48,9 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
                 self.hub
                     .metrics()
                     .count_relayed(name, &job.about.event_type);
+                if let Action::Edit(edit) = &job.action {
+                    self.cadence.note(destination, &edit.hub_message_id);
+                }
             }
             result
         })
@@ -54,6 +58,23 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
 
     fn agent(&self, job: &Job<C::Part>) -> Option<String> {
         job.about.agent_id.clone()
+    }
+
+    fn coalescing_key(&self, job: &Job<C::Part>) -> Option<String> {
+        job.coalescing_key()
+    }
+
+    fn absorb(&self, waiting: &mut Job<C::Part>, newer: &Job<C::Part>) -> Absorb {
+        waiting.absorb(newer)
+    }
+
+    fn not_before(&self, destination: &str, job: &Job<C::Part>) -> Option<Instant> {
+        let Action::Edit(edit) = &job.action else {
+            return None;
+        };
+        let every = self.connector.edit_cadence(&Chat(destination.to_owned()));
+        self.cadence
+            .next_edit(destination, &edit.hub_message_id, every)
     }
 
     fn dead_letter<'a>(

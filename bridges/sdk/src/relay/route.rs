@@ -6,8 +6,8 @@
 use crate::bridge::{DeadLetter, Delivery};
 use crate::emoji::Emoji;
 use crate::event::{
-    now_millis, AgentEvent, AgentEventKind, ChannelEvent, ChannelMessage, GlobalEventKind,
-    HubEvent, Source,
+    is_streaming, now_millis, AgentEvent, AgentEventKind, ChannelEvent, ChannelMessage,
+    GlobalEventKind, HubEvent, Source,
 };
 use crate::ids::ExternalId;
 use crate::relay::connector::{Author, Chat, Connector, Look, Place};
@@ -80,6 +80,7 @@ impl<C: Connector> Relay<C> {
             reply_to: None,
             thread_id: None,
             progress: None,
+            streaming: false,
         };
         let job = Job {
             about,
@@ -182,6 +183,7 @@ impl<C: Connector> Relay<C> {
             }
             _ => {}
         }
+        self.answer_typing(event, actor, &links).await;
         for link in links {
             if let Some(action) = self.action(event, &link) {
                 let job = Job {
@@ -198,15 +200,11 @@ impl<C: Connector> Relay<C> {
         let hub_channel = link.hub_channel.clone();
         Some(match event {
             ChannelEvent::Message { message, .. } => {
-                self.core.typing.stop(&link.chat, &message.sender_id);
                 Action::Send(Box::new(self.send(&hub_channel, message, None)))
             }
             ChannelEvent::ThreadMessage {
                 thread_id, message, ..
-            } => {
-                self.core.typing.stop(&link.chat, &message.sender_id);
-                Action::Send(Box::new(self.send(&hub_channel, message, Some(thread_id))))
-            }
+            } => Action::Send(Box::new(self.send(&hub_channel, message, Some(thread_id)))),
             ChannelEvent::ThreadCreate { thread, .. } if !thread.parent_message_id.is_empty() => {
                 Action::OpenThread(job::OpenThread {
                     hub_channel,
@@ -217,12 +215,14 @@ impl<C: Connector> Relay<C> {
             ChannelEvent::MessageEdit {
                 message_id,
                 content,
+                metadata,
                 ..
             } => Action::Edit(job::Edit {
                 hub_channel,
                 hub_message_id: message_id.clone(),
                 text: content.clone(),
                 progress: None,
+                streaming: is_streaming(metadata.as_ref()),
             }),
             ChannelEvent::MessageDelete { message_id, .. } => Action::Delete(job::Delete {
                 hub_channel,
@@ -249,6 +249,31 @@ impl<C: Connector> Relay<C> {
             }),
             _ => return None,
         })
+    }
+
+    /// An agent's message ends its typing, unless it is a streamed answer's start or one of its
+    /// intermediate edits: while an answer streams, the chats show the bot typing (SPEC section
+    /// 5); its last edit ends it.
+    async fn answer_typing(&self, event: &ChannelEvent, actor: Option<&str>, links: &[Link]) {
+        let (streaming, thread_id) = match event {
+            ChannelEvent::Message { message, .. } => {
+                (message.is_streaming(), message.thread_id.as_deref())
+            }
+            ChannelEvent::ThreadMessage {
+                thread_id, message, ..
+            } => (message.is_streaming(), Some(thread_id.as_str())),
+            ChannelEvent::MessageEdit { metadata, .. } => (is_streaming(metadata.as_ref()), None),
+            _ => return,
+        };
+        let Some(agent) = actor else { return };
+        for link in links {
+            if streaming {
+                let place = self.typing_place(link, thread_id).await;
+                self.core.typing.start(place, agent);
+            } else {
+                self.core.typing.stop(&link.chat, agent);
+            }
+        }
     }
 
     /// Where an agent's typing shows in a link's chat: the platform thread of its hub thread when
@@ -339,6 +364,7 @@ impl<C: Connector> Relay<C> {
             reply_to: message.parent_message_id.clone(),
             thread_id,
             progress: None,
+            streaming: message.is_streaming(),
         }
     }
 

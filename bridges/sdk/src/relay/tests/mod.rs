@@ -26,6 +26,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::{Keys, Op, Store};
 
 mod inbound;
+mod streaming;
 
 /// One call the engine made, as the platform saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,10 @@ struct Memory {
     refuse_sends: std::sync::atomic::AtomicBool,
     /// A store that fails the next `exec` right after the next send (the record of that part).
     fail_store_after_send: Mutex<Option<Arc<MemoryStore>>>,
+    /// How far apart edits of one message go (none unless a test sets it).
+    edit_cadence: Duration,
+    /// When each edit call was made.
+    edited_at: Mutex<Vec<tokio::time::Instant>>,
 }
 
 const LIMIT: usize = 12;
@@ -87,6 +92,8 @@ impl Memory {
             next_id: AtomicU64::new(100),
             refuse_sends: std::sync::atomic::AtomicBool::new(false),
             fail_store_after_send: Mutex::default(),
+            edit_cadence: Duration::ZERO,
+            edited_at: Mutex::default(),
         }
     }
 
@@ -112,6 +119,10 @@ impl Connector for Memory {
 
     fn private_chat(&self, user_id: &str) -> Option<Chat> {
         Some(Chat(format!("dm:{user_id}")))
+    }
+
+    fn edit_cadence(&self, _chat: &Chat) -> Duration {
+        self.edit_cadence
     }
 
     fn legacy_thread_key(&self, chat: &str, thread_id: &str) -> Option<String> {
@@ -183,6 +194,10 @@ impl Connector for Memory {
         part: &'a String,
     ) -> BoxFuture<'a, Result<Edited, SendError>> {
         Box::pin(async move {
+            self.edited_at
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
             self.record(Call::Edit {
                 chat: place.chat.0.clone(),
                 id: id.0.clone(),
