@@ -13,6 +13,7 @@
 //! was posted with (the bot's name, a reply's quote). Every post is marked as the bridge's own
 //! (`own:{id}`), so that a moderator deleting it does not delete the agent's hub message.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use futures_util::future::BoxFuture;
 use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::SendError;
+use hub_bridge_sdk::relay::budget::{FloodBudget, FloodLimits, Window};
 use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{
     Author, Capabilities, Chat, Connector, Edited, Job, Link, Look, PartId, Place, ReactionChange,
@@ -45,6 +47,8 @@ use crate::shared::Shared;
 
 /// How often the typing indicator is sent again (Discord shows it for ~10 s).
 const TYPING_REFRESH: Duration = Duration::from_secs(8);
+/// Requests per second Discord allows a bot over all routes.
+const GLOBAL_PER_SECOND: u32 = 50;
 /// Discord shows at most 20 distinct reactions per message.
 const REACTIONS_PER_MESSAGE: usize = 20;
 
@@ -94,6 +98,9 @@ pub struct Discord {
     max_parts: usize,
     /// `[discord] edit_cadence_ms`: how far apart edits of one message go.
     edit_cadence: Duration,
+    /// Discord's global limit for the bot; the per-route limits come from its rate-limit
+    /// headers ([`crate::rest`]).
+    budget: FloodBudget,
     capabilities: Capabilities,
 }
 
@@ -108,6 +115,13 @@ impl Discord {
             webhooks,
             max_parts: config.max_parts,
             edit_cadence: Duration::from_millis(config.edit_cadence_ms),
+            budget: FloodBudget::new(
+                FloodLimits {
+                    global: vec![Window::per_second(GLOBAL_PER_SECOND)],
+                    ..FloodLimits::default()
+                },
+                |_| false,
+            ),
             capabilities: Capabilities {
                 reactions_per_message: REACTIONS_PER_MESSAGE,
                 typing_refresh: TYPING_REFRESH,
@@ -117,6 +131,14 @@ impl Discord {
                 threads_are_chats: true,
             },
         }
+    }
+
+    /// Runs one of the engine's requests within the bot's flood budget.
+    async fn paced<T>(&self, place: &Place, request: impl Future<Output = T>) -> T {
+        let permit = self.budget.acquire(&place.chat.0).await;
+        let result = request.await;
+        permit.done();
+        result
     }
 
     /// The webhook of the link a call goes through, if it has one (never for DMs and notices).
@@ -262,6 +284,10 @@ impl Connector for Discord {
         &self.capabilities
     }
 
+    fn budget(&self) -> Option<&FloodBudget> {
+        Some(&self.budget)
+    }
+
     fn edit_cadence(&self, _chat: &Chat) -> Duration {
         self.edit_cadence
     }
@@ -361,7 +387,7 @@ impl Connector for Discord {
         reply_to: Option<&'a PartId>,
         shown: &'a mut Vec<PartId>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(async move {
+        Box::pin(self.paced(place, async move {
             if part.posted.is_some() {
                 return Ok(());
             }
@@ -408,7 +434,7 @@ impl Connector for Discord {
             self.mark_own(id).await;
             shown.push(PartId(id.to_string()));
             Ok(())
-        })
+        }))
     }
 
     fn edit<'a>(
@@ -417,7 +443,7 @@ impl Connector for Discord {
         id: &'a PartId,
         part: &'a DiscordPart,
     ) -> BoxFuture<'a, Result<Edited, SendError>> {
-        Box::pin(async move {
+        Box::pin(self.paced(place, async move {
             // One body for both ways of editing: a webhook's and the bot's edit take the same
             // fields.
             let body = json_body(
@@ -429,7 +455,7 @@ impl Connector for Discord {
                 .change_message(place, LightMethod::Patch, part_id(id)?, Some(&body))
                 .await?;
             Ok(if found { Edited::Done } else { Edited::Gone })
-        })
+        }))
     }
 
     fn delete<'a>(
@@ -437,14 +463,14 @@ impl Connector for Discord {
         place: &'a Place,
         id: &'a PartId,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(async move {
+        Box::pin(self.paced(place, async move {
             let message = part_id(id)?;
             // The gateway echoes the delete; it is not a person deleting the message.
             self.shared.note_own_delete(message);
             self.change_message(place, LightMethod::Delete, message, None)
                 .await
                 .map(drop)
-        })
+        }))
     }
 
     /// Removes the reactions that disappear, then adds those that appear. A reaction removed
@@ -455,7 +481,7 @@ impl Connector for Discord {
         id: &'a PartId,
         change: &'a ReactionChange,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(async move {
+        Box::pin(self.paced(place, async move {
             let channel = self.channel(place).await?;
             let message = part_id(id)?;
             let mut gone: Vec<&String> = change
@@ -476,7 +502,7 @@ impl Connector for Discord {
                 self.set_reaction(channel, message, emoji, true).await?;
             }
             Ok(())
-        })
+        }))
     }
 
     fn typing<'a>(&'a self, place: &'a Place) -> BoxFuture<'a, Result<(), SendError>> {
@@ -507,7 +533,7 @@ impl Connector for Discord {
         parent: Option<&'a PartId>,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<ThreadRef>, SendError>> {
-        Box::pin(async move {
+        Box::pin(self.paced(place, async move {
             // Discord threads hang on a message; DMs have none.
             let Some(parent) = parent.filter(|_| !place.chat.0.starts_with("dm:")) else {
                 return Ok(None);
@@ -543,6 +569,6 @@ impl Connector for Discord {
                 Err(error) => return Err(error.into()),
             };
             Ok(Some(ThreadRef(thread.to_string())))
-        })
+        }))
     }
 }

@@ -2,7 +2,7 @@
 //! ([`crate::inbound`]) and hands hub events to the relay engine, which drives Telegram through
 //! [`crate::connector`], until the hub stops it.
 //!
-//! Everything a run creates (outboxes, typing tasks, the pacer) lives and dies with that run; the
+//! Everything a run creates (outboxes, typing tasks, the flood budget) lives and dies with that run; the
 //! supervisor calls [`Bridge::run`] again with the same context after a transient failure, and
 //! the hub events waiting in the context are still there.
 
@@ -22,7 +22,7 @@ use crate::config::TelegramConfig;
 use crate::connector::Telegram;
 use crate::errors::{is_unauthorized, Redactor};
 use crate::inbound;
-use crate::pacing::{Limits, Pacer};
+use hub_bridge_sdk::relay::budget::{FloodBudget, FloodLimits, Window};
 
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -94,11 +94,15 @@ impl TelegramBridge {
         let connector = Telegram::new(
             bot.clone(),
             redactor.clone(),
-            Pacer::new(Limits {
-                per_chat_per_sec: self.config.chat_sends_per_sec,
-                per_group_per_min: self.config.group_sends_per_min,
-                global_per_sec: self.config.sends_per_sec,
-            }),
+            FloodBudget::new(
+                FloodLimits {
+                    global: vec![Window::per_second(self.config.sends_per_sec)],
+                    chat: vec![Window::per_second(self.config.chat_sends_per_sec)],
+                    group: vec![Window::per_minute(self.config.group_sends_per_min)],
+                },
+                // Groups, supergroups and channels have negative ids.
+                |chat| chat.starts_with('-'),
+            ),
             ctx.hub.clone(),
             &self.config,
             shutdown.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::metrics::retry;
 use hub_bridge_sdk::outbox::SendError;
+use hub_bridge_sdk::relay::budget::FloodBudget;
 use hub_bridge_sdk::relay::{
     Capabilities, Chat, Connector, Edited, PartId, Place, ReactionChange, Rendered, Rendering,
     ThreadRef,
@@ -24,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TelegramConfig;
 use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified, Redactor};
 use crate::forums::Forums;
-use crate::pacing::Pacer;
 use crate::render::{self, Author};
 
 /// How often the typing indicator is sent again (Telegram shows it for ~5 s).
@@ -43,7 +43,8 @@ pub struct TelegramPart {
 pub struct Telegram {
     pub bot: Bot,
     pub redactor: Redactor,
-    pub pacer: Pacer,
+    /// Telegram's flood limits, drawn from by every request this connector makes.
+    pub budget: FloodBudget,
     pub forums: Arc<Forums>,
     pub hub: HubHandle,
     pub max_parts: usize,
@@ -59,7 +60,7 @@ impl Telegram {
     pub fn new(
         bot: Bot,
         redactor: Redactor,
-        pacer: Pacer,
+        budget: FloodBudget,
         hub: HubHandle,
         config: &TelegramConfig,
         shutdown: CancellationToken,
@@ -67,7 +68,7 @@ impl Telegram {
         Self {
             bot,
             redactor,
-            pacer,
+            budget,
             forums: Arc::default(),
             hub,
             max_parts: config.max_parts,
@@ -106,8 +107,10 @@ impl Telegram {
     where
         R: IntoFuture<Output = Result<T, RequestError>>,
     {
+        // The engine's name for the chat: its outbox destination.
+        let destination = chat.to_string();
         let permit = tokio::select! {
-            permit = self.pacer.acquire(chat) => permit,
+            permit = self.budget.acquire(&destination) => permit,
             _ = self.shutdown.cancelled() => {
                 return Err(SendError::Transient("the bridge is stopping".to_owned()));
             }
@@ -173,6 +176,10 @@ impl Connector for Telegram {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn budget(&self) -> Option<&FloodBudget> {
+        Some(&self.budget)
     }
 
     fn dm_agent(&self) -> Option<String> {
@@ -310,13 +317,14 @@ impl Connector for Telegram {
         part: &'a TelegramPart,
     ) -> BoxFuture<'a, Result<Edited, SendError>> {
         Box::pin(async move {
-            let chat = ChatId(chat_id(&place.chat)?);
+            let chat = chat_id(&place.chat)?;
             let id = message_id(id)?;
             let html = self
-                .bot
-                .edit_message_text(chat, id, part.part.html.clone())
-                .parse_mode(ParseMode::Html)
-                .await;
+                .paced(chat, |bot| {
+                    bot.edit_message_text(ChatId(chat), id, part.part.html.clone())
+                        .parse_mode(ParseMode::Html)
+                })
+                .await?;
             let result = match html {
                 Err(error) if is_form_error(&error) => {
                     self.count_plain_fallback(&error);
@@ -326,7 +334,8 @@ impl Connector for Telegram {
                         self.ignored("empty_part");
                         return Ok(Edited::Done);
                     };
-                    self.bot.edit_message_text(chat, id, plain).await
+                    self.paced(chat, |bot| bot.edit_message_text(ChatId(chat), id, plain))
+                        .await?
                 }
                 other => other,
             };
@@ -344,8 +353,12 @@ impl Connector for Telegram {
         id: &'a PartId,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let chat = ChatId(chat_id(&place.chat)?);
-            match self.bot.delete_message(chat, message_id(id)?).await {
+            let chat = chat_id(&place.chat)?;
+            let id = message_id(id)?;
+            match self
+                .paced(chat, |bot| bot.delete_message(ChatId(chat), id))
+                .await?
+            {
                 Ok(_) => Ok(()),
                 Err(error) if is_already_deleted(&error) => Ok(()),
                 Err(error) => Err(self.classify(&error)),
@@ -360,7 +373,8 @@ impl Connector for Telegram {
         change: &'a ReactionChange,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let chat = ChatId(chat_id(&place.chat)?);
+            let chat = chat_id(&place.chat)?;
+            let id = message_id(id)?;
             let shown: Vec<ReactionType> = change
                 .after
                 .iter()
@@ -369,10 +383,10 @@ impl Connector for Telegram {
                 })
                 .collect();
             let result = self
-                .bot
-                .set_message_reaction(chat, message_id(id)?)
-                .reaction(shown)
-                .await;
+                .paced(chat, |bot| {
+                    bot.set_message_reaction(ChatId(chat), id).reaction(shown)
+                })
+                .await?;
             match result {
                 Ok(_) => Ok(()),
                 Err(error) => Err(match self.classify(&error) {
@@ -415,7 +429,10 @@ impl Connector for Telegram {
                 Ok(false) => return Ok(None),
                 Err(error) => return self.topic_refused(chat, &error),
             }
-            match self.bot.create_forum_topic(ChatId(chat), name).await {
+            let created = self
+                .paced(chat, |bot| bot.create_forum_topic(ChatId(chat), name))
+                .await?;
+            match created {
                 Ok(created) => Ok(Some(ThreadRef(created.thread_id.0 .0.to_string()))),
                 Err(error) => self.topic_refused(chat, &error),
             }

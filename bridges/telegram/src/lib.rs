@@ -11,7 +11,6 @@ mod connector;
 mod errors;
 mod forums;
 mod inbound;
-mod pacing;
 mod render;
 mod upgrade;
 

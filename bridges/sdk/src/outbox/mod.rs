@@ -83,6 +83,14 @@ pub trait Deliver<J>: Send + Sync + 'static {
         None
     }
 
+    /// Whether `job` may wait for more urgent ones queued behind it (a streamed answer's
+    /// intermediate edit, behind new messages and final edits). `false` (the default): taken in
+    /// order.
+    fn deferrable(&self, job: &J) -> bool {
+        let _ = job;
+        false
+    }
+
     /// Which jobs may meet in [`Self::absorb`]: those with the same key (the same hub message in
     /// the same link). `None` (the default): the job meets no other.
     fn coalescing_key(&self, job: &J) -> Option<String> {

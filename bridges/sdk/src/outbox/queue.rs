@@ -40,30 +40,43 @@ impl<J> Queue<J> {
         self.waiting.len() + usize::from(self.in_flight)
     }
 
-    /// Takes the first waiting job that may start at `now`. A job that must wait does not hold
-    /// up the jobs behind it: they are other messages' (a message's later jobs were taken into
-    /// it), so a streamed answer's next edit never delays a new message.
+    /// Takes the first waiting job that may start at `now`, deferrable ones only when no other is
+    /// ready. A job that must wait does not hold up the jobs behind it: they are other messages'
+    /// (a message's later jobs were taken into it), so a streamed answer's next edit never delays
+    /// a new message.
     pub(super) fn next(
         &mut self,
         now: Instant,
         not_before: impl Fn(&J) -> Option<Instant>,
+        deferrable: impl Fn(&J) -> bool,
     ) -> Next<J> {
         let mut earliest: Option<Instant> = None;
+        let mut first_deferrable = None;
+        let mut ready = None;
         for (index, entry) in self.waiting.iter().enumerate() {
             match not_before(&entry.job) {
                 Some(at) if at > now => {
                     earliest = Some(earliest.map_or(at, |earliest| earliest.min(at)));
                 }
+                _ if deferrable(&entry.job) => {
+                    first_deferrable.get_or_insert(index);
+                }
                 _ => {
-                    let Some(entry) = self.waiting.remove(index) else {
-                        break;
-                    };
-                    self.in_flight = true;
-                    return Next::Deliver(entry);
+                    ready = Some(index);
+                    break;
                 }
             }
         }
-        earliest.map_or(Next::Idle, Next::WaitUntil)
+        match ready
+            .or(first_deferrable)
+            .and_then(|index| self.waiting.remove(index))
+        {
+            Some(entry) => {
+                self.in_flight = true;
+                Next::Deliver(entry)
+            }
+            None => earliest.map_or(Next::Idle, Next::WaitUntil),
+        }
     }
 
     /// The newest waiting job with coalescing key `key`.

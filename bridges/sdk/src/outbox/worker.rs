@@ -74,9 +74,11 @@ impl<J: Send + 'static> Worker<J> {
         let Some(queue) = queues.get_mut(&self.destination) else {
             return Next::Idle;
         };
-        queue.next(Instant::now(), |job| {
-            deliver.not_before(&self.destination, job)
-        })
+        queue.next(
+            Instant::now(),
+            |job| deliver.not_before(&self.destination, job),
+            |job| deliver.deferrable(job),
+        )
     }
 
     fn done_with_one(&self) {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{ContentBlock, Origin};
 use crate::outbox::SendError;
+use crate::relay::budget::FloodBudget;
 
 /// A platform chat as the connector spells it (`-1001234`, `123456789012345678`, `dm:42`). It
 /// names the chat's ordered outbox, so it is stable across releases.
@@ -180,6 +181,13 @@ pub trait Connector: Send + Sync + 'static {
     /// back to where it came from.
     fn origin(&self, chat: &Chat) -> Origin {
         Origin::chat(self.name(), &chat.0)
+    }
+
+    /// The bot's flood budget, which the connector draws from for every request it makes; the
+    /// engine draws typing from it (only free slots) and pauses a chat in it after a 429. `None`
+    /// (the default): the platform paces itself.
+    fn budget(&self) -> Option<&FloodBudget> {
+        None
     }
 
     /// How far apart edits of one message go out in `chat` (SPEC section 5: a streamed answer is

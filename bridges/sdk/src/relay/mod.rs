@@ -16,6 +16,7 @@
 //! - dead letters with the reason, and the agent told;
 //! - the records that make edits, replies and threads work across restarts ([`records`]).
 
+pub mod budget;
 pub mod connector;
 mod inbound;
 pub mod job;

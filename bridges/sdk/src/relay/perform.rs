@@ -52,12 +52,23 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
                     self.cadence.note(destination, &edit.hub_message_id);
                 }
             }
+            if let (Err(SendError::RetryAfter(wait)), Some(budget)) =
+                (&result, self.connector.budget())
+            {
+                // Not only this job waits: typing and every other request to the chat do too.
+                budget.pause(destination, *wait);
+            }
             result
         })
     }
 
     fn agent(&self, job: &Job<C::Part>) -> Option<String> {
         job.about.agent_id.clone()
+    }
+
+    fn deferrable(&self, job: &Job<C::Part>) -> bool {
+        // A streamed answer's intermediate text yields to new messages and final edits.
+        matches!(&job.action, Action::Edit(edit) if edit.streaming)
     }
 
     fn coalescing_key(&self, job: &Job<C::Part>) -> Option<String> {

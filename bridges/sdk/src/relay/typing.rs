@@ -103,12 +103,21 @@ impl<C: Connector> Typing<C> {
     async fn refresh(self, chat: Chat) {
         let every = self.connector.capabilities().typing_refresh;
         while let Some(place) = self.still_typing(&chat) {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                result = self.connector.typing(&place) => if let Err(error) = result {
-                    tracing::debug!(%chat, ?error, bridge = self.connector.name(), "typing indicator failed");
-                },
+            // Typing comes last in the chat's flood budget: without a free slot this refresh is
+            // skipped, never waited for.
+            let budget = self.connector.budget();
+            let permit = budget.map(|budget| budget.try_acquire(&chat.0));
+            if let Some(None) = permit {
+                tracing::debug!(%chat, bridge = self.connector.name(), "typing skipped: the chat's flood budget has no free slot");
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    result = self.connector.typing(&place) => if let Err(error) = result {
+                        tracing::debug!(%chat, ?error, bridge = self.connector.name(), "typing indicator failed");
+                    },
+                }
             }
+            drop(permit);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}

@@ -121,7 +121,7 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
             // The claims keep a redelivery from publishing twice; the next batch stores it.
             tracing::warn!(%error, "could not store the Telegram offset");
         }
-        shared.relay.connector().pacer.prune();
+        shared.relay.connector().budget.prune();
     }
 }
 
