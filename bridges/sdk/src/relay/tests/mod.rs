@@ -17,6 +17,7 @@ use crate::event::{parse, Source};
 use crate::limits::{LimitsConfig, RateLimiter};
 use crate::metrics::Metrics;
 use crate::outbox::SendError;
+use crate::relay::budget::FloodBudget;
 use crate::relay::connector::{
     Capabilities, Chat, Connector, Edited, PartId, Place, ReactionChange, Rendered, Rendering,
     ThreadRef,
@@ -75,6 +76,10 @@ struct Memory {
     edit_cadence: Duration,
     /// When each edit call was made.
     edited_at: Mutex<Vec<tokio::time::Instant>>,
+    /// The flood budget requests draw from, when a test gives one.
+    budget: Option<FloodBudget>,
+    /// The next send is answered with a 429 asking to wait this long.
+    retry_after_once: Mutex<Option<Duration>>,
 }
 
 const LIMIT: usize = 12;
@@ -94,6 +99,8 @@ impl Memory {
             fail_store_after_send: Mutex::default(),
             edit_cadence: Duration::ZERO,
             edited_at: Mutex::default(),
+            budget: None,
+            retry_after_once: Mutex::default(),
         }
     }
 
@@ -123,6 +130,10 @@ impl Connector for Memory {
 
     fn edit_cadence(&self, _chat: &Chat) -> Duration {
         self.edit_cadence
+    }
+
+    fn budget(&self) -> Option<&FloodBudget> {
+        self.budget.as_ref()
     }
 
     fn legacy_thread_key(&self, chat: &str, thread_id: &str) -> Option<String> {
@@ -171,6 +182,13 @@ impl Connector for Memory {
             if self.refuse_sends.load(Ordering::Relaxed) {
                 return Err(SendError::Permanent("chat not found".to_owned()));
             }
+            if let Some(wait) = self.retry_after_once.lock().unwrap().take() {
+                return Err(SendError::RetryAfter(wait));
+            }
+            let _permit = match &self.budget {
+                Some(budget) => Some(budget.acquire(&place.chat.0).await),
+                None => None,
+            };
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
             self.record(Call::Send {
                 chat: place.chat.0.clone(),

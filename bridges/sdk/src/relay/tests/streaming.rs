@@ -184,3 +184,64 @@ async fn the_chat_shows_typing_while_an_answer_streams() {
         .all(|call| !matches!(call, Call::Typing { chat } if *chat != Chat("1".into()).0)));
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_message_goes_before_a_streamed_answers_next_edit() {
+    let h = Harness::new(streaming_memory());
+    h.say("B", "m1", "ada", "a").await;
+    h.hub_publish(edit("m1", "ab", true)).await;
+    h.settle().await;
+    // The next intermediate edit waits for the cadence; a new message behind it does not.
+    h.hub_publish(edit("m1", "abc", true)).await;
+    h.hub_publish(message("m2", "news", false)).await;
+    h.settle().await;
+    assert_eq!(h.sends().len(), 2, "m2 is shown at once: {:?}", h.sends());
+    assert_eq!(h.edits(), vec!["Ada: ab".to_owned()]);
+    tokio::time::sleep(CADENCE).await;
+    assert_eq!(h.edits().last().map(String::as_str), Some("Ada: abc"));
+
+    // Both ready at once: the new message first, the intermediate edit after it.
+    tokio::time::sleep(CADENCE).await;
+    h.clear();
+    h.hub_publish(edit("m1", "abcd", true)).await;
+    h.hub_publish(message("m3", "more", false)).await;
+    h.settle().await;
+    let calls = h.connector.calls();
+    assert!(
+        matches!(&calls[..], [Call::Send { .. }, Call::Edit { text, .. }] if text == "Ada: abcd"),
+        "{calls:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_429_nothing_reaches_the_chat_until_it_passes_then_all_in_order() {
+    use crate::relay::budget::{FloodLimits, Window};
+    let memory = Memory {
+        budget: Some(FloodBudget::new(
+            FloodLimits {
+                chat: vec![Window::per_second(100)],
+                ..FloodLimits::default()
+            },
+            |_| false,
+        )),
+        ..streaming_memory()
+    };
+    *memory.retry_after_once.lock().unwrap() = Some(Duration::from_secs(5));
+    let h = Harness::new(memory);
+    let start = tokio::time::Instant::now();
+    h.hub_publish(message("m1", "one", false)).await;
+    h.hub_publish(message("m2", "two", true)).await;
+    h.hub_publish(message("m3", "three", false)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        h.connector.calls().is_empty(),
+        "not even typing: {:?}",
+        h.connector.calls()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
+    assert_eq!(texts, ["Ada: one", "Ada: two", "Ada: three"]);
+    assert!(start.elapsed() >= Duration::from_secs(5));
+    h.stop().await;
+}
