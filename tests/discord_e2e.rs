@@ -1711,3 +1711,59 @@ async fn a_backlog_the_previous_release_left_is_relayed_after_the_upgrade() {
         .requests_matching("POST", &format!("/channels/{PLAIN}/messages"))
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_is_edited_in_place_and_ends_complete_in_both_channels() {
+    let mut h = Harness::start().await;
+    let streaming = json!({"streaming": true});
+    let text = |n: usize| {
+        (0..=n)
+            .map(|w| format!("w{w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let hub_id = h
+        .agent_says_with(&text(0), json!({"metadata": streaming}))
+        .await;
+    // 60 edits, 50 ms apart: a 3 s answer; the last one final.
+    for n in 1..=60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut edit = json!({"type": "channel.message.edit", "channelId": HUB,
+                              "messageId": hub_id, "content": text(n)});
+        if n < 60 {
+            edit["metadata"] = streaming.clone();
+        }
+        h.agent_event(edit).await;
+    }
+    let last = text(60);
+    eventually("the final text in both channels", || {
+        [CHANNEL, PLAIN].iter().all(|channel| {
+            h.fake
+                .messages_in(*channel)
+                .iter()
+                .any(|m| m.content.ends_with(&last))
+        })
+    })
+    .await;
+    for channel in [CHANNEL, PLAIN] {
+        let shown = h.fake.messages_in(channel);
+        assert_eq!(shown.len(), 1, "one message in {channel}, edited in place");
+    }
+    let webhook_edits = h
+        .fake
+        .requests_matching("PATCH", &format!("/webhooks/{WEBHOOK}"))
+        .len();
+    let bot_edits = h
+        .fake
+        .requests_matching("PATCH", &format!("/channels/{PLAIN}/messages"))
+        .len();
+    // 3 s at one edit per second (Discord's cadence), the first at once and the last.
+    for edits in [webhook_edits, bot_edits] {
+        assert!(
+            (2..=6).contains(&edits),
+            "a handful of edits, not 60: {edits}"
+        );
+    }
+    assert_eq!(h.fake.rate_limited_count(), 0);
+    h.stop_service().await;
+}

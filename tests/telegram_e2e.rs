@@ -2018,3 +2018,110 @@ async fn a_backlog_the_previous_release_left_is_relayed_after_the_upgrade() {
     assert!(dead_letters(&h).await.is_empty(), "nothing was unreadable");
     h.stop().await;
 }
+
+/// An agent's streamed answer (SPEC section 5): the message with its first words, then edits
+/// carrying the whole text so far, `metadata.streaming` on all but the last.
+async fn stream(h: &Harness, channel: &str, id: &str, texts: &[String], every: Duration) {
+    let streaming = json!({"streaming": true});
+    h.channel_event(
+        channel,
+        json!({"type": "channel.message", "channelId": channel, "message": {
+            "id": id, "content": texts[0], "senderId": AGENT, "timestamp": now(),
+            "metadata": streaming}}),
+    )
+    .await;
+    for (n, text) in texts.iter().enumerate().skip(1) {
+        tokio::time::sleep(every).await;
+        let mut edit = json!({"type": "channel.message.edit", "channelId": channel,
+                              "messageId": id, "content": text});
+        if n + 1 < texts.len() {
+            edit["metadata"] = streaming.clone();
+        }
+        h.channel_event(channel, edit).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_is_edited_in_place_under_the_flood_limits_and_ends_complete() {
+    let h = Harness::start(|config| {
+        config.limits.message = 0;
+        let telegram = telegram(config);
+        telegram.links = vec![link(CHANNEL, GROUP)];
+        // Telegram's own limits, on both sides: edits count as messages.
+        telegram.chat_sends_per_sec = 1;
+        telegram.group_sends_per_min = 20;
+        telegram.sends_per_sec = 30;
+    })
+    .await;
+    h.tg.enforce_limits(Limits::default());
+    // 61 texts, 100 ms apart: a 6 s answer.
+    let texts: Vec<String> = (0..=60)
+        .map(|n| {
+            (0..=n)
+                .map(|word| format!("w{word}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    stream(&h, CHANNEL, "s-1", &texts, Duration::from_millis(100)).await;
+    let last = format!("🤖 Backend Architect\n{}", texts[60]);
+    h.tg.wait_until("the final text", WAIT, |tg| {
+        tg.messages_in(GROUP).iter().any(|m| m.plain == last)
+    })
+    .await;
+    assert_eq!(
+        h.tg.messages_in(GROUP).len(),
+        1,
+        "one message, edited in place"
+    );
+    assert_eq!(h.tg.calls_of("sendMessage").len(), 1);
+    let edits = h.tg.calls_of("editMessageText").len();
+    // 6 s at one edit per 3 s (the group cadence), the first at once and the last.
+    assert!(
+        (2..=5).contains(&edits),
+        "a handful of edits, not 60: {edits}"
+    );
+    assert_eq!(h.tg.count_429(), 0, "no flood limit tripped");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_telegrams_limit_keeps_its_first_part_and_adds_the_next() {
+    const PRIVATE: i64 = 2002;
+    let h = Harness::start(|config| {
+        config.limits.message = 0;
+        telegram(config).links = vec![link(CHANNEL_B, PRIVATE)];
+    })
+    .await;
+    // Up to 6,000 chars in 20 steps, 50 ms apart.
+    let texts: Vec<String> = (1..=20).map(|n| "word ".repeat(60 * n)).collect();
+    stream(&h, CHANNEL_B, "s-long", &texts, Duration::from_millis(50)).await;
+    let total = texts[19].trim_end().len();
+    h.tg.wait_until("the whole text in two messages", WAIT, |tg| {
+        let shown = tg.messages_in(PRIVATE);
+        shown.len() == 2
+            && shown
+                .iter()
+                .map(|m| m.plain.matches("word").count())
+                .sum::<usize>()
+                == 1200
+    })
+    .await;
+    let shown = h.tg.messages_in(PRIVATE);
+    assert!(shown.iter().all(|m| m.plain.chars().count() <= 4096));
+    assert!(shown[0].plain.starts_with("🤖 Backend Architect\n"));
+    assert!(total > 4096);
+    assert_eq!(h.tg.count_429(), 0);
+
+    // Both parts are the hub message's: a delete removes both.
+    h.channel_event(
+        CHANNEL_B,
+        json!({"type": "channel.message.delete", "channelId": CHANNEL_B, "messageId": "s-long"}),
+    )
+    .await;
+    h.tg.wait_until("both parts deleted", WAIT, |tg| {
+        tg.messages_in(PRIVATE).is_empty()
+    })
+    .await;
+    h.stop().await;
+}

@@ -69,8 +69,8 @@ pub enum Failure {
     Server(u16),
 }
 
-/// Telegram's flood limits, enforced on `send*` methods once [`FakeTelegram::enforce_limits`] is
-/// called. Zero disables a limit. Groups are chats with negative ids.
+/// Telegram's flood limits, enforced on `send*` methods and text edits once
+/// [`FakeTelegram::enforce_limits`] is called. Zero disables a limit. Groups are chats with negative ids.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub per_chat_per_sec: usize,
@@ -1028,9 +1028,12 @@ impl State {
         if self.forbidden.contains(&chat) {
             return Err(err(403, kicked_description(&self.chat_json(chat))));
         }
+        // Edits count too: Telegram floods a group that gets more than ~20 messages and edits a
+        // minute, which is what a streamed answer edited too often runs into.
         let flood_limited = (method.starts_with("send") && method != "sendchataction")
             || method == "copymessage"
-            || method == "forwardmessage";
+            || method == "forwardmessage"
+            || method == "editmessagetext";
         let now = Instant::now();
         if flood_limited {
             self.check_limits(chat, now)?;
