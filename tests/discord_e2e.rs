@@ -1767,3 +1767,47 @@ async fn a_streamed_answer_is_edited_in_place_and_ends_complete_in_both_channels
     assert_eq!(h.fake.rate_limited_count(), 0);
     h.stop_service().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_answer_was_lost_is_not_shown_twice() {
+    let mut h = Harness::start().await;
+    // Discord creates the message, then the connection breaks before the answer: the bridge
+    // cannot know the post landed, and retries.
+    h.fake
+        .fail_next("POST", &format!("/webhooks/{WEBHOOK}"), Failure::AnswerLost);
+    h.fake.fail_next(
+        "POST",
+        &format!("/channels/{PLAIN}/messages"),
+        Failure::AnswerLost,
+    );
+    h.agent_says("said exactly once").await;
+    let shown = |channel: u64| {
+        h.fake
+            .messages_in(channel)
+            .iter()
+            .filter(|m| m.content.ends_with("said exactly once"))
+            .count()
+    };
+    eventually("both channels show it", || {
+        shown(CHANNEL) == 1 && shown(PLAIN) == 1
+    })
+    .await;
+    // The bot post was sent again with the same nonce, which Discord enforces; the webhook
+    // post was found among the channel's messages instead of being sent again.
+    let bot_posts = || {
+        h.fake
+            .requests_matching("POST", &format!("/channels/{PLAIN}/messages"))
+    };
+    eventually("the bot post retried", || bot_posts().len() == 2).await;
+    let bot_posts = bot_posts();
+    assert_eq!(bot_posts[0].body["nonce"], bot_posts[1].body["nonce"]);
+    assert_eq!(bot_posts[1].body["enforce_nonce"], true);
+    let webhook_posts = h
+        .fake
+        .requests_matching("POST", &format!("/webhooks/{WEBHOOK}"));
+    assert_eq!(webhook_posts.len(), 1, "found, not posted again");
+    // Still once after a while: nothing else was queued.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((shown(CHANNEL), shown(PLAIN)), (1, 1));
+    h.stop_service().await;
+}

@@ -189,6 +189,9 @@ pub enum Failure {
     RateLimited { retry_after_secs: f64, global: bool },
     /// Any status with the given JSON body.
     Status(u16, Value),
+    /// The request is carried out (a message is created), but the connection breaks before the
+    /// answer arrives: the client cannot know whether it landed.
+    AnswerLost,
 }
 
 /// What a channel shows for one live message (see [`FakeDiscord::messages_in`]).
@@ -1039,6 +1042,8 @@ struct Reply {
     status: u16,
     body: Option<Value>,
     headers: Vec<(&'static str, String)>,
+    /// The connection breaks instead of carrying this answer.
+    lost: bool,
 }
 
 impl Reply {
@@ -1047,6 +1052,7 @@ impl Reply {
             status,
             body: Some(body),
             headers: Vec::new(),
+            lost: false,
         }
     }
 
@@ -1055,6 +1061,7 @@ impl Reply {
             status: 204,
             body: None,
             headers: Vec::new(),
+            lost: false,
         }
     }
 
@@ -1174,6 +1181,13 @@ async fn rest(
     });
 
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if reply.lost {
+        // A body that fails mid-way: the server aborts the connection after the status line.
+        let broken = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection reset"))
+        });
+        return (status, axum::body::Body::from_stream(broken)).into_response();
+    }
     let mut response = match reply.body {
         Some(body) => (status, axum::Json(body)).into_response(),
         None => status.into_response(),
@@ -1208,6 +1222,10 @@ impl St {
                     global,
                 } => Reply::rate_limited(retry_after_secs, global),
                 Failure::Status(status, body) => Reply::json(status, body),
+                Failure::AnswerLost => Reply {
+                    lost: true,
+                    ..self.route(req)
+                },
             };
         }
         let (template, major, (mut limit, mut per)) = bucket(&req.method, &req.segs);
@@ -1467,11 +1485,30 @@ impl St {
             }
             parent = None;
         }
+        // `enforce_nonce`: a message the bot already created with this nonce is answered again
+        // instead of being created twice (Discord keeps nonces for a few minutes).
+        let nonce = req.body["nonce"].as_str().map(str::to_owned);
+        if let Some(nonce) = nonce
+            .as_deref()
+            .filter(|_| req.body["enforce_nonce"] == true)
+        {
+            let bot = self.bot.id.to_string();
+            let earlier = self.messages.get(&c).and_then(|log| {
+                log.iter()
+                    .find(|m| m.raw["nonce"] == nonce && m.raw["author"]["id"] == bot)
+            });
+            if let Some(earlier) = earlier {
+                return Reply::json(200, earlier.raw.clone());
+            }
+        }
         let mut raw = self.new_message(c, user_json(&self.bot), content, parent);
         if let Some(embeds) = embeds {
             raw["embeds"] = json!(embeds);
-            self.replace(&raw);
         }
+        if let Some(nonce) = nonce {
+            raw["nonce"] = json!(nonce);
+        }
+        self.replace(&raw);
         self.echo("MESSAGE_CREATE", &self.gateway_message(raw.clone()));
         Reply::json(200, raw)
     }

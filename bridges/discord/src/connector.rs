@@ -14,8 +14,10 @@
 //! (`own:{id}`), so that a moderator deleting it does not delete the agent's hub message.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::emoji::Emoji;
@@ -35,7 +37,9 @@ use serenity::builder::{
     CreateAllowedMentions, CreateMessage, CreateThread, EditMessage, ExecuteWebhook,
 };
 use serenity::http::{LightMethod, Route};
-use serenity::model::channel::{AutoArchiveDuration, MessageReference, MessageReferenceKind};
+use serenity::model::channel::{
+    AutoArchiveDuration, MessageReference, MessageReferenceKind, Nonce,
+};
 use serenity::model::id::UserId;
 
 use crate::config::{DiscordConfig, WebhookRef};
@@ -73,6 +77,15 @@ pub struct DiscordPart {
     /// not post it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posted: Option<String>,
+    /// A bot post's nonce, kept across retries: with `enforce_nonce` Discord answers a repeated
+    /// post with the message the first one created, so a post whose answer was lost is not shown
+    /// twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Whether a webhook post was tried already: its answer may have been lost after Discord
+    /// created the message, so the retry looks for it first (webhooks take no nonce).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tried: bool,
 }
 
 impl DiscordPart {
@@ -85,8 +98,23 @@ impl DiscordPart {
             ping: None,
             person: false,
             posted: None,
+            nonce: None,
+            tried: false,
         }
     }
+}
+
+/// A nonce no other post of this process has: the time in nanoseconds and a counter, in hex
+/// (Discord takes up to 25 characters).
+fn new_nonce() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut nonce = format!("{nanos:x}{count:x}");
+    nonce.truncate(25);
+    nonce
 }
 
 /// Discord's REST API, for the relay engine.
@@ -353,12 +381,11 @@ impl Connector for Discord {
             let parts = format::compose(&header, &text, self.max_parts)
                 .into_iter()
                 .map(|content| DiscordPart {
-                    content,
                     username: username.clone(),
                     avatar_url: avatar_url.clone(),
                     ping: ping.filter(|_| !person),
                     person,
-                    posted: None,
+                    ..DiscordPart::text(content)
                 })
                 .collect();
             Ok(Rendered {
@@ -407,16 +434,27 @@ impl Connector for Discord {
                         Some(_) => Some(self.channel(place).await?),
                         None => None,
                     };
-                    self.webhook_post(hook, thread, &json_body(&post)).await?
+                    let landed = match part.tried {
+                        true => self.find_webhook_post(place, hook, &part.content).await?,
+                        false => None,
+                    };
+                    part.tried = true;
+                    match landed {
+                        Some(id) => id,
+                        None => self.webhook_post(hook, thread, &json_body(&post)).await?,
+                    }
                 }
                 None => {
                     let channel = self.channel(place).await?;
                     // An agent's native reply pings the author it answers, and nobody else.
                     let allowed =
                         allowed_mentions(ping).replied_user(!part.person && reply_to.is_some());
+                    let nonce = part.nonce.get_or_insert_with(new_nonce).clone();
                     let mut post = CreateMessage::new()
                         .content(&part.content)
-                        .allowed_mentions(allowed);
+                        .allowed_mentions(allowed)
+                        .nonce(Nonce::String(nonce))
+                        .enforce_nonce(true);
                     if let Some(parent) = reply_to {
                         let parent = MessageReference::new(
                             MessageReferenceKind::Default,

@@ -17,6 +17,10 @@ use crate::format;
 use crate::ids;
 use crate::rest::{path_segment, RestError};
 
+/// How many of a channel's latest messages are searched for a post whose answer was lost: more
+/// than the bridge posts there between two attempts of one part.
+const RECENT: u32 = 50;
+
 impl Discord {
     /// Executes a webhook (in `thread` when given) and returns the new message's id.
     pub(crate) async fn webhook_post(
@@ -44,6 +48,38 @@ impl Discord {
             )
             .await?;
         id_of(answer.as_ref())
+    }
+
+    /// A message `hook` posted with `content` among the latest in the place's channel: the post
+    /// of an earlier attempt whose answer was lost.
+    pub(crate) async fn find_webhook_post(
+        &self,
+        place: &Place,
+        hook: &WebhookRef,
+        content: &str,
+    ) -> Result<Option<u64>, SendError> {
+        let channel = self.channel(place).await?;
+        let recent: Vec<Value> = self
+            .shared
+            .rest
+            .json(
+                LightMethod::Get,
+                Route::ChannelMessages {
+                    channel_id: ids::channel(channel)?,
+                },
+                &[("limit", RECENT.to_string())],
+                None,
+                &format!("get:messages:{channel}"),
+            )
+            .await?;
+        let hook_id = hook.id.to_string();
+        Ok(recent
+            .iter()
+            .find(|message| {
+                message["webhook_id"] == hook_id.as_str() && message["content"] == content
+            })
+            .and_then(|message| message["id"].as_str())
+            .and_then(ids::parse))
     }
 
     /// Posts as the bot and returns the new message's id.
