@@ -2125,3 +2125,102 @@ async fn a_stream_past_telegrams_limit_keeps_its_first_part_and_adds_the_next() 
     .await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_429_nothing_reaches_the_chat_until_it_passes_then_all_in_order() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP)];
+    })
+    .await;
+    h.tg.fail_next("sendMessage", Failure::RetryAfter(3));
+    h.agent_says(CHANNEL, AGENT, "r-1", "first").await;
+    h.tg.wait_until("the 429", WAIT, |tg| tg.count_429() == 1).await;
+    // Once the bridge has the answer, nothing more goes to the chat until the wait is over.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let paused = Instant::now();
+    // A streamed answer starts meanwhile: its typing must wait too.
+    h.channel_event(
+        CHANNEL,
+        json!({"type": "channel.message", "channelId": CHANNEL, "message": {
+            "id": "r-2", "content": "second", "senderId": AGENT, "timestamp": now(),
+            "metadata": {"streaming": true}}}),
+    )
+    .await;
+    h.agent_says(CHANNEL, AGENT, "r-3", "third").await;
+    h.tg.wait_until("all three shown", WAIT, |tg| {
+        tg.messages_in(GROUP).len() == 3
+    })
+    .await;
+    let shown: Vec<String> =
+        h.tg.messages_in(GROUP)
+            .into_iter()
+            .map(|m| m.plain)
+            .collect();
+    let expected: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .map(|text| format!("🤖 Backend Architect\n{text}"))
+        .collect();
+    assert_eq!(shown, expected, "in order");
+    let to_group: Vec<Call> = h
+        .tg
+        .calls()
+        .into_iter()
+        .filter(|call| chat_of(call) == GROUP)
+        .collect();
+    let refused = to_group
+        .iter()
+        .find(|call| call.status == 429)
+        .expect("the 429")
+        .at;
+    let during: Vec<&str> = to_group
+        .iter()
+        .filter(|call| call.at > paused && call.at < refused + Duration::from_millis(2900))
+        .map(|call| call.method.as_str())
+        .collect();
+    assert!(during.is_empty(), "calls during the pause: {during:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_text_of_a_streamed_answer_lands_after_a_restart() {
+    let h = Harness::start(|config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP)];
+    })
+    .await;
+    let edit = |text: &str, streaming: bool| {
+        let mut edit = json!({"type": "channel.message.edit", "channelId": CHANNEL,
+                              "messageId": "s-r", "content": text});
+        if streaming {
+            edit["metadata"] = json!({"streaming": true});
+        }
+        edit
+    };
+    h.agent_says(CHANNEL, AGENT, "s-r", "v0").await;
+    h.shown(GROUP, "v0").await;
+    h.channel_event(CHANNEL, edit("v1", true)).await;
+    h.shown(GROUP, "v1").await;
+    // The group's cadence holds v2 back; v3 is taken into it; then the service stops.
+    h.channel_event(CHANNEL, edit("v2", true)).await;
+    h.channel_event(CHANNEL, edit("v3", false)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Harness {
+        redis,
+        tg,
+        mut service,
+        ..
+    } = h;
+    service.take().expect("running").stop().await;
+    let h = Harness::start_configured(redis, tg, |config| {
+        telegram(config).links = vec![link(CHANNEL, GROUP)];
+    })
+    .await;
+    h.shown(GROUP, "v3").await;
+    let edits: Vec<String> =
+        h.tg.calls_of("editMessageText")
+            .iter()
+            .filter_map(|call| call.body["text"].as_str().map(str::to_owned))
+            .collect();
+    assert_eq!(edits.len(), 2, "v1, then v3 after the restart: {edits:?}");
+    assert!(edits.iter().all(|text| !text.contains("v2")));
+    h.stop().await;
+}
