@@ -764,10 +764,15 @@ async fn a_long_answer_is_split_and_every_part_is_edited_and_deleted() {
         .collect();
     assert_eq!(ids.len(), posts.len());
 
-    // An edit reaches every part, through the webhook.
+    // An edit that changes every part reaches every part, through the webhook. (Parts an edit
+    // leaves as they were are not edited again.)
+    let edited = answer
+        .replace("Here is the", "Here is the new")
+        .replace("closing words", "final words")
+        .replace("a line of code", "a line of Rust");
     h.agent_event(
         json!({"type": "channel.message.edit", "channelId": HUB, "messageId": hub_id,
-        "content": answer.replace("closing words", "final words")}),
+        "content": edited}),
     )
     .await;
     let patches = h

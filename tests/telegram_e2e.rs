@@ -2134,7 +2134,8 @@ async fn after_a_429_nothing_reaches_the_chat_until_it_passes_then_all_in_order(
     .await;
     h.tg.fail_next("sendMessage", Failure::RetryAfter(3));
     h.agent_says(CHANNEL, AGENT, "r-1", "first").await;
-    h.tg.wait_until("the 429", WAIT, |tg| tg.count_429() == 1).await;
+    h.tg.wait_until("the 429", WAIT, |tg| tg.count_429() == 1)
+        .await;
     // Once the bridge has the answer, nothing more goes to the chat until the wait is over.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let paused = Instant::now();
@@ -2161,12 +2162,11 @@ async fn after_a_429_nothing_reaches_the_chat_until_it_passes_then_all_in_order(
         .map(|text| format!("🤖 Backend Architect\n{text}"))
         .collect();
     assert_eq!(shown, expected, "in order");
-    let to_group: Vec<Call> = h
-        .tg
-        .calls()
-        .into_iter()
-        .filter(|call| chat_of(call) == GROUP)
-        .collect();
+    let to_group: Vec<Call> =
+        h.tg.calls()
+            .into_iter()
+            .filter(|call| chat_of(call) == GROUP)
+            .collect();
     let refused = to_group
         .iter()
         .find(|call| call.status == 429)

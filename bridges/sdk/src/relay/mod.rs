@@ -39,7 +39,7 @@ use crate::bridge::HubHandle;
 use crate::msgmap::MessageMap;
 use crate::outbox::Outboxes;
 use crate::store::StoreError;
-use streaming::Cadence;
+use streaming::{Cadence, ShownParts};
 
 pub use connector::{
     Author, Capabilities, Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange,
@@ -75,6 +75,7 @@ pub(crate) struct Core<C: Connector> {
     records: Records,
     typing: Typing<C>,
     cadence: Cadence,
+    shown_parts: ShownParts,
     shutdown: CancellationToken,
 }
 
@@ -91,6 +92,7 @@ impl<C: Connector> Relay<C> {
         let core = Arc::new(Core {
             typing: Typing::new(connector.clone(), tasks.clone(), shutdown.clone()),
             cadence: Cadence::default(),
+            shown_parts: ShownParts::default(),
             map: MessageMap::new(&hub),
             records: Records::new(hub.store_arc(), hub.keys().clone(), name),
             connector,

@@ -14,6 +14,7 @@ use crate::relay::connector::{
     Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange, Rendering, ThreadRef,
 };
 use crate::relay::job::{self, Action, Job, Rewrite, SendProgress};
+use crate::relay::streaming::ShownParts;
 use crate::relay::{home, Core};
 use crate::store::StoreError;
 
@@ -139,6 +140,8 @@ impl<C: Connector> Core<C> {
                 .then_some(())
                 .and(progress.reply_to.as_ref());
             let part = &mut progress.parts[progress.done];
+            let fingerprint = ShownParts::fingerprint(part);
+            let before = progress.shown.len();
             let result = self
                 .connector
                 .send(&place, part, reply_to, &mut progress.shown)
@@ -146,6 +149,9 @@ impl<C: Connector> Core<C> {
             // A part that went out is done whatever happens next: a retry must not show it again.
             if result.is_ok() {
                 progress.done += 1;
+                if let [id] = &progress.shown[before..] {
+                    self.shown_parts.note(&chat.0, &id.0, fingerprint);
+                }
             }
             // Mapped part by part: a message given up on halfway still has its shown parts
             // reached by edits and deletes.
@@ -498,13 +504,22 @@ impl<C: Connector> Core<C> {
             let index = rewrite.next;
             match (rewrite.old.get(index), rewrite.new.get_mut(index)) {
                 (Some(old), Some(part)) => {
-                    if self.connector.edit(&place, old, part).await? == Edited::Done {
+                    let fingerprint = ShownParts::fingerprint(part);
+                    if self.shown_parts.shows(&chat.0, &old.0, fingerprint) {
+                        // Shown as it is: a streamed answer's earlier parts stay untouched.
+                        rewrite.ids.push(old.clone());
+                    } else if self.connector.edit(&place, old, part).await? == Edited::Done {
+                        self.shown_parts.note(&chat.0, &old.0, fingerprint);
                         rewrite.ids.push(old.clone());
                     }
                 }
                 (None, Some(part)) => {
+                    let fingerprint = ShownParts::fingerprint(part);
                     let mut shown = Vec::new();
                     let result = self.connector.send(&place, part, None, &mut shown).await;
+                    if let [id] = &shown[..] {
+                        self.shown_parts.note(&chat.0, &id.0, fingerprint);
+                    }
                     rewrite.ids.extend(shown);
                     let ids: Vec<String> = rewrite.ids.iter().map(|id| id.0.clone()).collect();
                     self.map

@@ -6,6 +6,9 @@
 //! - a newer text is taken into the job still waiting for that message in the chat's outbox (its
 //!   send or its edit), and a delete of a message not shown yet cancels its send
 //!   ([`Job::absorb`]);
+//! - a part whose text has not changed since it was shown is not edited again: past the
+//!   platform's length limit the parts already shown stay and only the last one grows
+//!   ([`ShownParts`]);
 //! - edits of one message go out at most once per [`Connector::edit_cadence`] in a chat
 //!   ([`Cadence`]): the next edit waits in the queue meanwhile, taking in newer texts, so the
 //!   newest text lands within one cadence and the last one always lands. The first edit after the
@@ -14,8 +17,11 @@
 //! [`Connector::edit_cadence`]: crate::relay::Connector::edit_cadence
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use serde::Serialize;
 
 use tokio::time::Instant;
 
@@ -94,5 +100,41 @@ impl Cadence {
         let shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (chat.to_owned(), message.to_owned());
         shown.get(&key).map(|at| *at + every)
+    }
+}
+
+/// What each platform message shows, as a fingerprint of the rendered part it was made from, so an
+/// edit leaves a part alone when its rendering has not changed. In memory: after a restart a part
+/// is edited once more (a platform answers "not modified"), nothing worse.
+#[derive(Default)]
+pub(crate) struct ShownParts {
+    // A std mutex: never held across an await.
+    parts: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl ShownParts {
+    /// The fingerprint of a part as rendered, before a platform call adds its progress to it.
+    pub(crate) fn fingerprint(part: &impl Serialize) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_string(part)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// `id` in `chat` now shows the part with `fingerprint`.
+    pub(crate) fn note(&self, chat: &str, id: &str, fingerprint: u64) {
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        if parts.len() >= REMEMBERED {
+            // Old messages are rarely edited again; an edit of one simply goes out.
+            parts.clear();
+        }
+        parts.insert((chat.to_owned(), id.to_owned()), fingerprint);
+    }
+
+    /// Whether `id` in `chat` already shows the part with `fingerprint`.
+    pub(crate) fn shows(&self, chat: &str, id: &str, fingerprint: u64) -> bool {
+        let parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        parts.get(&(chat.to_owned(), id.to_owned())) == Some(&fingerprint)
     }
 }

@@ -245,3 +245,27 @@ async fn after_a_429_nothing_reaches_the_chat_until_it_passes_then_all_in_order(
     assert!(start.elapsed() >= Duration::from_secs(5));
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn past_the_limit_the_parts_shown_stay_and_only_the_last_one_grows() {
+    let h = Harness::new(streaming_memory());
+    // Parts are 12 characters: "Ada: aaaaaaa" fills the first one.
+    h.say("B", "m1", "ada", "aaaaaaa").await;
+    h.hub_publish(edit("m1", "aaaaaaab", true)).await;
+    h.settle().await;
+    tokio::time::sleep(CADENCE).await;
+    h.hub_publish(edit("m1", "aaaaaaabc", false)).await;
+    tokio::time::sleep(CADENCE).await;
+    // The first part went out with the message and never changed: no edit of it.
+    let calls = h.connector.calls();
+    let edited: Vec<&Call> = calls
+        .iter()
+        .filter(|call| matches!(call, Call::Edit { id, .. } if id == "100"))
+        .collect();
+    assert!(edited.is_empty(), "{calls:?}");
+    let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
+    assert_eq!(texts, ["Ada: aaaaaaa", "b"]);
+    assert_eq!(h.edits(), vec!["bc".to_owned()]);
+    assert_eq!(h.parts("m1", "1/B").await.len(), 2, "both mapped");
+    h.stop().await;
+}

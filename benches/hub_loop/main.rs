@@ -92,6 +92,9 @@ unsafe impl GlobalAlloc for Counting {
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+mod discord;
+mod streaming;
+
 /// Unprocessed events allowed in the throughput run: below the bridge queue (10,000) and the
 /// subscriber queue (65,536), so nothing is dropped; 16 hub batches (512), so the loop never idles.
 const IN_FLIGHT: u64 = 8_192;
@@ -140,6 +143,9 @@ struct Args {
     telegram_secs: u64,
     soak_secs: u64,
     people: u64,
+    stream_secs: u64,
+    backlog: u64,
+    discord_secs: u64,
 }
 
 impl Args {
@@ -163,6 +169,9 @@ impl Args {
             telegram_secs: get("--telegram-secs", 5)?.max(1),
             soak_secs: get("--soak-secs", 60)?,
             people: get("--people", 100_000)?,
+            stream_secs: get("--stream-secs", 30)?,
+            backlog: get("--backlog", 200)?,
+            discord_secs: get("--discord-secs", 10)?,
         })
     }
 }
@@ -414,6 +423,9 @@ struct Report {
     soak: Option<Soak>,
     people: Option<People>,
     telegram: Telegram,
+    streaming: Option<streaming::Streaming>,
+    backlog: Option<streaming::Backlog>,
+    discord: Option<discord::Latency>,
 }
 
 async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
@@ -488,6 +500,17 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     running.stop().await;
 
     report.telegram = telegram(&url, args).await?;
+    if args.discord_secs > 0 {
+        report.discord = Some(discord::latency(&url, args.discord_secs).await?);
+    }
+    if args.stream_secs > 0 {
+        eprintln!("streaming: {} s", args.stream_secs);
+        report.streaming = Some(streaming::streaming(&url, args.stream_secs).await?);
+    }
+    if args.backlog > 0 {
+        eprintln!("backlog: {} messages", args.backlog);
+        report.backlog = Some(streaming::backlog(&url, args.backlog).await?);
+    }
     Ok(report)
 }
 
@@ -690,7 +713,11 @@ struct Telegram {
 }
 
 fn ticker(rate: u64) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    ticker_every(Duration::from_nanos(1_000_000_000 / rate))
+}
+
+fn ticker_every(every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
 }
@@ -992,6 +1019,27 @@ impl Report {
             &tg.inbound,
             [raw, &response],
         );
+        if let Some(dc) = &self.discord {
+            let (request, response): (Vec<u64>, Vec<u64>) = dc.http.iter().copied().unzip();
+            let round_trip: Vec<u64> = dc.http.iter().map(|(a, b)| a + b).collect();
+            let round_trip = p50_p99(&round_trip);
+            rows.push(format!(
+                "raw HTTP GET /gateway round trip p50/p99|{round_trip}|-|-|floor"
+            ));
+            relay_rows(
+                &mut rows,
+                "publish->webhook POST",
+                &dc.outbound,
+                [raw, &request],
+            );
+            relay_rows(
+                &mut rows,
+                "MESSAGE_CREATE->hub subscriber",
+                &dc.inbound,
+                [raw, &response],
+            );
+        }
+        streaming::rows(&mut rows, self.streaming.as_ref(), self.backlog.as_ref());
         print_table(&rows);
 
         println!(
@@ -1023,6 +1071,19 @@ impl Report {
             tg.lost.0,
             tg.lost.1
         );
+        if let Some(dc) = &self.discord {
+            println!(
+                "discord ({} channels with a webhook each, {}/s each way): floors are raw \
+                 PUBLISH -> subscriber plus one leg of the GET /gateway round trip; {}/{} \
+                 samples; lost {}/{}",
+                discord::CHANNELS,
+                discord::RATE,
+                dc.outbound.len(),
+                dc.inbound.len(),
+                dc.lost.0,
+                dc.lost.1
+            );
+        }
     }
 }
 
