@@ -34,6 +34,9 @@
 //! deadline and new Redis keys; (RSS after - before) / N is an upper bound (the allocator keeps
 //! freed memory), the live heap delta / N exact. Redis is another process: its `used_memory`
 //! delta / N is context only.
+//!
+//! Discord relay latency both ways (`discord.rs`), streamed answers and a backlog against fakes
+//! that enforce the platforms' limits (`streaming.rs`): see those modules.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -793,7 +796,7 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         dm_agent: None,
         poll_timeout_secs: 10,
         // Pacing far above the load (Telegram's real limits are 1/s per chat, 20/min per group,
-        // 30/s per bot): this measures the relay, not the pacer's waits.
+        // 30/s per bot): this measures the relay, not the flood budget's waits.
         chat_sends_per_sec: 10_000,
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
