@@ -7,7 +7,6 @@
 //! bucket is in the numbers. The floors: raw PUBLISH -> subscriber plus one leg of a plain reqwest
 //! round trip to the same fake (`GET /gateway`).
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hub_bridge::config::Config;
@@ -15,9 +14,8 @@ use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::registry::Section;
 use hub_bridge_testkit::fake_discord::{FakeDiscord, UserMessage, UserRef};
-use redis::{AsyncConnectionConfig, PushKind};
 
-use super::{nanos, now_ns, ticker, wait_for, warm, Result};
+use super::{nanos, now_ns, ticker, wait_for, warm, Arrivals, Result};
 
 const TOKEN: &str = "fake-discord-latency-token";
 const GUILD: u64 = 1_500_000_000_000_000_001;
@@ -119,29 +117,7 @@ pub async fn latency(url: &str, secs: u64) -> Result<Latency> {
     if !wait_for(Duration::from_secs(15), || running.health.is_ready()).await {
         return Err(format!("discord: never ready: {:?}", running.health.snapshot()).into());
     }
-    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let push_config = AsyncConnectionConfig::new().set_push_sender(sender);
-    let mut subscriber = redis::Client::open(format!("{url}/?protocol=resp3"))?
-        .get_multiplexed_async_connection_with_config(&push_config)
-        .await?;
-    subscriber.psubscribe("pubsub:channel:dc-*").await?;
-    let arrivals: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
-    let receiver = tokio::spawn({
-        let arrivals = arrivals.clone();
-        async move {
-            while let Some(push) = pushes.recv().await {
-                let now = now_ns();
-                if let (PushKind::PMessage, [_, _, redis::Value::BulkString(payload)]) =
-                    (push.kind, push.data.as_slice())
-                {
-                    if let Some(seq) = inbound_seq(payload) {
-                        let mut arrivals = arrivals.lock().unwrap_or_else(PoisonError::into_inner);
-                        arrivals.push((seq, now));
-                    }
-                }
-            }
-        }
-    });
+    let arrivals = Arrivals::subscribe(url, "pubsub:channel:dc-*", inbound_seq).await?;
 
     eprintln!("discord: hub -> platform");
     let mut conn = redis::Client::open(url)?
@@ -199,17 +175,8 @@ pub async fn latency(url: &str, secs: u64) -> Result<Latency> {
         injected.push(now_ns());
         fake.post_user_message(message);
     }
-    let arrived = || {
-        arrivals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64
-    };
-    wait_for(Duration::from_secs(15), || arrived() >= count).await;
-    receiver.abort();
-    let mut inbound = std::mem::take(&mut *arrivals.lock().unwrap_or_else(PoisonError::into_inner));
-    inbound.sort_unstable();
-    inbound.dedup_by_key(|sample| sample.0);
+    wait_for(Duration::from_secs(15), || arrivals.count() >= count).await;
+    let inbound = arrivals.take();
     report.lost.1 = count - inbound.len() as u64;
     let latency = |(seq, at): (u64, u64)| at.saturating_sub(injected[seq as usize]);
     report.inbound = warm(inbound.into_iter().map(latency).collect(), RATE);

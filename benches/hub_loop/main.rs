@@ -749,6 +749,65 @@ fn inbound_seq(payload: &[u8]) -> Option<u64> {
     content.strip_prefix("bench inbound ")?.parse().ok()
 }
 
+/// A PSUBSCRIBE subscriber that notes when each numbered message arrives: (sequence, ns), the
+/// time taken before parsing.
+struct Arrivals {
+    // Kept open: the subscription lives as long as the connection.
+    _subscriber: MultiplexedConnection,
+    seen: Arc<Mutex<Vec<(u64, u64)>>>,
+    receiver: tokio::task::JoinHandle<()>,
+}
+
+impl Arrivals {
+    async fn subscribe(url: &str, pattern: &str, seq_of: fn(&[u8]) -> Option<u64>) -> Result<Self> {
+        let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let push_config = AsyncConnectionConfig::new().set_push_sender(sender);
+        let mut subscriber = redis::Client::open(format!("{url}/?protocol=resp3"))?
+            .get_multiplexed_async_connection_with_config(&push_config)
+            .await?;
+        subscriber.psubscribe(pattern).await?;
+        let seen: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let receiver = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Some(push) = pushes.recv().await {
+                    let now = now_ns();
+                    if let (PushKind::PMessage, [_, _, redis::Value::BulkString(payload)]) =
+                        (push.kind, push.data.as_slice())
+                    {
+                        if let Some(seq) = seq_of(payload) {
+                            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                            seen.push((seq, now));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            _subscriber: subscriber,
+            seen,
+            receiver,
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64
+    }
+
+    /// Every arrival so far, by sequence number, each once.
+    fn take(self) -> Vec<(u64, u64)> {
+        self.receiver.abort();
+        let mut seen =
+            std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
+        seen.sort_unstable();
+        seen.dedup_by_key(|sample| sample.0);
+        seen
+    }
+}
+
 /// The HTTP floor: getMe at `rate` on one kept-alive reqwest client, before the bridge polls.
 async fn http_floor(tg: &FakeTelegram, rate: u64, count: u64) -> Result<Vec<(u64, u64)>> {
     let (client, mut ticker) = (reqwest::Client::new(), ticker(rate));
@@ -808,32 +867,8 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {
         return Err(format!("telegram: never ready: {:?}", running.health.snapshot()).into());
     }
-    // The subscriber is up before anything is timed; timestamps are taken before parsing.
-    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let push_config = AsyncConnectionConfig::new().set_push_sender(sender);
-    let mut subscriber = redis::Client::open(format!("{url}/?protocol=resp3"))?
-        .get_multiplexed_async_connection_with_config(&push_config)
-        .await?;
-    subscriber.psubscribe("pubsub:channel:tg-*").await?;
-    let arrivals: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
-    let receiver = tokio::spawn({
-        let arrivals = arrivals.clone();
-        async move {
-            while let Some(push) = pushes.recv().await {
-                let now = now_ns();
-                if let (PushKind::PMessage, [_, _, redis::Value::BulkString(payload)]) =
-                    (push.kind, push.data.as_slice())
-                {
-                    if let Some(seq) = inbound_seq(payload) {
-                        arrivals
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push((seq, now));
-                    }
-                }
-            }
-        }
-    });
+    // The subscriber is up before anything is timed.
+    let arrivals = Arrivals::subscribe(url, "pubsub:channel:tg-*", inbound_seq).await?;
 
     eprintln!("telegram: hub -> platform");
     let mut conn = redis::Client::open(url)?
@@ -882,17 +917,8 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
         injected.push(now_ns());
         tg.inject(update);
     }
-    let arrived = || {
-        arrivals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64
-    };
-    wait_for(Duration::from_secs(10), || arrived() >= count).await;
-    receiver.abort();
-    let mut inbound = std::mem::take(&mut *arrivals.lock().unwrap_or_else(PoisonError::into_inner));
-    inbound.sort_unstable();
-    inbound.dedup_by_key(|sample| sample.0);
+    wait_for(Duration::from_secs(10), || arrivals.count() >= count).await;
+    let inbound = arrivals.take();
     report.lost.1 = count - inbound.len() as u64;
     let latency = |(seq, at): (u64, u64)| at.saturating_sub(injected[seq as usize]);
     report.inbound = warm(inbound.into_iter().map(latency).collect(), rate);
@@ -1063,7 +1089,7 @@ impl Report {
             self.hub_latency.len()
         );
         println!(
-            "telegram ({} chats, pacing limits far above the load): floors are raw PUBLISH -> \
+            "telegram ({} chats, limits far above the load): floors are raw PUBLISH -> \
              subscriber plus one leg of the getMe round trip, request {} p50/p99 outbound, \
              response {} inbound; {}/{} samples; lost {}/{}",
             TG_CHATS,

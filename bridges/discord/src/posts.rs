@@ -59,18 +59,9 @@ impl Discord {
         content: &str,
     ) -> Result<Option<u64>, SendError> {
         let channel = self.channel(place).await?;
-        let recent: Vec<Value> = self
+        let recent = self
             .shared
-            .rest
-            .json(
-                LightMethod::Get,
-                Route::ChannelMessages {
-                    channel_id: ids::channel(channel)?,
-                },
-                &[("limit", RECENT.to_string())],
-                None,
-                &format!("get:messages:{channel}"),
-            )
+            .channel_messages(channel, &[("limit", RECENT.to_string())])
             .await?;
         let hook_id = hook.id.to_string();
         Ok(recent

@@ -69,6 +69,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A channel's messages, newest first (`GET /channels/{id}/messages` with `params`).
+    pub(crate) async fn channel_messages(
+        &self,
+        channel: u64,
+        params: &[(&'static str, String)],
+    ) -> Result<Vec<Value>, RestError> {
+        self.rest
+            .json(
+                LightMethod::Get,
+                Route::ChannelMessages {
+                    channel_id: ids::channel(channel)?,
+                },
+                params,
+                None,
+                &format!("get:messages:{channel}"),
+            )
+            .await
+    }
+
     pub fn new(config: &DiscordConfig, rest: SharedRest, hub: HubHandle) -> Self {
         let own_webhooks = config
             .links

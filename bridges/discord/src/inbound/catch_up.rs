@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use hub_bridge_sdk::Op;
 use serde_json::Value;
-use serenity::http::{LightMethod, Route};
 use serenity::model::channel::Message;
 
 use super::{Inbound, MAX_PAGES, PAGE};
@@ -143,19 +142,7 @@ impl Inbound {
         }
         let mut attempt = 0;
         let values: Vec<Value> = loop {
-            let result = self
-                .shared
-                .rest
-                .json(
-                    LightMethod::Get,
-                    Route::ChannelMessages {
-                        channel_id: ids::channel(channel)?,
-                    },
-                    &params,
-                    None,
-                    &format!("get:messages:{channel}"),
-                )
-                .await;
+            let result = self.shared.channel_messages(channel, &params).await;
             attempt += 1;
             let wait = match &result {
                 Err(RestError::RateLimited { retry_after, .. }) => *retry_after,
