@@ -15,6 +15,7 @@ pub mod health;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod msgmap;
 pub mod outbox;

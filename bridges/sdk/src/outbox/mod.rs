@@ -19,8 +19,15 @@
 //! [`Deliver::agent`] says whose a job is): beyond it the agent's job is refused (dead-lettered
 //! with the reason, so the agent is told) and counted, and other agents' jobs still fit.
 //!
-//! This module owns the queues and the shares; [`durable`] is the store side, [`worker`] the
-//! delivery loop.
+//! A queue is not a plain FIFO, for streamed answers (SPEC section 5): a new job first meets the
+//! newest waiting job about the same message ([`Deliver::coalescing_key`], [`Deliver::absorb`]),
+//! which may take it in (a newer text) or be cancelled by it (a delete), in the store too; and the
+//! worker takes the first job that may start now ([`Deliver::not_before`]: an edit waiting for its
+//! cadence does not hold up other messages), deferrable ones ([`Deliver::deferrable`]) only when
+//! nothing else is ready.
+//!
+//! This module owns the queues and the shares; [`durable`] is the store side, `queue` the order
+//! in which a destination's jobs start, [`worker`] the delivery loop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
