@@ -93,6 +93,12 @@ impl Keys {
         self.bridge(format_args!("outbox:{bridge}:{destination}"))
     }
 
+    /// `bridge:media:key`: the key that signs media links, shared by every instance so any of
+    /// them can serve any link.
+    pub fn media_key(&self) -> String {
+        self.bridge(format_args!("media:key"))
+    }
+
     /// `bridge:outboxes:{bridge}`: the set of a bridge's destinations with a stored backlog.
     pub fn outboxes(&self, bridge: &str) -> String {
         self.bridge(format_args!("outboxes:{bridge}"))
@@ -321,6 +327,7 @@ mod tests {
             (keys.lease("telegram"), "p:bridge:lease:telegram"),
             (keys.offline_claim("C", "a"), "p:bridge:offline:C:a"),
             (keys.check_probe("x-1"), "p:bridge:check:x-1"),
+            (keys.media_key(), "p:bridge:media:key"),
             (
                 keys.counted(Action::Reaction, "discord:message:5:reaction"),
                 "p:bridge:counted:reaction:discord:message:5:reaction",

@@ -192,12 +192,7 @@ impl Fetcher {
         let mut url = Url::parse(url).map_err(|_| FetchError::NotHttp(url.to_owned()))?;
         for _ in 0..=MAX_REDIRECTS {
             self.check(&url)?;
-            let response = self
-                .client
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(network)?;
+            let response = self.client.get(url.clone()).send().await.map_err(network)?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
