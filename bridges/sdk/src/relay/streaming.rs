@@ -22,7 +22,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-
 use tokio::time::Instant;
 
 use crate::outbox::Absorb;
