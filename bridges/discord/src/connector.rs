@@ -20,7 +20,6 @@ use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::msgmap::MessageMap;
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::budget::{FloodBudget, FloodLimits, Window};
@@ -46,7 +45,6 @@ use crate::config::{DiscordConfig, WebhookRef};
 use crate::format::{self, Header};
 use crate::ids;
 use crate::posts::{id_of, json_body, part_id};
-use crate::rest::path_segment;
 use crate::shared::Shared;
 
 /// How often the typing indicator is sent again (Discord shows it for ~10 s).
@@ -245,39 +243,6 @@ impl Discord {
         // would then delete the hub message too, which is the lesser harm.
         if let Err(error) = self.shared.hub.store().one(op).await {
             tracing::warn!(%error, message = id, "could not mark a Discord post as the bridge's own");
-        }
-    }
-
-    /// Adds or removes the bot's reaction `emoji` on a message.
-    async fn set_reaction(
-        &self,
-        channel: u64,
-        message: u64,
-        emoji: &str,
-        add: bool,
-    ) -> Result<(), SendError> {
-        // Checked when the hub event was routed; again here for jobs an earlier release queued.
-        let emoji = Emoji::parse(emoji)
-            .map_err(|error| SendError::Permanent(format!("reaction not relayed: {error}")))?;
-        let route = Route::ChannelMessageReactionMe {
-            channel_id: ids::channel(channel)?,
-            message_id: ids::message(message)?,
-            reaction: &path_segment(&emoji.to_string()),
-        };
-        let method = if add {
-            LightMethod::Put
-        } else {
-            LightMethod::Delete
-        };
-        let result = self
-            .shared
-            .rest
-            .call(method, route, &[], None, &format!("reaction:{channel}"))
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if error.is_unknown_message() => Ok(()),
-            Err(error) => Err(error.into()),
         }
     }
 }

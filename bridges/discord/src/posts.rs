@@ -1,8 +1,10 @@
 //! The Discord REST calls the connector is made of, one request each: executing a link's webhook,
-//! a bot post, reading a message back, and the quote a webhook reply starts with. Every call goes
-//! through [`crate::rest`] (which paces by Discord's rate-limit headers); webhook tokens go only
-//! into request paths, as escaped segments, never into an error or a log line.
+//! a bot post, finding a post whose answer was lost, reading a message back, the bot's reactions,
+//! and the quote a webhook reply starts with. Every call goes through [`crate::rest`] (which paces
+//! by Discord's rate-limit headers); webhook tokens go only into request paths, as escaped
+//! segments, never into an error or a log line.
 
+use hub_bridge_sdk::emoji::Emoji;
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{Chat, PartId, Place, ThreadRef};
@@ -255,6 +257,39 @@ impl Discord {
         match &place.thread {
             Some(thread) => thread_channel(thread),
             None => self.chat_channel(&place.chat).await,
+        }
+    }
+
+    /// Adds or removes the bot's reaction `emoji` on a message.
+    pub(crate) async fn set_reaction(
+        &self,
+        channel: u64,
+        message: u64,
+        emoji: &str,
+        add: bool,
+    ) -> Result<(), SendError> {
+        // Checked when the hub event was routed; again here for jobs an earlier release queued.
+        let emoji = Emoji::parse(emoji)
+            .map_err(|error| SendError::Permanent(format!("reaction not relayed: {error}")))?;
+        let route = Route::ChannelMessageReactionMe {
+            channel_id: ids::channel(channel)?,
+            message_id: ids::message(message)?,
+            reaction: &path_segment(&emoji.to_string()),
+        };
+        let method = if add {
+            LightMethod::Put
+        } else {
+            LightMethod::Delete
+        };
+        let result = self
+            .shared
+            .rest
+            .call(method, route, &[], None, &format!("reaction:{channel}"))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_unknown_message() => Ok(()),
+            Err(error) => Err(error.into()),
         }
     }
 }
