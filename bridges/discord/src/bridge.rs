@@ -98,9 +98,8 @@ impl DiscordBridge {
 }
 
 impl DiscordBridge {
-    /// The relay engine over this run's connector, with what a stopped run (or a crash) left
-    /// queued resumed: the outboxes are durable, and the stopped links must be known before
-    /// anything is relayed.
+    /// The relay engine over this run's connector, started with what a stopped run (or a crash)
+    /// left ([`Relay::start`]).
     async fn start_relay(
         &self,
         shared: &Arc<Shared>,
@@ -113,18 +112,15 @@ impl DiscordBridge {
             .iter()
             .filter_map(|(link, hook)| Some((link.clone(), hook.clone()?)))
             .collect();
-        let connector = Discord::new(shared.clone(), webhooks, &self.config);
-        let relay = Relay::new(
+        let connector = Discord::new(shared.clone(), webhooks, &self.config, stop.clone());
+        Relay::start(
             Arc::new(connector),
             ctx.hub.clone(),
             Links::new("discord", links.into_iter().map(|(link, _)| link)),
             tasks.clone(),
             stop.clone(),
-        );
-        relay.resume().await.map_err(|error| {
-            BridgeError::Transient(format!("store unavailable at start: {error}"))
-        })?;
-        Ok(relay)
+        )
+        .await
     }
 }
 
@@ -154,13 +150,7 @@ impl Bridge for DiscordBridge {
 
             let stop = ctx.shutdown.child_token();
             let tasks = TaskTracker::new();
-            let relay = match self.start_relay(&shared, ctx, &tasks, &stop).await {
-                Ok(relay) => relay,
-                Err(error) => {
-                    stop.cancel();
-                    return Err(error);
-                }
-            };
+            let relay = self.start_relay(&shared, ctx, &tasks, &stop).await?;
             let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
             let inbound = Inbound::new(
                 shared.clone(),

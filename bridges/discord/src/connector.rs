@@ -40,6 +40,7 @@ use serenity::model::channel::{
     AutoArchiveDuration, MessageReference, MessageReferenceKind, Nonce,
 };
 use serenity::model::id::UserId;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{DiscordConfig, WebhookRef};
 use crate::format::{self, Header};
@@ -127,6 +128,8 @@ pub struct Discord {
     /// Discord's global limit for the bot; the per-route limits come from its rate-limit
     /// headers ([`crate::rest`]).
     budget: FloodBudget,
+    /// The run's stop: a request waiting for the budget gives up when the bridge stops.
+    stop: CancellationToken,
     capabilities: Capabilities,
 }
 
@@ -135,6 +138,7 @@ impl Discord {
         shared: Arc<Shared>,
         webhooks: Vec<(Link, WebhookRef)>,
         config: &DiscordConfig,
+        stop: CancellationToken,
     ) -> Self {
         Self {
             shared,
@@ -148,6 +152,7 @@ impl Discord {
                 },
                 |_| false,
             ),
+            stop,
             capabilities: Capabilities {
                 reactions_per_message: REACTIONS_PER_MESSAGE,
                 typing_refresh: TYPING_REFRESH,
@@ -160,11 +165,14 @@ impl Discord {
     }
 
     /// Runs one of the engine's requests within the bot's flood budget.
-    async fn paced<T>(&self, place: &Place, request: impl Future<Output = T>) -> T {
-        let permit = self.budget.acquire(&place.chat.0).await;
-        let result = request.await;
-        permit.done();
-        result
+    async fn paced<T>(
+        &self,
+        place: &Place,
+        request: impl Future<Output = Result<T, SendError>>,
+    ) -> Result<T, SendError> {
+        self.budget
+            .paced(&place.chat.0, &self.stop, request)
+            .await?
     }
 
     /// The webhook of the link a call goes through, if it has one (never for DMs and notices).
@@ -399,9 +407,10 @@ impl Connector for Discord {
                         Some(_) => Some(self.channel(place).await?),
                         None => None,
                     };
-                    let landed = match part.tried {
-                        true => self.find_webhook_post(place, hook, &part.content).await?,
-                        false => None,
+                    let landed = if part.tried {
+                        self.find_webhook_post(place, hook, &part.content).await?
+                    } else {
+                        None
                     };
                     part.tried = true;
                     match landed {

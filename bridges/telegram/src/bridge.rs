@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::TelegramConfig;
-use crate::connector::Telegram;
+use crate::connector::{is_group, Telegram};
 use crate::errors::{is_unauthorized, Redactor};
 use crate::inbound;
 use hub_bridge_sdk::relay::budget::{FloodBudget, FloodLimits, Window};
@@ -100,8 +100,7 @@ impl TelegramBridge {
                     chat: vec![Window::per_second(self.config.chat_sends_per_sec)],
                     group: vec![Window::per_minute(self.config.group_sends_per_min)],
                 },
-                // Groups, supergroups and channels have negative ids.
-                |chat| chat.starts_with('-'),
+                is_group,
             ),
             ctx.hub.clone(),
             &self.config,
@@ -114,16 +113,14 @@ impl TelegramBridge {
                 .iter()
                 .map(|link| Link::new(link.channel.clone(), chat_of(link.chat))),
         );
-        let relay = Relay::new(
+        let relay = Relay::start(
             Arc::new(connector),
             ctx.hub.clone(),
             links,
             tasks.clone(),
             shutdown.clone(),
-        );
-        if let Err(error) = relay.resume().await {
-            tracing::warn!(%error, "could not read the stopped links and the relays an earlier run left queued");
-        }
+        )
+        .await?;
         let shared = Arc::new(Shared {
             me_id: me.id.0,
             me_username: me.username().to_owned(),

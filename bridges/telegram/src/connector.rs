@@ -107,17 +107,11 @@ impl Telegram {
     where
         R: IntoFuture<Output = Result<T, RequestError>>,
     {
-        // The engine's name for the chat: its outbox destination.
-        let destination = chat.to_string();
-        let permit = tokio::select! {
-            permit = self.budget.acquire(&destination) => permit,
-            _ = self.shutdown.cancelled() => {
-                return Err(SendError::Transient("the bridge is stopping".to_owned()));
-            }
-        };
-        let result = build(&self.bot).into_future().await;
-        permit.done();
-        Ok(result)
+        // The budget knows the chat by the engine's name for it: its outbox destination.
+        let request = build(&self.bot).into_future();
+        self.budget
+            .paced(&chat.to_string(), &self.shutdown, request)
+            .await
     }
 
     fn count_plain_fallback(&self, error: &RequestError) {
@@ -147,6 +141,13 @@ impl Telegram {
 }
 
 /// A chat id the engine hands back: always one the bridge gave it.
+/// Whether a chat (the engine's name for it) is a group: groups, supergroups and channels have
+/// negative ids, private chats positive ones. Groups get Telegram's per-minute limit and the
+/// slower edit cadence.
+pub fn is_group(chat: &str) -> bool {
+    chat.starts_with('-')
+}
+
 fn chat_id(chat: &Chat) -> Result<i64, SendError> {
     chat.0
         .parse()
@@ -187,11 +188,11 @@ impl Connector for Telegram {
     }
 
     fn edit_cadence(&self, chat: &Chat) -> Duration {
-        // Private chats have positive ids; groups, supergroups and channels negative ones.
         let (private, group) = self.edit_cadence;
-        match chat.0.parse::<i64>() {
-            Ok(id) if id > 0 => private,
-            _ => group,
+        if is_group(&chat.0) {
+            group
+        } else {
+            private
         }
     }
 

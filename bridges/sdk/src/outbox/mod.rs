@@ -266,7 +266,7 @@ impl<J: Send + 'static> Outboxes<J> {
             let Some(index) = queue.newest_with_key(key) else {
                 return Some(job);
             };
-            let Some(waiting) = queue.waiting.get_mut(index) else {
+            let Some(waiting) = queue.get_mut(index) else {
                 return Some(job);
             };
             let outcome = self.inner.deliver.absorb(&mut waiting.job, &job);
@@ -276,7 +276,7 @@ impl<J: Send + 'static> Outboxes<J> {
                 Absorb::Neither => {}
                 Absorb::IntoWaiting => rewritten = self.restate(waiting),
                 Absorb::ReplacesWaiting | Absorb::Cancels => {
-                    removed = queue.waiting.remove(index);
+                    removed = queue.remove(index);
                     self.gauge(destination).set(depth_i64(queue.depth()));
                 }
             }
@@ -380,7 +380,7 @@ impl<J: Send + 'static> Outboxes<J> {
             if depth >= MAX_BACKLOG {
                 Some(entry)
             } else {
-                queue.waiting.push_back(entry);
+                queue.push(entry);
                 self.gauge(destination).set(depth_i64(depth + 1));
                 // The worker removes its queue under this lock before it exits, so it is alive
                 // to take this job.

@@ -1,7 +1,7 @@
 //! A destination's queue: the jobs waiting in order, whether the worker holds one, and which
 //! waiting job may start next.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -10,7 +10,10 @@ use tokio::time::Instant;
 use super::Entry;
 
 pub(super) struct Queue<J> {
-    pub(super) waiting: VecDeque<Entry<J>>,
+    waiting: VecDeque<Entry<J>>,
+    /// How many waiting jobs have each coalescing key: a new job whose key no waiting job has
+    /// (every new message) is queued without looking through the backlog.
+    keys: HashMap<String, usize>,
     /// Whether the worker holds a job (taken from `waiting`, not finished yet).
     pub(super) in_flight: bool,
     /// Wakes the worker: a job was queued. A permit is kept when the worker is busy, so no
@@ -30,6 +33,7 @@ impl<J> Queue<J> {
     pub(super) fn new() -> Self {
         Self {
             waiting: VecDeque::new(),
+            keys: HashMap::new(),
             in_flight: false,
             wake: Arc::new(Notify::new()),
         }
@@ -69,7 +73,7 @@ impl<J> Queue<J> {
         }
         match ready
             .or(first_deferrable)
-            .and_then(|index| self.waiting.remove(index))
+            .and_then(|index| self.remove(index))
         {
             Some(entry) => {
                 self.in_flight = true;
@@ -79,8 +83,35 @@ impl<J> Queue<J> {
         }
     }
 
+    pub(super) fn push(&mut self, entry: Entry<J>) {
+        if let Some(key) = &entry.key {
+            *self.keys.entry(key.clone()).or_default() += 1;
+        }
+        self.waiting.push_back(entry);
+    }
+
+    pub(super) fn remove(&mut self, index: usize) -> Option<Entry<J>> {
+        let entry = self.waiting.remove(index)?;
+        if let Some(key) = &entry.key {
+            if let Some(count) = self.keys.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.keys.remove(key);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    pub(super) fn get_mut(&mut self, index: usize) -> Option<&mut Entry<J>> {
+        self.waiting.get_mut(index)
+    }
+
     /// The newest waiting job with coalescing key `key`.
-    pub(super) fn newest_with_key(&mut self, key: &str) -> Option<usize> {
+    pub(super) fn newest_with_key(&self, key: &str) -> Option<usize> {
+        if !self.keys.contains_key(key) {
+            return None;
+        }
         self.waiting
             .iter()
             .rposition(|entry| entry.key.as_deref() == Some(key))

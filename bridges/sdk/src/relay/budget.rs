@@ -15,10 +15,14 @@
 //! free at once and nobody waits for the chat, and is dropped otherwise, never delayed.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::SendError;
 
 /// At most `calls` requests per `span`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +258,26 @@ impl FloodBudget {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Runs one request to `chat` within the budget: waits for a slot, runs it, and counts it as
+    /// completed when it returns. A bridge stopping while the request waits for its slot ends the
+    /// wait with a transient error, so the job stays queued for the next run.
+    pub async fn paced<T>(
+        &self,
+        chat: &str,
+        stop: &CancellationToken,
+        request: impl Future<Output = T>,
+    ) -> Result<T, SendError> {
+        let permit = tokio::select! {
+            permit = self.acquire(chat) => permit,
+            () = stop.cancelled() => {
+                return Err(SendError::Transient("the bridge is stopping".to_owned()));
+            }
+        };
+        let result = request.await;
+        permit.done();
+        Ok(result)
     }
 
     /// A request to `chat` that may start now and takes a slot nobody waits for (typing); `None`

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bridge::HubHandle;
+use crate::bridge::{BridgeError, HubHandle};
 use crate::msgmap::MessageMap;
 use crate::outbox::Outboxes;
 use crate::store::StoreError;
@@ -103,6 +103,27 @@ impl<C: Connector> Relay<C> {
         let outboxes =
             Outboxes::durable_upgrading(name, core.clone(), hub, tasks, shutdown, C::upgrade_job);
         Self { core, outboxes }
+    }
+
+    /// [`Self::new`], then [`Self::resume`]: the relay of a bridge's run, with what earlier runs
+    /// left read back. The stopped links must be known before anything is relayed, so a store that
+    /// cannot be read fails the start (transient: the supervisor tries again), and what the relay
+    /// started meanwhile is stopped (`shutdown` is cancelled).
+    pub async fn start(
+        connector: Arc<C>,
+        hub: HubHandle,
+        links: Links,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BridgeError> {
+        let relay = Self::new(connector, hub, links, tasks, shutdown.clone());
+        if let Err(error) = relay.resume().await {
+            shutdown.cancel();
+            return Err(BridgeError::Transient(format!(
+                "store unavailable at start: {error}"
+            )));
+        }
+        Ok(relay)
     }
 
     /// Reads what earlier runs left: the stopped links, then the queued jobs (which start again).
