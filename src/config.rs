@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use hub_bridge_sdk::config::{ConfigIssue, Secret};
 use hub_bridge_sdk::limits::LimitsConfig;
+use hub_bridge_sdk::media::MediaSettings;
 use hub_bridge_sdk::registry::{BridgeConfig, Section};
 use hub_bridge_sdk::AgentProfile;
 use serde::de::IgnoredAny;
@@ -35,6 +36,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
     /// `[api]`: the agent API's stream settings (the API itself is on when an agent has an
     /// `api_token`).
     #[serde(default)]
@@ -49,7 +52,7 @@ pub struct Config {
 }
 
 /// The top-level sections that are the hub's own (the fields of [`Config`] serde reads).
-const HUB_SECTIONS: &[&str] = &["hub", "redis", "http", "limits", "api", "agents"];
+const HUB_SECTIONS: &[&str] = &["hub", "redis", "http", "limits", "media", "api", "agents"];
 
 /// `[hub]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,12 +106,62 @@ pub struct HttpConfig {
     /// Where `/healthz`, `/readyz` and `/metrics` listen (default `127.0.0.1:9464`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The base of the media links handed to agents, as they reach this service
+    /// (`https://bridge.example.com`; default `http://` + `listen`).
+    pub public_url: Option<String>,
+}
+
+impl HttpConfig {
+    /// `public_url`, or the address the service listens on.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            public_url: None,
+        }
+    }
+}
+
+/// `[media]`: files relayed both ways (SPEC section 5, "Media").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// The largest file relayed, in bytes; larger ones go as a link or their name and size
+    /// (default 20971520).
+    pub max_bytes: u64,
+    /// How long the media links handed to agents stay valid, in seconds (default 604800).
+    pub link_ttl_secs: u64,
+    /// Hosts agents' file URLs may use although they resolve to loopback or private addresses,
+    /// matched against the host as written in the URL (default none).
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: MediaSettings::DEFAULT_MAX_BYTES,
+            link_ttl_secs: MediaSettings::DEFAULT_LINK_TTL_SECS,
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The media desk's settings: `[media]` and `http.public_url`.
+    pub fn media_settings(&self) -> MediaSettings {
+        MediaSettings {
+            public_url: self.http.public_url(),
+            max_bytes: self.media.max_bytes,
+            link_ttl_secs: self.media.link_ttl_secs,
+            allow_hosts: self.media.allow_hosts.clone(),
         }
     }
 }
@@ -233,6 +286,29 @@ impl Config {
             return Err(ConfigIssue::new(
                 "hub.max_tracked_presences",
                 "must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.http.public_url {
+            hub_bridge_sdk::config::check_http_url("http.public_url", url)?;
+        }
+        if self.media.max_bytes == 0 {
+            return Err(ConfigIssue::new("media.max_bytes", "must be at least 1"));
+        }
+        if self.media.link_ttl_secs == 0 {
+            return Err(ConfigIssue::new(
+                "media.link_ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        // Matched against the host as a URL writes it (`example.com`, `127.0.0.1`, `[::1]`).
+        if let Some(host) =
+            self.media.allow_hosts.iter().find(|host| {
+                host.is_empty() || host.contains(|c: char| c == '/' || c.is_whitespace())
+            })
+        {
+            return Err(ConfigIssue::new(
+                "media.allow_hosts",
+                format!("`{host}` is not a host name or address (no scheme or path)"),
             ));
         }
         for (id, profile) in &self.agents {

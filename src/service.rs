@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hub_bridge_sdk::health::Health;
 use hub_bridge_sdk::limits::RateLimiter;
+use hub_bridge_sdk::media::{FetchError, Media};
 use hub_bridge_sdk::metrics::Metrics;
 use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::{Bridge, BridgeContext, HubHandle, Keys};
@@ -30,6 +31,8 @@ use crate::supervisor::supervise;
 pub enum StartError {
     #[error(transparent)]
     Redis(#[from] InvalidRedisUrl),
+    #[error("cannot set up the media downloads: {0}")]
+    Media(FetchError),
     #[error("cannot listen on {addr} (http.listen): {source}")]
     Listen {
         addr: SocketAddr,
@@ -91,6 +94,7 @@ pub async fn start_with(
     config: Config,
     bridges: Vec<Box<dyn Bridge>>,
 ) -> Result<Running, StartError> {
+    let (listener, http_addr) = bind_http(config.http.listen).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let health = Health::default();
@@ -102,13 +106,26 @@ pub async fn start_with(
     let store = bus.store();
     let keys = Keys::new(config.hub.key_prefix.clone());
     let limiter = RateLimiter::new(store.clone(), keys.clone(), config.limits.clone());
+    let sources = config
+        .bridges
+        .iter()
+        .filter_map(|section| Some((section.name(), section.media_source()?)))
+        .collect();
+    let mut media_settings = config.media_settings();
+    if config.http.public_url.is_none() {
+        media_settings.public_url = format!("http://{http_addr}");
+    }
+    let media = Media::new(media_settings, store.clone(), keys.clone(), sources)
+        .map(Arc::new)
+        .map_err(StartError::Media)?;
     let hub = HubHandle::new(
         store.clone(),
         keys.clone(),
         limiter.clone(),
         config.agents.clone(),
         metrics.clone(),
-    );
+    )
+    .with_media(media.clone());
 
     // With no bridge, no hub loop counts agents' limits: the agent API then counts them itself.
     let api_counts_limits = bridges.is_empty();
@@ -144,11 +161,11 @@ pub async fn start_with(
     }
     tasks.spawn(hub_loop.run(messages, shutdown.clone()));
 
-    let mut app = crate::http::router(health.clone(), Arc::new(registry));
+    let mut app = crate::http::router(health.clone(), Arc::new(registry), media);
     if let Some(api) = api {
         app = app.merge(crate::api::router(api));
     }
-    let http_addr = serve_http(config.http.listen, app, &tasks, &shutdown).await?;
+    serve_http(listener, app, &tasks, &shutdown);
     tracing::info!(%http_addr, bus = if config.redis.url.is_some() { "redis" } else { "embedded" }, "hub-bridge started");
 
     Ok(Running {
@@ -221,13 +238,11 @@ fn spawn_bridges(
     queues
 }
 
-/// Binds `listen` and serves `app` there until shutdown; returns the bound address.
-async fn serve_http(
-    listen: std::net::SocketAddr,
-    app: axum::Router,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<std::net::SocketAddr, StartError> {
+/// Binds `listen`, first of all: a port in use fails the start at once, and the bound address
+/// (with port 0, the one the system chose) is the default base of media links.
+async fn bind_http(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let listen_error = |source| StartError::Listen {
         addr: listen,
         source,
@@ -236,6 +251,16 @@ async fn serve_http(
         .await
         .map_err(listen_error)?;
     let http_addr = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, http_addr))
+}
+
+/// Serves `app` on `listener` until shutdown.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let serve = axum::serve(listener, app)
@@ -244,5 +269,4 @@ async fn serve_http(
             tracing::error!(%error, "HTTP server failed");
         }
     });
-    Ok(http_addr)
 }

@@ -70,6 +70,7 @@ fn base_config(redis: Option<&RedisServer>) -> Config {
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
+            ..HttpConfig::default()
         },
         agents: agents(),
         ..Config::default()

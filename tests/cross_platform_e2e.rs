@@ -81,6 +81,7 @@ impl Harness {
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
+                ..HttpConfig::default()
             },
             bridges: vec![
                 Section::new(TelegramConfig {

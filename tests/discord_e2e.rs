@@ -108,6 +108,7 @@ impl Harness {
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
+                ..HttpConfig::default()
             },
             bridges: vec![Section::new(DiscordConfig {
                 token: Secret::new(TOKEN),
@@ -1324,6 +1325,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
+            ..HttpConfig::default()
         },
         bridges: vec![Section::new(config(BAD_TOKEN))],
         ..Config::default()

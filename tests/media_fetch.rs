@@ -136,7 +136,10 @@ async fn the_size_is_enforced_before_and_while_reading() {
         let result = fetcher
             .fetch(&format!("http://127.0.0.1:{port}/{route}"))
             .await;
-        assert_eq!(result, Err(FetchError::TooLarge { limit: 2000 }), "{route}");
+        assert!(
+            matches!(result, Err(FetchError::TooLarge { limit: 2000, .. })),
+            "{route}: {result:?}"
+        );
     }
 }
 

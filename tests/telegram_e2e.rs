@@ -174,6 +174,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
+            ..HttpConfig::default()
         },
         agents,
         bridges: vec![Section::new(TelegramConfig {

@@ -113,18 +113,19 @@ pub fn content_blocks(attachments: &[Attachment]) -> Option<Vec<ContentBlock>> {
                 size: Some(u64::from(attachment.size)),
                 mime_type: mime,
                 url: Some(attachment.url.clone()),
+                width: attachment.width,
+                height: attachment.height,
             }
         })
         .collect();
     Some(blocks)
 }
 
+/// The hub's two kinds: a picture, or a file (audio and video too, told apart by their type).
 fn block_kind(mime: Option<&str>) -> &'static str {
     match mime.and_then(|m| m.split('/').next()) {
-        Some("image") => "image",
-        Some("video") => "video",
-        Some("audio") => "audio",
-        _ => "file",
+        Some("image") => ContentBlock::IMAGE,
+        _ => ContentBlock::FILE,
     }
 }
 
@@ -465,6 +466,7 @@ mod tests {
             size: Some(3),
             mime_type: None,
             url: Some("https://x/cat.png".into()),
+            ..ContentBlock::default()
         }];
         assert_eq!(
             hub_text("look", Some(&blocks)),
@@ -501,6 +503,7 @@ mod tests {
             size: Some(3),
             mime_type: None,
             url: Some(format!("https://files.example.org/{}/{n}", "x".repeat(80))),
+            ..ContentBlock::default()
         };
         let one_huge = vec![ContentBlock {
             url: Some(format!("https://x/{}", "y".repeat(5000))),

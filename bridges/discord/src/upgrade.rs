@@ -200,6 +200,10 @@ fn send(post: OldPost) -> job::Send<DiscordPart> {
             })
             .collect(),
         shown: post.sent.into_iter().map(PartId).collect(),
+        // The previous release listed files in the text.
+        uploads: Vec::new(),
+        uploaded: 0,
+        caption: false,
     });
     job::Send {
         hub_channel: Some(post.link.hub_channel),
@@ -211,6 +215,7 @@ fn send(post: OldPost) -> job::Send<DiscordPart> {
             thread_id: post.hub_thread.clone(),
             // Unknown for a post already planned: its edits read it back from Discord.
             header: None,
+            file_parts: Vec::new(),
         },
         text: post.text,
         reply_to: post.reply_to,

@@ -16,6 +16,7 @@ use crate::event::{
 };
 use crate::health::Component;
 use crate::limits::RateLimiter;
+use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::store::{Keys, Op, Store, StoreError};
 
@@ -114,6 +115,7 @@ pub struct HubHandle {
     limiter: RateLimiter,
     agents: Arc<BTreeMap<String, AgentProfile>>,
     metrics: Arc<Metrics>,
+    media: Option<Arc<Media>>,
 }
 
 impl HubHandle {
@@ -133,7 +135,19 @@ impl HubHandle {
             limiter,
             agents: Arc::new(agents),
             metrics,
+            media: None,
         }
+    }
+
+    /// With the service's media desk: people's files then reach the hub as links, and agents'
+    /// files the platforms as uploads. Without it (tests, embedders) files are described in text.
+    pub fn with_media(mut self, media: Arc<Media>) -> Self {
+        self.media = Some(media);
+        self
+    }
+
+    pub fn media(&self) -> Option<&Arc<Media>> {
+        self.media.as_ref()
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -194,6 +194,12 @@ impl RelayKeys<'_> {
         self.key(format_args!("header:{hub_message_id}:{chat}"))
     }
 
+    /// `bridge:{platform}:fileparts:{hubMessageId}:{chat}`: the parts showing only a message's
+    /// files in one chat (JSON list), which its edits leave alone.
+    pub fn file_parts(&self, hub_message_id: &str, chat: &str) -> String {
+        self.key(format_args!("fileparts:{hub_message_id}:{chat}"))
+    }
+
     /// `bridge:{platform}:topic:{chat}:{threadId}`: the platform thread showing a hub thread.
     pub fn thread(&self, chat: &str, thread_id: &str) -> String {
         self.key(format_args!("topic:{chat}:{thread_id}"))

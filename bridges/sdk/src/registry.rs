@@ -7,11 +7,13 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 use crate::bridge::Bridge;
 use crate::config::ConfigIssue;
+use crate::media::MediaSource;
 
 /// A bridge's config section, `[{SECTION}]` in the file and `HUB_{SECTION}__*` in the environment.
 /// The bridge runs when its section is present.
@@ -26,6 +28,13 @@ pub trait BridgeConfig: DeserializeOwned + Clone + fmt::Debug + Send + Sync + 's
 
     /// The bridge this section configures.
     fn bridge(&self) -> Box<dyn Bridge>;
+
+    /// Where this platform's files are read when one of its media links is opened. Built from
+    /// the config alone, whether or not this instance runs the bridge, so that any instance serves
+    /// any link. `None`: the platform has no files to serve.
+    fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        None
+    }
 }
 
 /// One bridge's parsed section, whatever the bridge: what the hub's config holds per configured
@@ -53,6 +62,11 @@ impl Section {
     /// The bridge this section configures.
     pub fn bridge(&self) -> Box<dyn Bridge> {
         self.0.bridge()
+    }
+
+    /// The section's media source ([`BridgeConfig::media_source`]).
+    pub fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        self.0.media_source()
     }
 
     /// The section as bridge `C`'s config, if it is that bridge's.
@@ -85,6 +99,7 @@ trait AnySection: Any + fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
     fn validate(&self) -> Result<(), ConfigIssue>;
     fn bridge(&self) -> Box<dyn Bridge>;
+    fn media_source(&self) -> Option<Arc<dyn MediaSource>>;
     fn clone_box(&self) -> Box<dyn AnySection>;
 }
 
@@ -99,6 +114,10 @@ impl<C: BridgeConfig> AnySection for C {
 
     fn bridge(&self) -> Box<dyn Bridge> {
         BridgeConfig::bridge(self)
+    }
+
+    fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        BridgeConfig::media_source(self)
     }
 
     fn clone_box(&self) -> Box<dyn AnySection> {

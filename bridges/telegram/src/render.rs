@@ -4,6 +4,7 @@
 //! plain-text twin, sent when Telegram refuses the HTML, so no message is ever lost to formatting.
 
 use hub_bridge_sdk::event::ContentBlock;
+use hub_bridge_sdk::media::human_size;
 use hub_bridge_sdk::text::markdown::{
     escape_html, telegram_parts, telegram_plain_parts, TelegramPart, TELEGRAM_LIMIT,
 };
@@ -205,19 +206,6 @@ fn attachment_lines(blocks: &[ContentBlock]) -> Vec<Part> {
         .collect()
 }
 
-/// `1.5 MB`, `12 KB`, `800 B`.
-pub fn human_size(bytes: u64) -> String {
-    const KB: u64 = 1024;
-    const MB: u64 = 1024 * 1024;
-    if bytes >= MB {
-        format!("{:.1} MB", bytes as f64 / MB as f64)
-    } else if bytes >= KB {
-        format!("{} KB", bytes.div_ceil(KB))
-    } else {
-        format!("{bytes} B")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +250,7 @@ mod tests {
             size: Some(2048),
             mime_type: None,
             url: Some("https://cdn.example/cat.png?a=1&b=2".into()),
+            ..ContentBlock::default()
         };
         let parts = message(None, "", &[block], 10);
         assert_eq!(
@@ -355,6 +344,7 @@ mod tests {
                 size: Some(1_000_000 + i),
                 mime_type: None,
                 url: Some(format!("https://cdn.example/files/{i}/report.pdf")),
+                ..ContentBlock::default()
             })
             .collect();
         let parts = message(Some(&ann()), "Here are the files.", &blocks, 10);
@@ -369,6 +359,7 @@ mod tests {
             size: None,
             mime_type: None,
             url: None,
+            ..ContentBlock::default()
         };
         let parts = message(None, "", &[huge], 10);
         assert!(parts.len() >= 2, "{parts:?}");

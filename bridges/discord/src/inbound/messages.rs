@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use hub_bridge_sdk::event::ContentBlock;
-use hub_bridge_sdk::relay::{Parent, PartId, PlatformEvent, Said, ThreadRef};
+use hub_bridge_sdk::media::FileRef;
+use hub_bridge_sdk::relay::{Parent, PartId, PlatformEvent, Said, SharedFile, ThreadRef};
 use serenity::model::channel::{Message, MessageType};
 use serenity::model::user::User;
 
@@ -62,8 +63,8 @@ impl Inbound {
         let content = self
             .render(&message.content, &message.mentions, message)
             .await;
-        let blocks = blocks(message).unwrap_or_default();
-        if content.trim().is_empty() && blocks.is_empty() {
+        let files = files(message, thread.unwrap_or(chat));
+        if content.trim().is_empty() && files.is_empty() {
             return self.ignored("empty_message");
         }
         let name = format::display_name(
@@ -83,7 +84,7 @@ impl Inbound {
             id: PartId(message.id.to_string()),
             author: person(message.author.id.get(), name),
             content,
-            blocks,
+            files,
             timestamp: message.timestamp.timestamp_millis(),
             reply_to,
             // A thread started on a message has that message's id (Discord's convention).
@@ -175,12 +176,45 @@ impl Inbound {
     }
 }
 
+/// A linked message's attachments, each named by where Discord keeps it (the engine links to
+/// it), and its stickers (Discord's public sticker images). `channel` is the channel the message
+/// is in (the thread, inside one).
+fn files(message: &Message, channel: u64) -> Vec<SharedFile> {
+    let attachments = format::content_blocks(&message.attachments).unwrap_or_default();
+    let mut files: Vec<SharedFile> = attachments
+        .into_iter()
+        .zip(&message.attachments)
+        .map(|(block, attachment)| SharedFile {
+            // The CDN URL expires; the link finds a fresh one when it is read.
+            block: ContentBlock { url: None, ..block },
+            file: Some(FileRef::Discord {
+                channel,
+                message: message.id.get(),
+                attachment: attachment.id.get(),
+            }),
+        })
+        .collect();
+    files.extend(
+        stickers(message)
+            .into_iter()
+            .map(|block| SharedFile { block, file: None }),
+    );
+    files
+}
+
 /// Attachments and stickers as content blocks.
 pub(super) fn blocks(message: &Message) -> Option<Vec<ContentBlock>> {
     let mut blocks = format::content_blocks(&message.attachments).unwrap_or_default();
+    blocks.extend(stickers(message));
+    (!blocks.is_empty()).then_some(blocks)
+}
+
+/// Stickers as images at Discord's public sticker URL (no token in it).
+fn stickers(message: &Message) -> Vec<ContentBlock> {
+    let mut blocks = Vec::new();
     for sticker in &message.sticker_items {
         blocks.push(ContentBlock {
-            kind: "sticker".to_owned(),
+            kind: ContentBlock::IMAGE.to_owned(),
             name: Some(sticker.name.clone()),
             size: None,
             mime_type: None,
@@ -188,9 +222,10 @@ pub(super) fn blocks(message: &Message) -> Option<Vec<ContentBlock>> {
                 "https://media.discordapp.net/stickers/{}.png",
                 sticker.id
             )),
+            ..ContentBlock::default()
         });
     }
-    (!blocks.is_empty()).then_some(blocks)
+    blocks
 }
 
 /// The channel ids of `<#id>` mentions in a text.

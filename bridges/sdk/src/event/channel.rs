@@ -34,11 +34,13 @@ impl PresenceStatus {
     }
 }
 
-/// A file, image or other non-text part of a message, as a bridge describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A file or image of a message, in the TypeScript hub's shape: `{"type":"image","url",
+/// "width","height"}` or `{"type":"file","url","name","size","mimeType"}` (audio and video are
+/// files with their MIME type).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContentBlock {
-    /// `image`, `file`, `audio`, `video`, `sticker`, ...
+    /// `image` or `file` (other kinds an agent may send are read as files).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +52,20 @@ pub struct ContentBlock {
     /// A URL people can open; never one that embeds a bot token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+impl ContentBlock {
+    pub const IMAGE: &'static str = "image";
+    pub const FILE: &'static str = "file";
+
+    /// Whether it is shown as a picture.
+    pub fn is_image(&self) -> bool {
+        self.kind == Self::IMAGE
+    }
 }
 
 /// A chat message. On the wire it is the superset of both conventions in use (see [`WireMessage`]).

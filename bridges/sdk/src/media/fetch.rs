@@ -51,8 +51,10 @@ pub enum FetchError {
     },
     #[error("{host} does not resolve")]
     Unresolved { host: String },
+    /// Over the limit: refused by its `Content-Length` (then `size` is that length), or cut off
+    /// while it streamed.
     #[error("the file is larger than {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge { limit: u64, size: Option<u64> },
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
     #[error("the server answered {0}")]
@@ -182,13 +184,19 @@ impl Fetcher {
 
     /// Downloads `url`, following redirects, within the policy.
     pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
+        self.fetch_at_most(url, self.policy.max_bytes).await
+    }
+
+    /// As [`Fetcher::fetch`], with a size limit under the policy's (a platform's upload limit).
+    pub async fn fetch_at_most(&self, url: &str, max_bytes: u64) -> Result<Fetched, FetchError> {
         let limit = self.policy.total_timeout;
-        tokio::time::timeout(limit, self.fetch_within(url))
+        let max_bytes = max_bytes.min(self.policy.max_bytes);
+        tokio::time::timeout(limit, self.fetch_within(url, max_bytes))
             .await
             .map_err(|_| FetchError::Timeout(limit))?
     }
 
-    async fn fetch_within(&self, url: &str) -> Result<Fetched, FetchError> {
+    async fn fetch_within(&self, url: &str, max_bytes: u64) -> Result<Fetched, FetchError> {
         let mut url = Url::parse(url).map_err(|_| FetchError::NotHttp(url.to_owned()))?;
         for _ in 0..=MAX_REDIRECTS {
             self.check(&url)?;
@@ -208,7 +216,7 @@ impl Fetcher {
             if status != StatusCode::OK {
                 return Err(FetchError::Status(status.as_u16()));
             }
-            return self.read(url, response).await;
+            return read(url, response, max_bytes).await;
         }
         Err(FetchError::TooManyRedirects)
     }
@@ -239,36 +247,39 @@ impl Fetcher {
         }
         Ok(())
     }
+}
 
-    async fn read(&self, url: Url, response: reqwest::Response) -> Result<Fetched, FetchError> {
-        let limit = self.policy.max_bytes;
-        let announced = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if announced.is_some_and(|length| length > limit) {
-            return Err(FetchError::TooLarge { limit });
-        }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let mut bytes = Vec::new();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(network)?;
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(FetchError::TooLarge { limit });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(Fetched {
-            url: url.to_string(),
-            content_type,
-            bytes,
-        })
+/// Reads a response's body, refusing it once it is past `limit` bytes.
+async fn read(url: Url, response: reqwest::Response, limit: u64) -> Result<Fetched, FetchError> {
+    let announced = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit) {
+        return Err(FetchError::TooLarge {
+            limit,
+            size: announced,
+        });
     }
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let mut bytes = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(network)?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(FetchError::TooLarge { limit, size: None });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Fetched {
+        url: url.to_string(),
+        content_type,
+        bytes,
+    })
 }
 
 /// A request error as the agent is told it: the vetting resolver's refusal when that was the

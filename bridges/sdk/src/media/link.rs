@@ -31,6 +31,16 @@ pub enum FileRef {
     },
 }
 
+impl FileRef {
+    /// The platform whose [`MediaSource`](crate::media::MediaSource) opens it.
+    pub fn platform(&self) -> &'static str {
+        match self {
+            Self::Telegram { .. } => "telegram",
+            Self::Discord { .. } => "discord",
+        }
+    }
+}
+
 /// What a token carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Signed {

@@ -98,6 +98,10 @@ pub struct Look {
     /// chat ([`Records::look_in`](crate::relay::Records::look_in)), never in the shared look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// The parts in this chat that show only files (uploads without the text as caption): an
+    /// edit leaves them alone, a delete removes them too. Kept per chat, like the header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_parts: Vec<PartId>,
 }
 
 /// The platform message a message answers, and the thread it is in.
@@ -145,6 +149,38 @@ pub struct ReactionChange {
     pub add: bool,
     pub before: Vec<String>,
     pub after: Vec<String>,
+}
+
+/// What files a platform takes as uploads (SPEC section 5, "Media").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaLimits {
+    /// The largest file uploaded; larger ones are shown as their name and size.
+    pub max_file_bytes: u64,
+    /// The largest picture shown as a picture; larger ones go as files.
+    pub max_image_bytes: u64,
+    /// The most files one message carries.
+    pub files_per_message: usize,
+}
+
+/// A file to upload, read whole (one message's files at a time are in memory).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub name: String,
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+    /// Shown as a picture (an image under the platform's picture limit), else as a file.
+    pub as_image: bool,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("name", &self.name)
+            .field("content_type", &self.content_type)
+            .field("bytes", &self.bytes.len())
+            .field("as_image", &self.as_image)
+            .finish()
+    }
 }
 
 /// What a platform can do, declared once by its connector.
@@ -291,6 +327,32 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Shows the bot typing in `place` for a few seconds.
     fn typing<'a>(&'a self, place: &'a Place) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// What files the platform takes as uploads. `None` (the default): none, and files are shown
+    /// as text by [`Connector::render`].
+    fn media_limits(&self) -> Option<MediaLimits> {
+        None
+    }
+
+    /// Uploads `files` (at most [`MediaLimits::files_per_message`]) as one message, or an album,
+    /// with `caption` as its text when the platform takes it as a caption; appends the ids of the
+    /// messages it took to `shown` and says whether the caption went with them (otherwise the
+    /// engine sends it as a message of its own).
+    fn upload<'a>(
+        &'a self,
+        place: &'a Place,
+        files: &'a [Upload],
+        caption: Option<&'a Self::Part>,
+        reply_to: Option<&'a PartId>,
+        shown: &'a mut Vec<PartId>,
+    ) -> BoxFuture<'a, Result<bool, SendError>> {
+        let _ = (place, files, caption, reply_to, shown);
+        Box::pin(async {
+            Err(SendError::Permanent(
+                "this platform takes no uploads".to_owned(),
+            ))
+        })
+    }
 
     /// Opens a platform thread for a hub thread, on `parent` (the first part of the message the
     /// thread hangs on, when shown here) and named `name`. `None`: this chat has no threads of

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::event::ContentBlock;
 use crate::relay::connector::{Look, PartId, ThreadRef};
 
 /// One relay to one chat.
@@ -104,6 +105,15 @@ pub struct SendProgress<P> {
     /// How many of `shown` are in the message map.
     #[serde(default)]
     pub recorded: usize,
+    /// Files to upload ahead of the text, one platform message's worth each (SPEC section 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<Vec<ContentBlock>>,
+    /// How many of `uploads` are done.
+    #[serde(default)]
+    pub uploaded: usize,
+    /// Whether the text (a single part) may be the first upload's caption.
+    #[serde(default)]
+    pub caption: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,6 +155,20 @@ pub struct Rewrite<P> {
     /// The platform messages that show the message after the rewrite, so far.
     pub ids: Vec<PartId>,
     pub next: usize,
+    /// Parts showing only the message's files, which an edit keeps (mapped ahead of `ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<PartId>,
+}
+
+impl<P> Rewrite<P> {
+    /// The message's parts as the map keeps them: the files first, as they were sent.
+    pub fn mapped(&self) -> Vec<String> {
+        self.kept
+            .iter()
+            .chain(&self.ids)
+            .map(|id| id.0.clone())
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -45,7 +45,9 @@ pub use connector::{
     Author, Capabilities, Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange,
     Rendered, Rendering, ThreadRef,
 };
-pub use inbound::{Handled, LimitNotice, Person, PlatformEvent, Readiness, Said, Whisper};
+pub use inbound::{
+    Handled, LimitNotice, Person, PlatformEvent, Readiness, Said, SharedFile, Whisper,
+};
 pub use job::Job;
 pub use links::{Link, Links};
 pub use records::Records;

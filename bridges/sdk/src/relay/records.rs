@@ -79,6 +79,9 @@ impl Records {
             Op::Get {
                 key: self.header_key(hub_message_id, chat),
             },
+            Op::Get {
+                key: self.key().file_parts(hub_message_id, chat),
+            },
         ];
         let mut replies = self.store.exec(ops).await?.into_iter();
         let look: Option<Look> = replies
@@ -86,13 +89,24 @@ impl Records {
             .and_then(crate::store::Reply::into_text)
             .and_then(|json| serde_json::from_str(&json).ok());
         let header = replies.next().and_then(crate::store::Reply::into_text);
-        Ok(look.map(|look| Look { header, ..look }))
+        let file_parts = replies
+            .next()
+            .and_then(crate::store::Reply::into_text)
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        Ok(look.map(|look| Look {
+            header,
+            file_parts,
+            ..look
+        }))
     }
 
-    /// Records how a message looks; its header (if any) for `chat` (a map chat) only.
+    /// Records how a message looks; its header and its file parts (if any) for `chat` (a map
+    /// chat) only.
     pub fn look_ops(&self, hub_message_id: &str, chat: &str, look: &Look) -> Vec<Op> {
         let shared = Look {
             header: None,
+            file_parts: Vec::new(),
             ..look.clone()
         };
         let mut ops = vec![Self::set(
@@ -104,6 +118,13 @@ impl Records {
             ops.push(Self::set(
                 self.header_key(hub_message_id, chat),
                 header.clone(),
+                KEEP,
+            ));
+        }
+        if !look.file_parts.is_empty() {
+            ops.push(Self::set(
+                self.key().file_parts(hub_message_id, chat),
+                serde_json::to_string(&look.file_parts).unwrap_or_default(),
                 KEEP,
             ));
         }

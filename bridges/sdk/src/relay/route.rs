@@ -355,6 +355,7 @@ impl<C: Connector> Relay<C> {
             topic_name: Some(thread_name(Some(&message.content))),
             thread_id: thread_id.clone(),
             header: None,
+            file_parts: Vec::new(),
         };
         job::Send {
             hub_channel: Some(hub_channel.to_owned()),

@@ -3,10 +3,10 @@
 //! its attachments described.
 
 use hub_bridge_sdk::event::ContentBlock;
+use hub_bridge_sdk::media::{human_size, FileRef};
+use hub_bridge_sdk::relay::SharedFile;
 use hub_bridge_sdk::ExternalId;
 use teloxide::types::{FileMeta, Message, ReactionType, User};
-
-use crate::render::human_size;
 
 /// Telegram's stand-in sender of messages that anonymous group admins write (as the group).
 const GROUP_ANONYMOUS_BOT: u64 = 1_087_968_824;
@@ -92,48 +92,102 @@ pub(super) fn emojis(reactions: &[ReactionType]) -> Vec<String> {
         .collect()
 }
 
-/// The hub content of a message and its attachments: the text, or what the media is (with the
-/// caption). Attachments carry name, size and type, never a file URL (it would embed the token).
-pub fn describe(message: &Message) -> Option<(String, Vec<ContentBlock>)> {
-    if let Some(text) = message.text() {
-        return Some((text.to_owned(), Vec::new()));
-    }
-    let (label, block) = attachment(message)?;
-    let content = match message.caption() {
-        Some(caption) if !caption.is_empty() => format!("{label} {caption}"),
-        _ => label,
-    };
-    Some((content, vec![block]))
+/// What a message says: its text (a media message's caption), and its file with how the hub
+/// describes it. The block carries no URL here: the relay engine adds a media link, since a
+/// Telegram file URL would embed the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    pub content: String,
+    pub files: Vec<SharedFile>,
+    /// What the file is, in words (`[photo]`), for where only text goes: a direct message to an
+    /// agent.
+    pub label: Option<String>,
 }
 
-/// The label and the block of a message's attachment, by kind.
-fn attachment(message: &Message) -> Option<(String, ContentBlock)> {
+impl Described {
+    /// The text with the file named, for text-only destinations.
+    pub fn as_text(&self) -> String {
+        match (&self.label, self.content.is_empty()) {
+            (Some(label), true) => label.clone(),
+            (Some(label), false) => format!("{label} {}", self.content),
+            (None, _) => self.content.clone(),
+        }
+    }
+}
+
+/// The hub content of a message; `None` for a message with neither text nor a file the hub
+/// takes (a poll, a location, a service message).
+pub fn describe(message: &Message) -> Option<Described> {
+    if let Some(text) = message.text() {
+        return Some(Described {
+            content: text.to_owned(),
+            files: Vec::new(),
+            label: None,
+        });
+    }
+    let (label, file) = attachment(message)?;
+    Some(Described {
+        content: message.caption().unwrap_or_default().to_owned(),
+        files: vec![file],
+        label: Some(label),
+    })
+}
+
+/// The label and the file of a message's attachment, by kind: a photo (its largest size) and a
+/// still sticker are images, everything else a file with its MIME type.
+fn attachment(message: &Message) -> Option<(String, SharedFile)> {
     if let Some(sizes) = message.photo() {
         let largest = sizes.iter().max_by_key(|size| size.width * size.height)?;
-        let block = block("image", "photo.jpg", &largest.file, Some("image/jpeg"));
-        return Some(("[photo]".to_owned(), block));
+        let mut file = file(
+            ContentBlock::IMAGE,
+            "photo.jpg",
+            &largest.file,
+            Some("image/jpeg"),
+        );
+        file.block.width = Some(largest.width);
+        file.block.height = Some(largest.height);
+        return Some(("[photo]".to_owned(), file));
     }
     if let Some(sticker) = message.sticker() {
-        let mime = if sticker.flags.is_animated {
-            "application/x-tgsticker"
-        } else if sticker.flags.is_video {
-            "video/webm"
-        } else {
-            "image/webp"
-        };
         let label = match sticker.emoji.as_deref().unwrap_or_default() {
             "" => "[sticker]".to_owned(),
             emoji => format!("[sticker {emoji}]"),
         };
         let name = sticker.set_name.as_deref().unwrap_or("sticker");
-        return Some((label, block("sticker", name, &sticker.file, Some(mime))));
+        let file = if sticker.flags.is_animated {
+            file(
+                ContentBlock::FILE,
+                &format!("{name}.tgs"),
+                &sticker.file,
+                Some("application/x-tgsticker"),
+            )
+        } else if sticker.flags.is_video {
+            file(
+                ContentBlock::FILE,
+                &format!("{name}.webm"),
+                &sticker.file,
+                Some("video/webm"),
+            )
+        } else {
+            let mut still = file(
+                ContentBlock::IMAGE,
+                &format!("{name}.webp"),
+                &sticker.file,
+                Some("image/webp"),
+            );
+            still.block.width = Some(u32::from(sticker.width));
+            still.block.height = Some(u32::from(sticker.height));
+            still
+        };
+        return Some((label, file));
     }
     if let Some(voice) = message.voice() {
         let mime = voice.mime_type.as_ref().map(ToString::to_string);
         let label = format!("[voice message, {} s]", voice.duration.seconds());
+        let mime = mime.as_deref().or(Some("audio/ogg"));
         return Some((
             label,
-            block("audio", "voice.ogg", &voice.file, mime.as_deref()),
+            file(ContentBlock::FILE, "voice.ogg", &voice.file, mime),
         ));
     }
     if let Some(audio) = message.audio() {
@@ -144,23 +198,38 @@ fn attachment(message: &Message) -> Option<(String, ContentBlock)> {
             .unwrap_or("audio");
         let mime = audio.mime_type.as_ref().map(ToString::to_string);
         let label = format!("[audio: {name}]");
-        return Some((label, block("audio", name, &audio.file, mime.as_deref())));
+        return Some((
+            label,
+            file(ContentBlock::FILE, name, &audio.file, mime.as_deref()),
+        ));
     }
     if let Some(video) = message.video() {
         let name = video.file_name.as_deref().unwrap_or("video.mp4");
         let mime = video.mime_type.as_ref().map(ToString::to_string);
-        let block = block("video", name, &video.file, mime.as_deref());
-        return Some(("[video]".to_owned(), block));
+        let mime = mime.as_deref().or(Some("video/mp4"));
+        return Some((
+            "[video]".to_owned(),
+            file(ContentBlock::FILE, name, &video.file, mime),
+        ));
     }
     if let Some(animation) = message.animation() {
         let name = animation.file_name.as_deref().unwrap_or("animation.mp4");
         let mime = animation.mime_type.as_ref().map(ToString::to_string);
-        let block = block("video", name, &animation.file, mime.as_deref());
-        return Some(("[GIF]".to_owned(), block));
+        let mime = mime.as_deref().or(Some("video/mp4"));
+        return Some((
+            "[GIF]".to_owned(),
+            file(ContentBlock::FILE, name, &animation.file, mime),
+        ));
     }
     if let Some(note) = message.video_note() {
         let label = format!("[video message, {} s]", note.duration.seconds());
-        return Some((label, block("video", "video_note.mp4", &note.file, None)));
+        let file = file(
+            ContentBlock::FILE,
+            "video_note.mp4",
+            &note.file,
+            Some("video/mp4"),
+        );
+        return Some((label, file));
     }
     let document = message.document()?;
     let name = document.file_name.as_deref().unwrap_or("file");
@@ -169,17 +238,26 @@ fn attachment(message: &Message) -> Option<(String, ContentBlock)> {
         "[file: {name}, {}]",
         human_size(u64::from(document.file.size))
     );
-    Some((label, block("file", name, &document.file, mime.as_deref())))
+    Some((
+        label,
+        file(ContentBlock::FILE, name, &document.file, mime.as_deref()),
+    ))
 }
 
-fn block(kind: &str, name: &str, file: &FileMeta, mime: Option<&str>) -> ContentBlock {
-    ContentBlock {
+fn file(kind: &str, name: &str, meta: &FileMeta, mime: Option<&str>) -> SharedFile {
+    let block = ContentBlock {
         kind: kind.to_owned(),
         name: Some(name.to_owned()),
         // teloxide fills in u32::MAX when Telegram leaves the size out.
-        size: (file.size != u32::MAX).then_some(u64::from(file.size)),
+        size: (meta.size != u32::MAX).then_some(u64::from(meta.size)),
         mime_type: mime.map(str::to_owned),
-        url: None,
+        ..ContentBlock::default()
+    };
+    SharedFile {
+        block,
+        file: Some(FileRef::Telegram {
+            file_id: meta.id.0.clone(),
+        }),
     }
 }
 

@@ -9,7 +9,7 @@ use hub_bridge_sdk::{ExternalId, StoreError};
 use teloxide::prelude::*;
 use teloxide::types::{ChatMemberUpdated, MessageReactionUpdated, UpdateKind, User};
 
-use super::describe::{describe, display_name, emojis, Speaker};
+use super::describe::{describe, display_name, emojis, Described, Speaker};
 use super::Inbound;
 use crate::bridge::chat_of;
 
@@ -103,7 +103,7 @@ impl Inbound<'_> {
         message: &Message,
         from: &User,
     ) -> Result<(), StoreError> {
-        let Some((content, blocks)) = describe(message) else {
+        let Some(described) = describe(message) else {
             self.ignored("unsupported_message");
             return Ok(());
         };
@@ -125,8 +125,8 @@ impl Inbound<'_> {
                 addressed_as: speaker.short_name,
                 mention: None,
             },
-            content,
-            blocks,
+            content: described.content,
+            files: described.files,
             timestamp,
             reply_to: message.reply_to_message().map(|parent| Parent {
                 id: PartId(parent.id.0.to_string()),
@@ -183,7 +183,7 @@ impl Inbound<'_> {
         if self.sender(message).is_none() {
             return Ok(());
         }
-        let Some((content, _)) = describe(message) else {
+        let Some(Described { content, .. }) = describe(message) else {
             self.ignored("unsupported_message");
             return Ok(());
         };
@@ -246,10 +246,12 @@ impl Inbound<'_> {
         message: &Message,
         from: &User,
     ) -> Result<(), StoreError> {
-        let Some((text, _)) = describe(message) else {
+        let Some(described) = describe(message) else {
             self.ignored("unsupported_message");
             return Ok(());
         };
+        // A direct message carries text only: the file is named in it.
+        let text = described.as_text();
         let whisper = Whisper {
             chat: chat_of(message.chat.id.0),
             author: person(from),

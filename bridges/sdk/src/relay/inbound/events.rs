@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::event::{ContentBlock, Millis};
 use crate::ids::ExternalId;
+use crate::media::FileRef;
 use crate::relay::connector::{Chat, Parent, PartId, Place};
 use crate::relay::inbound::LimitNotice;
 
@@ -34,6 +35,14 @@ impl Person {
     }
 }
 
+/// A file or picture a person sent: how the hub describes it, and where the platform keeps it.
+/// The engine adds the `url` (a media link) when the service serves media.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    pub block: ContentBlock,
+    pub file: Option<FileRef>,
+}
+
 /// A person's new message in a linked chat.
 #[derive(Debug, Clone)]
 pub struct Said {
@@ -42,9 +51,10 @@ pub struct Said {
     /// The platform message.
     pub id: PartId,
     pub author: Person,
-    /// The text, mentions already rendered as names.
+    /// The text (or a media message's caption), mentions already rendered as names.
     pub content: String,
-    pub blocks: Vec<ContentBlock>,
+    /// Its files and pictures.
+    pub files: Vec<SharedFile>,
     pub timestamp: Millis,
     /// The platform message it answers, and the thread that one is in.
     pub reply_to: Option<Parent>,

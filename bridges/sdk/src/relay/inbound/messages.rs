@@ -3,7 +3,7 @@
 //! the platform thread it was written in (or of its parent), mapped so that replies, edits,
 //! deletes and reactions find it.
 
-use crate::event::{now_millis, ChannelEvent, ChannelMessage, Thread};
+use crate::event::{now_millis, ChannelEvent, ChannelMessage, ContentBlock, Thread};
 use crate::limits::Action;
 use crate::metrics::{BridgeDirection, Direction};
 use crate::relay::connector::{Connector, Place, ThreadRef};
@@ -47,9 +47,10 @@ impl<C: Connector> Relay<C> {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let origin = self.connector().origin(&said.place.chat);
+        let blocks = self.content_blocks(said).await?;
         for (index, link) in links.iter().enumerate() {
             let position = self.position(said, link).await?;
-            let event = self.message_event(said, link, &position, &hub_id);
+            let event = self.message_event(said, &blocks, link, &position, &hub_id);
             let chat = map_chat(link);
             let mut ops = self
                 .map()
@@ -212,9 +213,24 @@ impl<C: Connector> Relay<C> {
             .into_text())
     }
 
+    /// The message's files as the hub's content blocks, each with a media link when the service
+    /// serves media (made once: every link's copy names the same files).
+    async fn content_blocks(&self, said: &Said) -> Result<Vec<ContentBlock>, StoreError> {
+        let mut blocks = Vec::with_capacity(said.files.len());
+        for shared in &said.files {
+            let mut block = shared.block.clone();
+            if let (Some(media), Some(file)) = (self.hub().media(), &shared.file) {
+                block.url = Some(media.link(file).await?);
+            }
+            blocks.push(block);
+        }
+        Ok(blocks)
+    }
+
     fn message_event(
         &self,
         said: &Said,
+        blocks: &[ContentBlock],
         link: &Link,
         position: &Position,
         hub_id: &str,
@@ -233,7 +249,7 @@ impl<C: Connector> Relay<C> {
             author_name: Some(said.author.name.clone()),
             external_platform: Some(self.connector().name().to_owned()),
             external_source_id: Some(format!("{shown_in}:{}", said.id.0)),
-            content_blocks: (!said.blocks.is_empty()).then(|| said.blocks.clone()),
+            content_blocks: (!blocks.is_empty()).then(|| blocks.to_vec()),
             metadata: None,
         };
         let channel_id = link.hub_channel.clone();

@@ -23,7 +23,7 @@ use crate::relay::connector::{Chat, Connector};
 use crate::relay::{Link, Relay};
 use crate::store::{Op, StoreError};
 
-pub use events::{Handled, Person, PlatformEvent, Said, Whisper};
+pub use events::{Handled, Person, PlatformEvent, Said, SharedFile, Whisper};
 
 /// How long a platform update's claims are kept: far longer than any redelivery or replay.
 pub(crate) const CLAIM_TTL: Duration = Duration::from_secs(2 * 24 * 3600);

@@ -19,6 +19,7 @@ use crate::relay::{home, Core};
 use crate::store::StoreError;
 
 mod rewrite;
+mod uploads;
 
 impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
     fn deliver<'a>(
@@ -40,7 +41,7 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
             }
             let chat = Chat(destination.to_owned());
             let result = match &mut job.action {
-                Action::Send(send) => self.send(&chat, send).await,
+                Action::Send(send) => self.send(&chat, send, &job.about).await,
                 Action::Edit(edit) => self.edit(&chat, edit).await,
                 Action::Delete(delete) => self.delete(&chat, delete).await,
                 Action::React(react) => self.react(&chat, react).await,
@@ -123,7 +124,12 @@ fn unavailable(error: StoreError) -> SendError {
 impl<C: Connector> Core<C> {
     // ----- messages -----
 
-    async fn send(&self, chat: &Chat, send: &mut job::Send<C::Part>) -> Result<(), SendError> {
+    async fn send(
+        &self,
+        chat: &Chat,
+        send: &mut job::Send<C::Part>,
+        about: &job::About,
+    ) -> Result<(), SendError> {
         if send.progress.is_none() {
             send.progress = Some(self.plan(chat, send).await?);
         }
@@ -135,6 +141,14 @@ impl<C: Connector> Core<C> {
             hub_channel: send.hub_channel.clone(),
             thread: progress.thread.clone(),
         };
+        self.upload_files(
+            &place,
+            send.hub_message_id.as_deref(),
+            &mut send.look,
+            progress,
+            about,
+        )
+        .await?;
         while progress.done < progress.parts.len() {
             let reply_to = progress
                 .shown
@@ -198,6 +212,7 @@ impl<C: Connector> Core<C> {
                 .map(|(id, thread)| Parent { id, thread }),
             None => None,
         };
+        let uploads = self.plan_uploads(&mut send.look);
         let rendered = self
             .connector
             .render(
@@ -210,7 +225,7 @@ impl<C: Connector> Core<C> {
                 },
             )
             .await?;
-        if rendered.parts.is_empty() {
+        if rendered.parts.is_empty() && uploads.is_empty() {
             self.count_ignored("empty_message");
         }
         send.look.header = rendered.header;
@@ -219,10 +234,13 @@ impl<C: Connector> Core<C> {
         Ok(SendProgress {
             thread: place.thread,
             reply_to: native.map(|reply| reply.id),
+            caption: rendered.parts.len() == 1,
             parts: rendered.parts,
             done: 0,
             shown: Vec::new(),
             recorded: 0,
+            uploads,
+            uploaded: 0,
         })
     }
 

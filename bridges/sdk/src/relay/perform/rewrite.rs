@@ -4,7 +4,7 @@
 
 use super::unavailable;
 use crate::outbox::SendError;
-use crate::relay::connector::{Chat, Connector, Edited, Place, Rendering};
+use crate::relay::connector::{Chat, Connector, Edited, PartId, Place, Rendering};
 use crate::relay::job::{self, Rewrite};
 use crate::relay::streaming::ShownParts;
 use crate::relay::{home, Core};
@@ -19,8 +19,8 @@ impl<C: Connector> Core<C> {
             let place = self
                 .locate(&home(chat, Some(&edit.hub_channel)), &edit.hub_message_id)
                 .await?;
-            let old = self.parts(&place, &edit.hub_message_id).await?;
-            if old.is_empty() {
+            let shown = self.parts(&place, &edit.hub_message_id).await?;
+            if shown.is_empty() {
                 // Never shown in this chat (sent before the link existed, or given up on).
                 self.count_ignored("edit_of_unknown_message");
                 return Ok(());
@@ -31,6 +31,10 @@ impl<C: Connector> Core<C> {
                 .await
                 .map_err(unavailable)?
                 .unwrap_or_default();
+            // The text changes; the files stay as they are.
+            let (kept, old): (Vec<PartId>, Vec<PartId>) = shown
+                .into_iter()
+                .partition(|id| look.file_parts.contains(id));
             let rendered = self
                 .connector
                 .render(
@@ -49,6 +53,7 @@ impl<C: Connector> Core<C> {
                 new: rendered.parts,
                 ids: Vec::new(),
                 next: 0,
+                kept,
             });
         }
         let Some(rewrite) = edit.progress.as_mut() else {
@@ -81,6 +86,7 @@ impl<C: Connector> Core<C> {
                 new: Vec::new(),
                 ids: Vec::new(),
                 next: 0,
+                kept: Vec::new(),
             });
         }
         let Some(rewrite) = delete.progress.as_mut() else {
@@ -128,7 +134,7 @@ impl<C: Connector> Core<C> {
                         self.shown_parts.note(&chat.0, &id.0, fingerprint);
                     }
                     rewrite.ids.extend(shown);
-                    let ids: Vec<String> = rewrite.ids.iter().map(|id| id.0.clone()).collect();
+                    let ids = rewrite.mapped();
                     self.map
                         .record_parts(name, hub_message_id, &map_chat, &ids)
                         .await
@@ -140,10 +146,10 @@ impl<C: Connector> Core<C> {
             }
             rewrite.next += 1;
         }
-        let result = if rewrite.new.is_empty() {
+        let result = if rewrite.new.is_empty() && rewrite.kept.is_empty() {
             self.map.forget(name, hub_message_id, &map_chat).await
         } else if rewrite.ids != rewrite.old {
-            let ids: Vec<String> = rewrite.ids.iter().map(|id| id.0.clone()).collect();
+            let ids = rewrite.mapped();
             self.map
                 .record_parts(name, hub_message_id, &map_chat, &ids)
                 .await

@@ -28,7 +28,7 @@ fn said(chat: &str, id: &str, content: &str) -> Said {
         id: PartId(id.into()),
         author: person("7"),
         content: content.into(),
-        blocks: Vec::new(),
+        files: Vec::new(),
         timestamp: 1_700_000_000_000,
         reply_to: None,
         thread_root: None,
