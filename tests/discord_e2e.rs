@@ -393,9 +393,10 @@ async fn replies_mentions_and_attachments_are_mapped() {
     assert_eq!(blocks[0]["name"], "cat.png");
     assert_eq!(blocks[0]["size"], 1234);
     assert_eq!(blocks[0]["mimeType"], "image/png");
-    assert!(blocks[0]["url"].as_str().is_some_and(|url| url
-        .starts_with("https://cdn.discordapp.com/")
-        && url.ends_with("cat.png")));
+    // A link to the service itself, never Discord's expiring CDN URL.
+    assert!(blocks[0]["url"]
+        .as_str()
+        .is_some_and(|url| url.starts_with("http://127.0.0.1:") && url.contains("/media/")));
     assert_eq!(blocks[1]["type"], "file");
 }
 

@@ -2,11 +2,16 @@
 //! hub channels, where private messages go, and how fast the bridge may send. The section registers
 //! the bridge with the service ([`BridgeConfig`]).
 
+use std::sync::Arc;
+
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
+use hub_bridge_sdk::media::MediaSource;
 use hub_bridge_sdk::registry::BridgeConfig;
 use hub_bridge_sdk::Bridge;
 use serde::Deserialize;
+use teloxide::Bot;
 
+use crate::uploads::TelegramFiles;
 use crate::TelegramBridge;
 
 /// `[telegram]`: the bot, where its Bot API is, and which chats mirror which hub channels.
@@ -154,6 +159,13 @@ impl BridgeConfig for TelegramConfig {
 
     fn bridge(&self) -> Box<dyn Bridge> {
         Box::new(TelegramBridge::new(self.clone()))
+    }
+
+    fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        // `validate` checked the URL; a section that was not validated serves no files.
+        let api_url = reqwest::Url::parse(&self.api_url).ok()?;
+        let bot = Bot::new(self.token.expose()).set_api_url(api_url);
+        Some(Arc::new(TelegramFiles { bot }))
     }
 }
 

@@ -12,8 +12,8 @@ use hub_bridge_sdk::metrics::retry;
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::budget::FloodBudget;
 use hub_bridge_sdk::relay::{
-    Capabilities, Chat, Connector, Edited, PartId, Place, ReactionChange, Rendered, Rendering,
-    ThreadRef,
+    Capabilities, Chat, Connector, Edited, MediaLimits, PartId, Place, ReactionChange, Rendered,
+    Rendering, ThreadRef, Upload,
 };
 use hub_bridge_sdk::HubHandle;
 use serde::{Deserialize, Serialize};
@@ -23,9 +23,12 @@ use teloxide::RequestError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TelegramConfig;
-use crate::errors::{classify, is_already_deleted, is_form_error, is_not_modified, Redactor};
+use crate::errors::{
+    classify, is_already_deleted, is_caption_message, is_form_error, is_not_modified, Redactor,
+};
 use crate::forums::Forums;
 use crate::render::{self, Author};
+use crate::uploads;
 
 /// How often the typing indicator is sent again (Telegram shows it for ~5 s).
 const TYPING_REFRESH: Duration = Duration::from_secs(4);
@@ -94,12 +97,12 @@ impl Telegram {
         self.hub.metrics().count_ignored("telegram", reason);
     }
 
-    fn classify(&self, error: &RequestError) -> SendError {
+    pub(crate) fn classify(&self, error: &RequestError) -> SendError {
         classify(error, &self.redactor)
     }
 
     /// Runs one paced request; the outer error is the bridge stopping while it waited.
-    async fn paced<R, T>(
+    pub(crate) async fn paced<R, T>(
         &self,
         chat: i64,
         build: impl FnOnce(&Bot) -> R,
@@ -148,19 +151,19 @@ pub fn is_group(chat: &str) -> bool {
     chat.starts_with('-')
 }
 
-fn chat_id(chat: &Chat) -> Result<i64, SendError> {
+pub(crate) fn chat_id(chat: &Chat) -> Result<i64, SendError> {
     chat.0
         .parse()
         .map_err(|_| SendError::Permanent(format!("`{chat}` is not a Telegram chat id")))
 }
 
-fn message_id(id: &PartId) -> Result<MessageId, SendError> {
+pub(crate) fn message_id(id: &PartId) -> Result<MessageId, SendError> {
     id.0.parse()
         .map(MessageId)
         .map_err(|_| SendError::Permanent(format!("`{}` is not a Telegram message id", id.0)))
 }
 
-fn topic(place: &Place) -> Option<ThreadId> {
+pub(crate) fn topic(place: &Place) -> Option<ThreadId> {
     place
         .thread
         .as_ref()
@@ -311,6 +314,22 @@ impl Connector for Telegram {
         })
     }
 
+    fn media_limits(&self) -> Option<MediaLimits> {
+        Some(uploads::LIMITS)
+    }
+
+    fn upload<'a>(
+        &'a self,
+        place: &'a Place,
+        files: &'a [Upload],
+        caption: Option<&'a TelegramPart>,
+        reply_to: Option<&'a PartId>,
+        shown: &'a mut Vec<PartId>,
+    ) -> BoxFuture<'a, Result<bool, SendError>> {
+        Box::pin(self.upload_files(place, files, caption, reply_to, shown))
+    }
+
+    /// Edits a part's text, or its caption when the part is a file with the text as caption.
     fn edit<'a>(
         &'a self,
         place: &'a Place,
@@ -326,6 +345,18 @@ impl Connector for Telegram {
                         .parse_mode(ParseMode::Html)
                 })
                 .await?;
+            // Which of the two a part is, Telegram knows: asking costs the same as trying.
+            let html = match html {
+                Err(error) if is_caption_message(&error) => {
+                    self.paced(chat, |bot| {
+                        bot.edit_message_caption(ChatId(chat), id)
+                            .caption(part.part.html.clone())
+                            .parse_mode(ParseMode::Html)
+                    })
+                    .await?
+                }
+                other => other,
+            };
             let result = match html {
                 Err(error) if is_form_error(&error) => {
                     self.count_plain_fallback(&error);

@@ -92,6 +92,12 @@ pub fn is_not_modified(error: &RequestError) -> bool {
     matches!(error, RequestError::Api(ApiError::MessageNotModified))
 }
 
+/// Whether an edit of a message's text failed because the message is a file whose text is its
+/// caption.
+pub fn is_caption_message(error: &RequestError) -> bool {
+    matches!(error, RequestError::Api(ApiError::Unknown(text)) if text.contains("no text in the message to edit"))
+}
+
 /// Whether a delete failed because the message is already gone, which is what was wanted.
 pub fn is_already_deleted(error: &RequestError) -> bool {
     match error {

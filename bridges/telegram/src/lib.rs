@@ -13,6 +13,7 @@ mod forums;
 mod inbound;
 mod render;
 mod upgrade;
+mod uploads;
 
 pub use bridge::TelegramBridge;
 pub use config::*;

@@ -162,12 +162,13 @@ pub struct MediaLimits {
     pub files_per_message: usize,
 }
 
-/// A file to upload, read whole (one message's files at a time are in memory).
+/// A file to upload, read whole (one message's files at a time are in memory; cloning shares
+/// the bytes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Upload {
     pub name: String,
     pub content_type: Option<String>,
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     /// Shown as a picture (an image under the platform's picture limit), else as a file.
     pub as_image: bool,
 }

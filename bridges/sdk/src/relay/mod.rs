@@ -42,8 +42,8 @@ use crate::store::StoreError;
 use streaming::{Cadence, ShownParts};
 
 pub use connector::{
-    Author, Capabilities, Chat, Connector, Edited, Look, Parent, PartId, Place, ReactionChange,
-    Rendered, Rendering, ThreadRef,
+    Author, Capabilities, Chat, Connector, Edited, Look, MediaLimits, Parent, PartId, Place,
+    ReactionChange, Rendered, Rendering, ThreadRef, Upload,
 };
 pub use inbound::{
     Handled, LimitNotice, Person, PlatformEvent, Readiness, Said, SharedFile, Whisper,

@@ -21,7 +21,7 @@ use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::relay::Readiness;
 use hub_bridge_sdk::{BridgeError, Op, StoreError};
 use teloxide::prelude::*;
-use teloxide::types::AllowedUpdate;
+use teloxide::types::{AllowedUpdate, UpdateKind};
 use teloxide::{ApiError, RequestError};
 
 use crate::bridge::Shared;
@@ -49,11 +49,18 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
     let ready = format!("polling Telegram as @{}", shared.me_username);
     status.ready(&ready);
     let mut backoff = Duration::from_secs(1);
+    let mut album = Album::default();
     loop {
+        // While an album is open, a short poll tells whether more of it is coming.
+        let timeout = if album.is_open() {
+            ALBUM_WAIT_SECS
+        } else {
+            shared.config.poll_timeout_secs
+        };
         let mut request = shared
             .bot
             .get_updates()
-            .timeout(shared.config.poll_timeout_secs)
+            .timeout(timeout)
             .allowed_updates(ALLOWED);
         if let Some(offset) = offset {
             request = request.offset(offset);
@@ -96,17 +103,38 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
         backoff = Duration::from_secs(1);
         status.ready(&ready);
         let Some(last) = updates.last().map(|update| update.id.0) else {
+            // Nothing more came: the album is whole.
+            if !inbound.close_album(&mut album, &status, &ready).await {
+                return Ok(());
+            }
             continue;
         };
-        for update in &updates {
-            if !inbound.handle_until_done(update, &status, &ready).await {
+        for update in updates {
+            let update = match album.offer(update) {
+                Offered::Taken => continue,
+                Offered::Closes(update) => {
+                    if !inbound.close_album(&mut album, &status, &ready).await {
+                        return Ok(());
+                    }
+                    match album.offer(update) {
+                        Offered::Taken => continue,
+                        Offered::Closes(update) | Offered::Other(update) => update,
+                    }
+                }
+                Offered::Other(update) => update,
+            };
+            if !inbound.handle_until_done(&update, &status, &ready).await {
                 return Ok(());
             }
         }
         // Telegram forgets everything below the offset, so it moves only now that every update
-        // of the batch is published.
+        // of the batch is published; an open album's updates stay above the stored offset, so a
+        // crash before it closes brings them again (their claims keep what was published once).
         let next = i32::try_from(last.saturating_add(1)).unwrap_or(i32::MAX);
         offset = Some(next);
+        let next = album
+            .first_update()
+            .map_or(next, |first| i32::try_from(first).unwrap_or(i32::MAX));
         let stored = shared
             .hub
             .store()
@@ -123,6 +151,67 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
         }
         shared.relay.connector().budget.prune();
     }
+}
+
+/// How long, in seconds, an album waits for its next part (Telegram sends an album's parts as
+/// separate updates, usually in one batch).
+const ALBUM_WAIT_SECS: u32 = 1;
+
+/// A Telegram album being gathered: the updates of one `media_group_id` in one chat, published as
+/// one hub message when a different update or a quiet poll shows it is whole.
+#[derive(Default)]
+struct Album {
+    parts: Vec<Update>,
+}
+
+/// What [`Album::offer`] did with an update.
+enum Offered {
+    /// A part of the open album (or the first part of a new one).
+    Taken,
+    /// A part of another album while one is open: close the open one, then offer it again.
+    Closes(Update),
+    /// Not an album's part.
+    Other(Update),
+}
+
+impl Album {
+    fn is_open(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
+    fn first_update(&self) -> Option<u32> {
+        self.parts.first().map(|update| update.id.0)
+    }
+
+    fn offer(&mut self, update: Update) -> Offered {
+        let Some(key) = album_key(&update) else {
+            return if self.is_open() {
+                Offered::Closes(update)
+            } else {
+                Offered::Other(update)
+            };
+        };
+        match self.parts.first().and_then(album_key) {
+            Some(open) if open != key => Offered::Closes(update),
+            _ => {
+                self.parts.push(update);
+                Offered::Taken
+            }
+        }
+    }
+}
+
+/// The chat and media group of a group message that belongs to an album. Private messages go to
+/// agents as text, one by one.
+fn album_key(update: &Update) -> Option<(i64, String)> {
+    let UpdateKind::Message(message) = &update.kind else {
+        return None;
+    };
+    if message.chat.is_private() {
+        return None;
+    }
+    let group = message.media_group_id()?;
+    Some((message.chat.id.0, group.0.clone()))
 }
 
 struct Inbound<'a> {
@@ -201,6 +290,20 @@ impl Inbound<'_> {
             ])
             .await?;
         Ok(Some(legacy))
+    }
+
+    /// Publishes the open album as one message (retrying while the store is unreachable) and
+    /// empties it; false when the bridge stopped.
+    async fn close_album(&self, album: &mut Album, status: &Component, ready: &str) -> bool {
+        if !album.is_open() {
+            return true;
+        }
+        let readiness = Readiness { status, ready };
+        let parts = std::mem::take(&mut album.parts);
+        self.shared
+            .relay
+            .handle_until_stored("album", Some(&readiness), || self.album(&parts))
+            .await
     }
 
     /// Handles one update, retrying while the store is unreachable; false when the bridge stopped.

@@ -96,6 +96,37 @@ impl Inbound<'_> {
         self.person_message(update_id, message, from).await
     }
 
+    /// An album's updates as one message: the first part's, with every part's file and the
+    /// first caption (Telegram puts the album's caption on one of its parts).
+    pub(super) async fn album(&self, parts: &[Update]) -> Result<(), StoreError> {
+        let messages: Vec<(u32, &Message)> = parts
+            .iter()
+            .filter_map(|update| match &update.kind {
+                UpdateKind::Message(message) => Some((update.id.0, message)),
+                _ => None,
+            })
+            .collect();
+        let Some(&(update_id, first)) = messages.first() else {
+            return Ok(());
+        };
+        let Some(from) = self.sender(first) else {
+            return Ok(());
+        };
+        let Some(mut said) = self.said(update_id, first, from) else {
+            return Ok(());
+        };
+        for (_, message) in &messages[1..] {
+            let Some(described) = describe(message) else {
+                continue;
+            };
+            if said.content.is_empty() {
+                said.content = described.content;
+            }
+            said.files.extend(described.files);
+        }
+        self.publish(PlatformEvent::Message(said)).await.map(drop)
+    }
+
     /// A person's message in a group: with its parent and, in a forum topic, its thread.
     async fn person_message(
         &self,
@@ -103,9 +134,18 @@ impl Inbound<'_> {
         message: &Message,
         from: &User,
     ) -> Result<(), StoreError> {
+        let Some(said) = self.said(update_id, message, from) else {
+            return Ok(());
+        };
+        self.publish(PlatformEvent::Message(said)).await.map(drop)
+    }
+
+    /// A person's group message as the engine takes it; `None` (counted) for one the hub does not
+    /// take.
+    fn said(&self, update_id: u32, message: &Message, from: &User) -> Option<Said> {
         let Some(described) = describe(message) else {
             self.ignored("unsupported_message");
-            return Ok(());
+            return None;
         };
         let speaker = Speaker::of(message, from);
         let date_ms = message.date.timestamp_millis();
@@ -136,7 +176,7 @@ impl Inbound<'_> {
             received: Some(std::time::Instant::now()),
             claim: update_claim(update_id),
         };
-        self.publish(PlatformEvent::Message(said)).await.map(drop)
+        Some(said)
     }
 
     async fn membership(

@@ -50,8 +50,9 @@ impl<C: Connector> Core<C> {
                 .load_group(media, &limits, place, progress, about)
                 .await;
             if !files.is_empty() {
+                // The text rides with the first upload that happens, when nothing is shown yet.
                 let caption_part =
-                    (progress.uploaded == 0 && progress.caption && progress.done == 0)
+                    (progress.caption && progress.done == 0 && progress.shown.is_empty())
                         .then_some(())
                         .and(progress.parts.first());
                 let reply_to = progress
@@ -112,7 +113,7 @@ impl<C: Connector> Core<C> {
                     files.push(Upload {
                         name,
                         content_type: block.mime_type.clone().or(loaded.content_type),
-                        bytes: loaded.bytes,
+                        bytes: loaded.bytes.into(),
                         as_image,
                     });
                     kept.push(block);

@@ -27,6 +27,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::{Keys, Op, Store};
 
 mod inbound;
+mod media;
 mod streaming;
 
 /// One call the engine made, as the platform saw it.
@@ -60,6 +61,14 @@ enum Call {
         parent: Option<String>,
         name: String,
     },
+    Upload {
+        chat: String,
+        /// Each file's name, bytes and whether it is shown as a picture.
+        files: Vec<(String, Vec<u8>, bool)>,
+        caption: Option<String>,
+        reply_to: Option<String>,
+        ids: Vec<String>,
+    },
 }
 
 /// A platform in memory: parts of at most [`LIMIT`] chars, the author's name before the text,
@@ -80,6 +89,9 @@ struct Memory {
     budget: Option<FloodBudget>,
     /// The next send is answered with a 429 asking to wait this long.
     retry_after_once: Mutex<Option<Duration>>,
+    /// What files it uploads (none unless a test sets it); a caption longer than `LIMIT` does
+    /// not go with them.
+    media_limits: Option<crate::relay::connector::MediaLimits>,
 }
 
 const LIMIT: usize = 12;
@@ -101,6 +113,7 @@ impl Memory {
             edited_at: Mutex::default(),
             budget: None,
             retry_after_once: Mutex::default(),
+            media_limits: None,
         }
     }
 
@@ -263,6 +276,39 @@ impl Connector for Memory {
         })
     }
 
+    fn media_limits(&self) -> Option<crate::relay::connector::MediaLimits> {
+        self.media_limits
+    }
+
+    fn upload<'a>(
+        &'a self,
+        place: &'a Place,
+        files: &'a [crate::relay::connector::Upload],
+        caption: Option<&'a String>,
+        reply_to: Option<&'a PartId>,
+        shown: &'a mut Vec<PartId>,
+    ) -> BoxFuture<'a, Result<bool, SendError>> {
+        Box::pin(async move {
+            // One platform message per file, the caption on the first.
+            let ids: Vec<String> = files
+                .iter()
+                .map(|_| self.next_id.fetch_add(1, Ordering::Relaxed).to_string())
+                .collect();
+            self.record(Call::Upload {
+                chat: place.chat.0.clone(),
+                files: files
+                    .iter()
+                    .map(|file| (file.name.clone(), file.bytes.to_vec(), file.as_image))
+                    .collect(),
+                caption: caption.cloned(),
+                reply_to: reply_to.map(|r| r.0.clone()),
+                ids: ids.clone(),
+            });
+            shown.extend(ids.into_iter().map(PartId));
+            Ok(caption.is_some())
+        })
+    }
+
     fn open_thread<'a>(
         &'a self,
         place: &'a Place,
@@ -304,6 +350,16 @@ impl Harness {
     }
 
     fn with_limits(connector: Memory, store: Arc<MemoryStore>, limits: LimitsConfig) -> Self {
+        Self::build(connector, store, limits, |hub| hub)
+    }
+
+    /// A harness whose hub handle `adjust` finishes (the media desk, say).
+    fn build(
+        connector: Memory,
+        store: Arc<MemoryStore>,
+        limits: LimitsConfig,
+        adjust: impl FnOnce(HubHandle) -> HubHandle,
+    ) -> Self {
         let keys = Keys::new("t:");
         let dyn_store: Arc<dyn Store> = store.clone();
         let limiter = RateLimiter::new(dyn_store.clone(), keys.clone(), limits);
@@ -315,13 +371,13 @@ impl Harness {
                 ..AgentProfile::default()
             },
         );
-        let hub = HubHandle::new(
+        let hub = adjust(HubHandle::new(
             dyn_store,
             keys,
             limiter,
             agents,
             Arc::new(Metrics::default()),
-        );
+        ));
         let connector = Arc::new(connector);
         let links = Links::new(
             "memory",
