@@ -3,12 +3,16 @@
 //! the service ([`BridgeConfig`]).
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use hub_bridge_sdk::config::{check_http_url, check_token, ConfigIssue, Secret};
+use hub_bridge_sdk::media::MediaSource;
 use hub_bridge_sdk::registry::BridgeConfig;
 use hub_bridge_sdk::Bridge;
 use serde::Deserialize;
 
+use crate::rest::Rest;
+use crate::uploads::DiscordFiles;
 use crate::DiscordBridge;
 
 /// `[discord]`: the bot, where Discord's API is, and which channels mirror which hub channels.
@@ -175,6 +179,13 @@ impl BridgeConfig for DiscordConfig {
 
     fn bridge(&self) -> Box<dyn Bridge> {
         Box::new(DiscordBridge::new(self.clone()))
+    }
+
+    fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        Some(Arc::new(DiscordFiles {
+            rest: Rest::new(self.token.expose(), &self.api_url),
+            cdn: reqwest::Client::new(),
+        }))
     }
 }
 

@@ -25,8 +25,8 @@ use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::budget::{FloodBudget, FloodLimits, Window};
 use hub_bridge_sdk::relay::connector::Parent;
 use hub_bridge_sdk::relay::{
-    Author, Capabilities, Chat, Connector, Edited, Job, Link, Look, PartId, Place, ReactionChange,
-    Rendered, Rendering, ThreadRef,
+    Author, Capabilities, Chat, Connector, Edited, Job, Link, Look, MediaLimits, PartId, Place,
+    ReactionChange, Rendered, Rendering, ThreadRef, Upload,
 };
 use hub_bridge_sdk::text::discord::sanitize_webhook_username;
 use hub_bridge_sdk::Op;
@@ -47,6 +47,7 @@ use crate::format::{self, Header};
 use crate::ids;
 use crate::posts::{id_of, json_body, part_id};
 use crate::shared::Shared;
+use crate::uploads;
 
 /// How often the typing indicator is sent again (Discord shows it for ~10 s).
 const TYPING_REFRESH: Duration = Duration::from_secs(8);
@@ -105,7 +106,7 @@ impl DiscordPart {
 
 /// A nonce no other post of this process has: the time in nanoseconds and a counter, in hex
 /// (Discord takes up to 25 characters).
-fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -240,7 +241,7 @@ impl Discord {
     }
 
     /// Marks a post as the bridge's own: the inbound side then ignores its deletion.
-    async fn mark_own(&self, id: u64) {
+    pub(crate) async fn mark_own(&self, id: u64) {
         let op = Op::Set {
             key: self.shared.keys().own(id),
             value: "1".to_owned(),
@@ -257,7 +258,7 @@ impl Discord {
 
 /// The `allowed_mentions` of a post: nobody, or the one user it may ping. Nothing is parsed
 /// from the text, so `@everyone`, roles and other users stay unpinged whatever an agent writes.
-fn allowed_mentions(ping: Option<u64>) -> CreateAllowedMentions {
+pub(crate) fn allowed_mentions(ping: Option<u64>) -> CreateAllowedMentions {
     let nobody = CreateAllowedMentions::new();
     match ping {
         Some(user) => nobody.users([UserId::new(user)]),
@@ -266,7 +267,7 @@ fn allowed_mentions(ping: Option<u64>) -> CreateAllowedMentions {
 }
 
 /// How an author appears as a webhook's username.
-fn username(author: &Author) -> String {
+pub(crate) fn username(author: &Author) -> String {
     if author.person {
         format::person_username(&author.name)
     } else {
@@ -447,6 +448,25 @@ impl Connector for Discord {
             shown.push(PartId(id.to_string()));
             Ok(())
         }))
+    }
+
+    fn media_limits(&self) -> Option<MediaLimits> {
+        Some(uploads::LIMITS)
+    }
+
+    fn upload<'a>(
+        &'a self,
+        place: &'a Place,
+        look: &'a Look,
+        files: &'a [Upload],
+        caption: Option<&'a DiscordPart>,
+        reply_to: Option<&'a PartId>,
+        shown: &'a mut Vec<PartId>,
+    ) -> BoxFuture<'a, Result<bool, SendError>> {
+        Box::pin(self.paced(
+            place,
+            self.upload_files(place, look, files, caption, reply_to, shown),
+        ))
     }
 
     fn edit<'a>(

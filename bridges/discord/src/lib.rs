@@ -6,7 +6,8 @@
 //! - `inbound`: Discord -> hub, and the catch-up after a gap;
 //! - `connector`: hub -> Discord as the SDK's relay engine drives it (the engine owns routing,
 //!   outboxes, the message map, stopped links); `posts`: the REST calls it is made of;
-//!   `upgrade`: the previous release's queued jobs, read into the engine's;
+//!   `upgrade`: the previous release's queued jobs, read into the engine's; `uploads`: files as
+//!   multipart posts, and people's attachments served for their media links;
 //! - `rest`: REST calls that read Discord's rate-limit headers;
 //! - `format`: mention rendering, splitting, quoting and people's names, as pure functions;
 //! - `ids`: Discord ids read from untrusted text, and checked route ids (never 0);
@@ -23,6 +24,7 @@ mod posts;
 mod rest;
 mod shared;
 mod upgrade;
+mod uploads;
 
 pub use bridge::DiscordBridge;
 pub use config::*;

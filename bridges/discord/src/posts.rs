@@ -309,7 +309,7 @@ fn thread_id(thread: &ThreadRef) -> Option<u64> {
     ids::parse(&thread.0)
 }
 
-fn thread_param(thread: Option<u64>) -> Vec<(&'static str, String)> {
+pub(crate) fn thread_param(thread: Option<u64>) -> Vec<(&'static str, String)> {
     thread
         .map(|thread| ("thread_id", thread.to_string()))
         .into_iter()

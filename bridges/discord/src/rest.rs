@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::outbox::SendError;
+use hub_bridge_sdk::relay::Upload;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use reqwest::multipart::{Form, Part};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serenity::http::{Http, HttpBuilder, LightMethod, Route};
@@ -161,6 +163,61 @@ impl Rest {
         body: Option<&Value>,
         bucket: &str,
     ) -> Result<Option<Value>, RestError> {
+        self.send(method, route, params, bucket, |request| match body {
+            Some(body) => request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+            None => request,
+        })
+        .await
+    }
+
+    /// Sends a message with files, as Discord takes them: the body as `payload_json` (naming
+    /// each file in its `attachments`) and file `n` as `files[n]`. The files' bytes are shared
+    /// with the request, not copied.
+    pub async fn call_with_files(
+        &self,
+        route: Route<'_>,
+        params: &[(&'static str, String)],
+        payload: &Value,
+        files: &[Upload],
+        bucket: &str,
+    ) -> Result<Option<Value>, RestError> {
+        let mut payload = payload.clone();
+        payload["attachments"] = files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| serde_json::json!({"id": index, "filename": file.name}))
+            .collect();
+        let mut form = Form::new().text("payload_json", payload.to_string());
+        for (index, file) in files.iter().enumerate() {
+            let length = file.bytes.len() as u64;
+            let part = || {
+                Part::stream_with_length(reqwest::Body::from(file.bytes.clone()), length)
+                    .file_name(file.name.clone())
+            };
+            // A type reqwest cannot parse goes without one; Discord then guesses.
+            let part = match &file.content_type {
+                Some(mime) => part().mime_str(mime).unwrap_or_else(|_| part()),
+                None => part(),
+            };
+            form = form.part(format!("files[{index}]"), part);
+        }
+        self.send(LightMethod::Post, route, params, bucket, |request| {
+            request.multipart(form)
+        })
+        .await
+    }
+
+    /// Sends one request whose body `with_body` adds, paced by its bucket.
+    async fn send(
+        &self,
+        method: LightMethod,
+        route: Route<'_>,
+        params: &[(&'static str, String)],
+        bucket: &str,
+        with_body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Option<Value>, RestError> {
         self.wait_for_bucket(bucket).await;
         let mut url = route.path().into_owned();
         if let Some(proxy) = self.http.proxy.as_deref() {
@@ -172,16 +229,12 @@ impl Rest {
             url.push('=');
             url.extend(utf8_percent_encode(value, SEGMENT));
         }
-        let mut request = self
-            .client
-            .request(method.reqwest_method(), url)
-            .header(USER_AGENT, serenity::constants::USER_AGENT)
-            .header(AUTHORIZATION, self.http.token());
-        if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
+        let request = with_body(
+            self.client
+                .request(method.reqwest_method(), url)
+                .header(USER_AGENT, serenity::constants::USER_AGENT)
+                .header(AUTHORIZATION, self.http.token()),
+        );
         let response = request
             .send()
             .await

@@ -12,8 +12,8 @@ use hub_bridge_sdk::metrics::retry;
 use hub_bridge_sdk::outbox::SendError;
 use hub_bridge_sdk::relay::budget::FloodBudget;
 use hub_bridge_sdk::relay::{
-    Capabilities, Chat, Connector, Edited, MediaLimits, PartId, Place, ReactionChange, Rendered,
-    Rendering, ThreadRef, Upload,
+    Capabilities, Chat, Connector, Edited, Look, MediaLimits, PartId, Place, ReactionChange,
+    Rendered, Rendering, ThreadRef, Upload,
 };
 use hub_bridge_sdk::HubHandle;
 use serde::{Deserialize, Serialize};
@@ -321,6 +321,7 @@ impl Connector for Telegram {
     fn upload<'a>(
         &'a self,
         place: &'a Place,
+        _look: &'a Look,
         files: &'a [Upload],
         caption: Option<&'a TelegramPart>,
         reply_to: Option<&'a PartId>,

@@ -336,18 +336,19 @@ pub trait Connector: Send + Sync + 'static {
     }
 
     /// Uploads `files` (at most [`MediaLimits::files_per_message`]) as one message, or an album,
-    /// with `caption` as its text when the platform takes it as a caption; appends the ids of the
-    /// messages it took to `shown` and says whether the caption went with them (otherwise the
-    /// engine sends it as a message of its own).
+    /// from the author of `look`, with `caption` as its text when the platform takes it as a
+    /// caption; appends the ids of the messages it took to `shown` and says whether the caption
+    /// went with them (otherwise the engine sends it as a message of its own).
     fn upload<'a>(
         &'a self,
         place: &'a Place,
+        look: &'a Look,
         files: &'a [Upload],
         caption: Option<&'a Self::Part>,
         reply_to: Option<&'a PartId>,
         shown: &'a mut Vec<PartId>,
     ) -> BoxFuture<'a, Result<bool, SendError>> {
-        let _ = (place, files, caption, reply_to, shown);
+        let _ = (place, look, files, caption, reply_to, shown);
         Box::pin(async {
             Err(SendError::Permanent(
                 "this platform takes no uploads".to_owned(),

@@ -63,7 +63,14 @@ impl<C: Connector> Core<C> {
                 let before = progress.shown.len();
                 let captioned = self
                     .connector
-                    .upload(place, &files, caption_part, reply_to, &mut progress.shown)
+                    .upload(
+                        place,
+                        look,
+                        &files,
+                        caption_part,
+                        reply_to,
+                        &mut progress.shown,
+                    )
                     .await;
                 let files_from = match (&captioned, caption_part) {
                     (Ok(true), Some(part)) => {

@@ -283,6 +283,7 @@ impl Connector for Memory {
     fn upload<'a>(
         &'a self,
         place: &'a Place,
+        _look: &'a crate::relay::connector::Look,
         files: &'a [crate::relay::connector::Upload],
         caption: Option<&'a String>,
         reply_to: Option<&'a PartId>,
