@@ -2,21 +2,29 @@
 //! {api_url}/bot{token}/{Method}` answered with `{"ok":..}` envelopes), long-polled getUpdates with
 //! offset acknowledgement, the messages the bot sent as the chat shows them now, the API's HTML and
 //! length checks, its flood limits, fault injection, a record of every call, and builders for the
-//! updates a test injects. teloxide runs against it unmodified; `tests/fake_telegram_selftest.rs`
-//! proves that the fake and teloxide agree.
+//! updates a test injects. The files it holds, uploads and downloads are in `fake_telegram/media.rs`.
+//! teloxide runs against it unmodified; `tests/fake_telegram_selftest.rs` proves that the fake and
+//! teloxide agree.
+
+mod media;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State as AxumState;
+use axum::extract::{DefaultBodyLimit, State as AxumState};
 use axum::http::{header::CONTENT_TYPE, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+
+pub use media::{
+    sha256_hex, Download, FileHandle, MediaKind, SentMedia, Upload, DOWNLOAD_LIMIT, PHOTO_LIMIT,
+    UPLOAD_LIMIT,
+};
 
 /// The longest a getUpdates call is held whatever its `timeout` asks: below teloxide's 17 s client
 /// timeout, so a poll never fails on the client side first.
@@ -54,6 +62,8 @@ pub struct Call {
     pub status: u16,
     /// The `result` on success, the whole error envelope otherwise.
     pub response: Value,
+    /// The request's file parts (multipart uploads); its other parts are in `body`.
+    pub uploads: Vec<Upload>,
 }
 
 /// A fault answered instead of performing the next call of a method (see [`FakeTelegram::fail_next`]).
@@ -101,6 +111,8 @@ pub struct BotMessage {
     pub reply_to: Option<i32>,
     pub date: i64,
     pub edit_date: Option<i64>,
+    /// The file of a photo, document, ... message; its caption is `text` and `plain`.
+    pub media: Option<SentMedia>,
 }
 
 /// A Telegram user for building updates.
@@ -397,6 +409,7 @@ struct State {
     recent_sends: VecDeque<(Instant, i64)>,
     count_429: usize,
     stopped: bool,
+    files: media::Files,
 }
 
 #[derive(Default)]
@@ -489,7 +502,10 @@ impl FakeTelegram {
             }),
             version: watch::channel(0).0,
         });
-        let app = Router::new().fallback(serve).with_state(shared.clone());
+        let app = Router::new()
+            .fallback(serve)
+            .layer(DefaultBodyLimit::max(media::BODY_LIMIT))
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -777,7 +793,8 @@ fn describe_call(call: &Call) -> String {
     format!("  {} -> {} {body}", call.method, call.status)
 }
 
-/// The single handler: every path is `/bot{token}/{method}`.
+/// The single handler: every path is `/bot{token}/{method}` or a download,
+/// `/file/bot{token}/{file_path}`.
 async fn serve(
     AxumState(shared): AxumState<Arc<Shared>>,
     uri: Uri,
@@ -785,6 +802,9 @@ async fn serve(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
+    if let Some(rest) = uri.path().strip_prefix("/file/") {
+        return media::serve_file(&shared, rest);
+    }
     let Some((token, method)) = uri
         .path()
         .strip_prefix("/bot")
@@ -794,11 +814,17 @@ async fn serve(
         return answer(Err(err(404, "Not Found"))).1;
     };
     let method = method.to_ascii_lowercase();
-    let params = parse_params(&uri, &headers, &body);
-    let result = if token != shared.token {
-        Err(err(401, "Unauthorized"))
-    } else {
-        dispatch(&shared, &method, &params).await
+    let mut params = Map::new();
+    let parts = parse_params(&uri, &headers, body, &mut params).await;
+    let uploads = parts.as_ref().map(media::uploads).unwrap_or_default();
+    let result = match parts {
+        _ if token != shared.token => Err(err(401, "Unauthorized")),
+        Err(e) => Err(e),
+        // The front of api.telegram.org refuses an oversized upload before the Bot API sees it.
+        Ok(parts) => match media::check_upload_size(&parts) {
+            Ok(()) => dispatch(&shared, &method, &params, &parts).await,
+            Err(e) => Err(e),
+        },
     };
     let (call_response, response) = answer(result);
     let status = response.status().as_u16();
@@ -812,6 +838,7 @@ async fn serve(
         at,
         status,
         response: call_response,
+        uploads,
     });
     drop(st);
     shared.changed();
@@ -836,37 +863,52 @@ fn answer(result: Answer) -> (Value, Response) {
     }
 }
 
-/// Merges query, form and JSON parameters; form values that look like JSON are parsed, as the
-/// real server does for `reply_parameters` and friends.
-fn parse_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Map<String, Value> {
-    let mut params = Map::new();
+/// Merges query, form, multipart and JSON parameters into `params`; returns the file parts of a
+/// multipart body.
+async fn parse_params(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    params: &mut Map<String, Value>,
+) -> Result<media::Parts, ApiErr> {
     let add_form = |bytes: &[u8], params: &mut Map<String, Value>| {
         for (key, value) in url::form_urlencoded::parse(bytes) {
-            let parsed = Some(&value)
-                .filter(|v| v.starts_with(['{', '[']))
-                .and_then(|v| serde_json::from_str(v).ok());
-            params.insert(
-                key.into_owned(),
-                parsed.unwrap_or_else(|| value.into_owned().into()),
-            );
+            params.insert(key.into_owned(), form_value(&value));
         }
     };
     if let Some(query) = uri.query() {
-        add_form(query.as_bytes(), &mut params);
+        add_form(query.as_bytes(), params);
     }
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if content_type.starts_with("multipart/form-data") {
+        return media::parse_multipart(content_type, body, params).await;
+    }
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        add_form(body, &mut params);
-    } else if let Ok(Value::Object(json)) = serde_json::from_slice(body) {
+        add_form(&body, params);
+    } else if let Ok(Value::Object(json)) = serde_json::from_slice(&body) {
         params.extend(json);
     }
-    params
+    Ok(media::Parts::default())
 }
 
-async fn dispatch(shared: &Shared, method: &str, p: &Map<String, Value>) -> Answer {
+/// A form or multipart value; one that looks like JSON is parsed, as the real server does for
+/// `reply_parameters` and friends.
+fn form_value(value: &str) -> Value {
+    Some(value)
+        .filter(|v| v.starts_with(['{', '[']))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_else(|| value.into())
+}
+
+async fn dispatch(
+    shared: &Shared,
+    method: &str,
+    p: &Map<String, Value>,
+    parts: &media::Parts,
+) -> Answer {
     let failure = {
         let mut st = shared.lock();
         let queued = st.failures.get_mut(method).and_then(VecDeque::pop_front);
@@ -886,7 +928,7 @@ async fn dispatch(shared: &Shared, method: &str, p: &Map<String, Value>) -> Answ
     if method == "getupdates" {
         return get_updates(shared, p).await;
     }
-    shared.lock().handle(&shared.bot, method, p)
+    shared.lock().handle(&shared.bot, method, p, parts)
 }
 
 /// Long polling: answers as soon as an update is pending, or empty after `timeout` seconds.
@@ -990,7 +1032,16 @@ impl State {
     }
 
     /// Every method but getUpdates, under the lock.
-    fn handle(&mut self, bot: &UserRef, method: &str, p: &Map<String, Value>) -> Answer {
+    fn handle(
+        &mut self,
+        bot: &UserRef,
+        method: &str,
+        p: &Map<String, Value>,
+        parts: &media::Parts,
+    ) -> Answer {
+        if method == "getfile" {
+            return self.get_file(p);
+        }
         if method == "getme" {
             let mut me = bot.json();
             merge(
@@ -1006,6 +1057,16 @@ impl State {
                 method,
                 "sendmessage"
                     | "editmessagetext"
+                    | "editmessagecaption"
+                    | "sendphoto"
+                    | "senddocument"
+                    | "sendaudio"
+                    | "sendvoice"
+                    | "sendvideo"
+                    | "sendanimation"
+                    | "sendvideonote"
+                    | "sendsticker"
+                    | "sendmediagroup"
                     | "deletemessage"
                     | "setmessagereaction"
                     | "sendchataction"
@@ -1033,10 +1094,23 @@ impl State {
         let flood_limited = (method.starts_with("send") && method != "sendchataction")
             || method == "copymessage"
             || method == "forwardmessage"
-            || method == "editmessagetext";
+            || method == "editmessagetext"
+            || method == "editmessagecaption";
         let now = Instant::now();
         if flood_limited {
             self.check_limits(chat, now)?;
+        }
+        if let Some(result) = self.handle_media(bot, method, chat, p, parts) {
+            if flood_limited {
+                // Every message of an album counts, as Telegram sends each one.
+                let sent = result
+                    .as_ref()
+                    .map_or(0, |r| r.as_array().map_or(1, Vec::len));
+                for _ in 0..sent {
+                    self.recent_sends.push_back((now, chat));
+                }
+            }
+            return result;
         }
         let result = match method {
             "sendmessage" => self.send_message(bot, chat, p),
@@ -1127,23 +1201,8 @@ impl State {
         let text = str_param(p, "text").unwrap_or_default();
         let parse_mode = str_param(p, "parse_mode");
         let plain = check_text(&text, parse_mode.as_deref(), false)?;
-        let reply = p.get("reply_parameters");
-        let reply_to = reply
-            .and_then(|r| int_value(&r["message_id"]))
-            .or_else(|| int_param(p, "reply_to_message_id"))
-            .map(|id| id as i32);
-        let allow_without_reply = reply
-            .and_then(|r| r.get("allow_sending_without_reply"))
-            .or_else(|| p.get("allow_sending_without_reply"))
-            .is_some_and(|v| v == true || v == "true");
+        let reply_to = self.reply_target(chat, p)?;
         let log = self.chats.entry(chat).or_default();
-        let reply_to = match reply_to {
-            Some(id) if !log.knows(id) && !allow_without_reply => {
-                return Err(bad("Bad Request: message to be replied not found"));
-            }
-            Some(id) if !log.knows(id) => None,
-            known => known,
-        };
         log.last_message_id += 1;
         let message = BotMessage {
             message_id: log.last_message_id,
@@ -1154,9 +1213,32 @@ impl State {
             reply_to,
             date: now_unix(),
             edit_date: None,
+            media: None,
         };
         log.sent.insert(message.message_id, message.clone());
         Ok(self.message_json(bot, chat, &message, true))
+    }
+
+    /// The message a send replies to (`reply_parameters` or the older `reply_to_message_id`); an
+    /// unknown one fails the send unless `allow_sending_without_reply` says to send it anyway.
+    fn reply_target(&mut self, chat: i64, p: &Map<String, Value>) -> Result<Option<i32>, ApiErr> {
+        let reply = p.get("reply_parameters");
+        let reply_to = reply
+            .and_then(|r| int_value(&r["message_id"]))
+            .or_else(|| int_param(p, "reply_to_message_id"))
+            .map(|id| id as i32);
+        let allow_without_reply = reply
+            .and_then(|r| r.get("allow_sending_without_reply"))
+            .or_else(|| p.get("allow_sending_without_reply"))
+            .is_some_and(|v| v == true || v == "true");
+        let log = self.chats.entry(chat).or_default();
+        match reply_to {
+            Some(id) if !log.knows(id) && !allow_without_reply => {
+                Err(bad("Bad Request: message to be replied not found"))
+            }
+            Some(id) if !log.knows(id) => Ok(None),
+            known => Ok(known),
+        }
     }
 
     fn edit_message_text(&mut self, bot: &UserRef, chat: i64, p: &Map<String, Value>) -> Answer {
@@ -1177,6 +1259,9 @@ impl State {
                 "Bad Request: message to edit not found"
             }));
         };
+        if message.media.is_some() {
+            return Err(bad("Bad Request: there is no text in the message to edit"));
+        }
         let plain = check_text(&text, parse_mode.as_deref(), true)?;
         // Telegram compares the rendered text and entities; comparing the markup is close enough
         // for a bridge that re-renders the same source.
@@ -1252,7 +1337,11 @@ impl State {
     /// A bot message as the API returns it; `with_reply` echoes the parent (one level, as Telegram).
     fn message_json(&self, bot: &UserRef, chat: i64, m: &BotMessage, with_reply: bool) -> Value {
         let mut v = json!({"message_id": m.message_id, "from": bot.json(), "chat": self.chat_json(chat),
-            "date": m.date, "text": m.plain});
+            "date": m.date});
+        match &m.media {
+            Some(media) => media::media_json(&mut v, m, media),
+            None => v["text"] = m.plain.as_str().into(),
+        }
         if let Some(thread) = m.thread_id {
             v["message_thread_id"] = thread.into();
         }

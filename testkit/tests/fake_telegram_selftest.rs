@@ -1,17 +1,22 @@
 //! Proves that the fake in `src/fake_telegram.rs` speaks the Bot API as teloxide expects: unmodified
 //! teloxide parses what the fake answers (getMe, every injected update kind, sent and edited
 //! messages) and maps the fake's errors to the same `RequestError`s the real API produces (HTML
-//! parse errors, length limits, 429 with retry_after, 403 when kicked, 409 for a second poller).
+//! parse errors, length limits, 429 with retry_after, 403 when kicked, 409 for a second poller);
+//! for media: getFile and downloads of held files, multipart uploads recorded byte for byte,
+//! albums, caption edits, and the upload limits.
 
 use std::time::{Duration, Instant};
 
 use hub_bridge_testkit::fake_telegram::{
-    ChatRef, Failure, FakeTelegram, Limits, Media, MemberStatus, UserRef,
+    sha256_hex, ChatRef, Failure, FakeTelegram, FileHandle, Limits, Media, MediaKind, MemberStatus,
+    UserRef, DOWNLOAD_LIMIT, PHOTO_LIMIT, UPLOAD_LIMIT,
 };
 use serde_json::{json, Value};
+use teloxide::net::Download;
 use teloxide::prelude::*;
 use teloxide::types::{
-    AllowedUpdate, ChatMemberKind, MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId,
+    AllowedUpdate, ChatMemberKind, FileId, InputFile, InputMedia, InputMediaDocument,
+    InputMediaPhoto, MessageEntity, MessageId, ParseMode, ReactionType, ReplyParameters, ThreadId,
     UpdateKind,
 };
 use teloxide::{ApiError, RequestError};
@@ -785,4 +790,544 @@ async fn stopping_the_fake_releases_a_held_poll() {
     let _ = poller.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(bot.get_me().await.is_err(), "nothing answers after stop");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files, uploads and downloads (`src/fake_telegram/media.rs`)
+// ---------------------------------------------------------------------------------------------
+
+/// `len` bytes that differ from one `seed` to another, so two uploads never hash alike.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+/// A PNG header of `width` x `height` followed by `len` bytes of noise: the fake reads the size
+/// from the header and never decodes the rest.
+fn png(width: u32, height: u32, len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    bytes.extend(width.to_be_bytes());
+    bytes.extend(height.to_be_bytes());
+    bytes.extend(noise(len, seed));
+    bytes
+}
+
+/// The description of an API error teloxide has no variant for.
+fn description(e: ApiError) -> String {
+    match e {
+        ApiError::Unknown(text) => text,
+        other => panic!("expected an error teloxide does not know, got {other:?}"),
+    }
+}
+
+async fn download(bot: &Bot, file_id: &str) -> (teloxide::types::File, Vec<u8>) {
+    let file = bot.get_file(FileId(file_id.into())).await.expect("getFile");
+    let mut bytes = Vec::new();
+    bot.download_file(&file.path, &mut bytes)
+        .await
+        .expect("download");
+    (file, bytes)
+}
+
+#[tokio::test]
+async fn a_held_file_is_found_by_get_file_and_downloaded_byte_for_byte() {
+    let (tg, bot) = fake_and_bot().await;
+    let bytes = noise(3 << 20, 1);
+    let held = tg.add_file(bytes.clone(), MediaKind::Document);
+    assert_eq!(held.size as usize, bytes.len());
+    assert!(tg.calls_of("getFile").is_empty() && tg.downloads().is_empty());
+
+    let (file, downloaded) = download(&bot, &held.file_id).await;
+    assert_eq!(
+        (file.id.0.as_str(), file.unique_id.0.as_str(), file.size),
+        (
+            held.file_id.as_str(),
+            held.file_unique_id.as_str(),
+            held.size
+        )
+    );
+    assert_eq!(file.path, held.file_path);
+    assert!(
+        file.path.starts_with("documents/"),
+        "a relative path: {}",
+        file.path
+    );
+    assert!(
+        downloaded == bytes,
+        "the downloaded bytes are the held ones"
+    );
+    assert_eq!(tg.calls_of("getFile").len(), 1);
+    let downloads = tg.downloads();
+    assert_eq!(downloads.len(), 1);
+    assert_eq!(
+        (
+            downloads[0].file_path.as_str(),
+            downloads[0].status,
+            downloads[0].len
+        ),
+        (held.file_path.as_str(), 200, bytes.len())
+    );
+
+    // The bytes come with their length; a wrong token or path is 404, as on api.telegram.org.
+    let http = reqwest::Client::new();
+    let url = |token: &str, path: &str| format!("{}/file/bot{token}/{path}", tg.api_url());
+    let served = http.get(url(TOKEN, &held.file_path)).send().await.unwrap();
+    assert_eq!(
+        served.headers()["content-length"],
+        bytes.len().to_string().as_str()
+    );
+    for wrong in [
+        url("999:other", &held.file_path),
+        url(TOKEN, "documents/none.bin"),
+    ] {
+        let answer = http.get(wrong).send().await.unwrap();
+        assert_eq!(answer.status(), 404);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["description"], "Not Found");
+    }
+    assert_eq!(
+        tg.downloads().iter().map(|d| d.status).collect::<Vec<_>>(),
+        [200, 200, 404, 404]
+    );
+
+    // Unknown ids and files over the public Bot API's 20 MB are refused as the real server does.
+    let unknown = bot.get_file(FileId("nope".into())).await;
+    assert_eq!(
+        description(api_error(unknown)),
+        "Bad Request: invalid file_id"
+    );
+    let big = tg.add_file(vec![7u8; DOWNLOAD_LIMIT + 1], MediaKind::Video);
+    let too_big = bot.get_file(FileId(big.file_id)).await;
+    assert_eq!(
+        description(api_error(too_big)),
+        "Bad Request: file is too big"
+    );
+}
+
+#[tokio::test]
+async fn injected_media_of_every_kind_parses_and_its_files_download() {
+    let (tg, bot) = fake_and_bot().await;
+    let (chat, user) = (group(), alice());
+    let sizes = [(90, 67), (320, 240), (1280, 960)];
+    let photo_files: Vec<(FileHandle, u32, u32)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, h))| {
+            let bytes = png(w, h, 1000 * (i + 1), i as u64);
+            (tg.add_file(bytes, MediaKind::Photo), w, h)
+        })
+        .collect();
+    let refs: Vec<(&FileHandle, u32, u32)> =
+        photo_files.iter().map(|(f, w, h)| (f, *w, *h)).collect();
+    let file = |kind| tg.add_file(noise(4096, 9), kind);
+    let updates = [
+        tg.media_message(&chat, &user, Media::photo_sizes(&refs))
+            .caption("three sizes"),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::document_file(&file(MediaKind::Document), "report.pdf", "application/pdf"),
+        ),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::audio_file(&file(MediaKind::Audio), 200, "song.mp3", "audio/mpeg"),
+        ),
+        tg.media_message(&chat, &user, Media::voice_file(&file(MediaKind::Voice), 4)),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::video_file(&file(MediaKind::Video), 1920, 1080, 12),
+        )
+        .caption("clip"),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::animation_file(&file(MediaKind::Animation), 480, 270, 3),
+        ),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::video_note_file(&file(MediaKind::VideoNote), 384, 9),
+        ),
+        tg.media_message(
+            &chat,
+            &user,
+            Media::sticker_file(&file(MediaKind::Sticker), "🙂"),
+        ),
+    ];
+    for update in &updates {
+        tg.inject(update.clone());
+    }
+    let album = tg.album(
+        &chat,
+        &user,
+        vec![
+            Media::photo_sizes(&refs[2..]),
+            Media::video_file(&file(MediaKind::Video), 640, 360, 5),
+        ],
+    );
+    tg.inject(album[0].clone().caption("album"));
+    tg.inject(album[1].clone());
+
+    let got = poll(&bot).await;
+    assert_eq!(got.len(), 10);
+    let photo = message(&got[0]);
+    let shown: Vec<(u32, u32)> = photo
+        .photo()
+        .unwrap()
+        .iter()
+        .map(|s| (s.width, s.height))
+        .collect();
+    assert_eq!(shown, sizes);
+    assert_eq!(photo.caption(), Some("three sizes"));
+    let document = message(&got[1]).document().unwrap();
+    assert_eq!(
+        (
+            document.file_name.as_deref(),
+            document.mime_type.as_ref().map(|m| m.essence_str())
+        ),
+        (Some("report.pdf"), Some("application/pdf"))
+    );
+    let audio = message(&got[2]).audio().unwrap();
+    assert_eq!(
+        (audio.duration.seconds(), audio.file_name.as_deref()),
+        (200, Some("song.mp3"))
+    );
+    assert_eq!(
+        message(&got[3]).voice().map(|v| v.duration.seconds()),
+        Some(4)
+    );
+    let video = message(&got[4]);
+    assert_eq!(
+        video
+            .video()
+            .map(|v| (v.width, v.height, v.duration.seconds())),
+        Some((1920, 1080, 12))
+    );
+    assert_eq!(video.caption(), Some("clip"));
+    assert_eq!(
+        message(&got[5]).animation().map(|a| (a.width, a.height)),
+        Some((480, 270))
+    );
+    assert_eq!(message(&got[6]).video_note().map(|v| v.length), Some(384));
+    let sticker = message(&got[7]).sticker().unwrap();
+    assert_eq!(
+        (sticker.emoji.as_deref(), sticker.is_static()),
+        (Some("🙂"), true)
+    );
+    let (first, second) = (message(&got[8]), message(&got[9]));
+    assert!(first.media_group_id().is_some());
+    assert_eq!(first.media_group_id(), second.media_group_id());
+    assert_eq!((first.caption(), second.caption()), (Some("album"), None));
+    assert!(second.video().is_some());
+
+    // Each size is a file of its own: the largest downloads as the largest's bytes.
+    let largest = photo.photo().unwrap().last().unwrap();
+    let (_, bytes) = download(&bot, &largest.file.id.0).await;
+    assert!(bytes == tg.file_bytes(&photo_files[2].0.file_id).unwrap());
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() == 3000 + 24);
+}
+
+#[tokio::test]
+async fn uploaded_photos_and_documents_are_recorded_byte_for_byte() {
+    let (tg, bot) = fake_and_bot().await;
+    let parent = tg.text_message(&group(), &alice(), "send me the chart");
+    tg.inject(parent.clone());
+    let picture = png(1280, 960, 200_000, 2);
+    let sent = bot
+        .send_photo(ChatId(GROUP), InputFile::memory(picture.clone()))
+        .caption("<b>the</b> chart")
+        .parse_mode(ParseMode::Html)
+        .reply_parameters(ReplyParameters::new(MessageId(parent.message_id())))
+        .await
+        .expect("sendPhoto");
+    let size = sent.photo().and_then(|s| s.last()).unwrap();
+    assert_eq!((size.width, size.height), (1280, 960));
+    assert_eq!(size.file.size as usize, picture.len());
+    assert_eq!(sent.caption(), Some("the chart"));
+    assert_eq!(
+        sent.reply_to_message().map(|m| m.id),
+        Some(MessageId(parent.message_id()))
+    );
+
+    let call = &tg.calls_of("sendPhoto")[0];
+    assert_eq!(call.uploads.len(), 1);
+    let upload = &call.uploads[0];
+    assert_eq!(
+        (upload.len, upload.sha256.as_str()),
+        (picture.len(), sha256_hex(&picture).as_str())
+    );
+    assert_eq!(
+        upload.file_name.as_deref(),
+        Some(""),
+        "teloxide names a memory file \"\""
+    );
+    // The other parts stay in `body`, as for a JSON request.
+    assert_eq!(call.body["caption"], "<b>the</b> chart");
+    assert_eq!(call.body["parse_mode"], "HTML");
+    assert_eq!(
+        call.body["photo"],
+        format!("attach://{}", upload.part).as_str()
+    );
+    assert_eq!(
+        call.body["reply_parameters"]["message_id"],
+        parent.message_id()
+    );
+
+    let shown = &tg.messages_in(GROUP)[0];
+    let media = shown.media.as_ref().expect("a media message");
+    assert_eq!(
+        (media.kind, media.uploaded, media.sha256.as_str()),
+        (MediaKind::Photo, true, upload.sha256.as_str())
+    );
+    assert_eq!(
+        (shown.text.as_str(), shown.plain.as_str()),
+        ("<b>the</b> chart", "the chart")
+    );
+    assert_eq!(shown.reply_to, Some(parent.message_id()));
+    // The uploaded photo is a file the bot can fetch again.
+    let (_, again) = download(&bot, &size.file.id.0).await;
+    assert!(again == picture);
+
+    // A 12 MB document goes through (well above axum's default 2 MB body limit).
+    let report = noise(12 << 20, 3);
+    let entities = vec![MessageEntity::bold(0, 6)];
+    let sent = bot
+        .send_document(
+            ChatId(GROUP),
+            InputFile::memory(report.clone()).file_name("report.pdf"),
+        )
+        .caption("Report for May")
+        .caption_entities(entities.clone())
+        .await
+        .expect("sendDocument");
+    let document = sent.document().unwrap();
+    assert_eq!(
+        (
+            document.file_name.as_deref(),
+            document.mime_type.as_ref().map(|m| m.essence_str()),
+            document.file.size as usize
+        ),
+        (Some("report.pdf"), Some("application/pdf"), report.len())
+    );
+    assert_eq!(sent.caption_entities(), Some(&entities[..]));
+    let upload = &tg.calls_of("sendDocument")[0].uploads[0];
+    assert_eq!(upload.file_name.as_deref(), Some("report.pdf"));
+    assert_eq!(upload.sha256, sha256_hex(&report));
+    let media = tg.messages_in(GROUP)[1].media.clone().unwrap();
+    assert_eq!(
+        (media.file_name.as_deref(), media.len, media.sha256),
+        (Some("report.pdf"), report.len(), sha256_hex(&report))
+    );
+    assert_eq!(
+        media.caption_entities.unwrap()[0]["type"],
+        "bold",
+        "the entities are kept as sent"
+    );
+
+    // Sending a held file by its id re-sends it without an upload.
+    let resent = bot
+        .send_document(ChatId(GROUP), InputFile::file_id(document.file.id.clone()))
+        .await
+        .expect("sendDocument by id");
+    assert_eq!(resent.document().unwrap().file.id, document.file.id);
+    let media = tg.messages_in(GROUP)[2].media.clone().unwrap();
+    assert!(!media.uploaded && media.sha256 == sha256_hex(&report));
+    assert!(tg.calls_of("sendDocument")[1].uploads.is_empty());
+}
+
+#[tokio::test]
+async fn an_album_is_one_message_per_item_sharing_a_media_group_id() {
+    let (tg, bot) = fake_and_bot().await;
+    let (first, second) = (png(800, 600, 5000, 4), png(600, 800, 6000, 5));
+    let photo =
+        |bytes: &Vec<u8>| InputMedia::Photo(InputMediaPhoto::new(InputFile::memory(bytes.clone())));
+    let caption = InputMedia::Photo(
+        InputMediaPhoto::new(InputFile::memory(first.clone())).caption("two views"),
+    );
+    let sent = bot
+        .send_media_group(ChatId(GROUP), vec![caption, photo(&second)])
+        .await
+        .expect("sendMediaGroup");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].id.0, sent[0].id.0 + 1);
+    assert!(sent[0].media_group_id().is_some());
+    assert_eq!(sent[0].media_group_id(), sent[1].media_group_id());
+    assert_eq!(
+        (sent[0].caption(), sent[1].caption()),
+        (Some("two views"), None)
+    );
+    let widths: Vec<u32> = sent
+        .iter()
+        .map(|m| m.photo().unwrap().last().unwrap().width)
+        .collect();
+    assert_eq!(widths, [800, 600]);
+
+    let shown = tg.messages_in(GROUP);
+    let hashes: Vec<String> = shown
+        .iter()
+        .map(|m| m.media.as_ref().unwrap().sha256.clone())
+        .collect();
+    assert_eq!(hashes, [sha256_hex(&first), sha256_hex(&second)]);
+    // The uploads are recorded in the order of the album's items.
+    let uploaded: Vec<String> = tg.calls_of("sendMediaGroup")[0]
+        .uploads
+        .iter()
+        .map(|u| u.sha256.clone())
+        .collect();
+    assert_eq!(uploaded, hashes);
+
+    // 2-10 items, and documents only with documents.
+    let eleven: Vec<InputMedia> = (0..11).map(|_| photo(&first)).collect();
+    let document = InputMedia::Document(InputMediaDocument::new(InputFile::memory(noise(10, 6))));
+    for (items, expected) in [
+        (
+            vec![photo(&first)],
+            "Bad Request: media group must include 2-10 items",
+        ),
+        (eleven, "Bad Request: too many messages to send as an album"),
+        (
+            vec![photo(&first), document],
+            "Bad Request: document can't be mixed with other media types",
+        ),
+    ] {
+        let refused = bot.send_media_group(ChatId(GROUP), items).await;
+        assert_eq!(description(api_error(refused)), expected);
+    }
+    assert_eq!(
+        tg.messages_in(GROUP).len(),
+        2,
+        "a refused album sends nothing"
+    );
+}
+
+#[tokio::test]
+async fn captions_are_edited_on_media_and_texts_on_text_only() {
+    let (tg, bot) = fake_and_bot().await;
+    let photo = bot
+        .send_photo(ChatId(GROUP), InputFile::memory(png(10, 10, 10, 7)))
+        .caption("before")
+        .await
+        .unwrap();
+    let edited = bot
+        .edit_message_caption(ChatId(GROUP), photo.id)
+        .caption("<i>after</i>")
+        .parse_mode(ParseMode::Html)
+        .await
+        .expect("editMessageCaption");
+    assert_eq!(edited.caption(), Some("after"));
+    assert!(edited.photo().is_some() && edited.edit_date().is_some());
+    let shown = &tg.messages_in(GROUP)[0];
+    assert_eq!(
+        (shown.plain.as_str(), shown.edit_date.is_some()),
+        ("after", true)
+    );
+    assert!(matches!(
+        api_error(
+            bot.edit_message_caption(ChatId(GROUP), photo.id)
+                .caption("<i>after</i>")
+                .parse_mode(ParseMode::Html)
+                .await
+        ),
+        ApiError::MessageNotModified
+    ));
+    let no_text = bot.edit_message_text(ChatId(GROUP), photo.id, "text").await;
+    assert_eq!(
+        description(api_error(no_text)),
+        "Bad Request: there is no text in the message to edit"
+    );
+
+    let text = bot.send_message(ChatId(GROUP), "plain").await.unwrap();
+    let no_caption = bot
+        .edit_message_caption(ChatId(GROUP), text.id)
+        .caption("caption")
+        .await;
+    assert_eq!(
+        description(api_error(no_caption)),
+        "Bad Request: there is no caption in the message to edit"
+    );
+
+    bot.delete_message(ChatId(GROUP), photo.id)
+        .await
+        .expect("a media message can be deleted");
+    assert_eq!(tg.messages_in(GROUP).len(), 1);
+}
+
+#[tokio::test]
+async fn upload_limits_are_the_real_servers() {
+    let (tg, bot) = fake_and_bot().await;
+    let huge_photo = png(1000, 1000, PHOTO_LIMIT, 8);
+    let refused = bot
+        .send_photo(ChatId(GROUP), InputFile::memory(huge_photo.clone()))
+        .await;
+    assert_eq!(
+        description(api_error(refused)),
+        format!(
+            "Bad Request: file of size {} bytes is too big for a photo; the maximum size is 10485760 bytes",
+            huge_photo.len()
+        )
+    );
+    let refused = bot
+        .send_photo(ChatId(GROUP), InputFile::memory(png(9000, 2000, 10, 9)))
+        .await;
+    assert_eq!(
+        description(api_error(refused)),
+        "Bad Request: PHOTO_INVALID_DIMENSIONS"
+    );
+    let refused = bot
+        .send_document(
+            ChatId(GROUP),
+            InputFile::memory(vec![1u8; UPLOAD_LIMIT + 1]).file_name("big.bin"),
+        )
+        .await;
+    assert!(matches!(
+        api_error(refused),
+        ApiError::RequestEntityTooLarge
+    ));
+    assert_eq!(tg.calls_of("sendDocument")[0].status, 413);
+
+    let long = "x".repeat(1025);
+    let refused = bot
+        .send_document(ChatId(GROUP), InputFile::memory(noise(10, 10)))
+        .caption(long.as_str())
+        .await;
+    assert_eq!(
+        description(api_error(refused)),
+        "Bad Request: message caption is too long"
+    );
+    // The limit counts what people see: markup does not count.
+    let fits = format!("<b>{}</b>", "x".repeat(1024));
+    bot.send_document(ChatId(GROUP), InputFile::memory(noise(10, 11)))
+        .caption(fits)
+        .parse_mode(ParseMode::Html)
+        .await
+        .expect("1024 characters fit");
+    assert_eq!(
+        tg.messages_in(GROUP).len(),
+        1,
+        "refused uploads send nothing"
+    );
+}
+
+#[tokio::test]
+async fn uploads_count_in_the_flood_limits() {
+    let (tg, bot) = fake_and_bot().await;
+    tg.enforce_limits(Limits::default());
+    bot.send_photo(ChatId(GROUP), InputFile::memory(png(10, 10, 10, 12)))
+        .await
+        .unwrap();
+    let flooded = bot.send_message(ChatId(GROUP), "at once").await;
+    assert!(
+        matches!(flooded, Err(RequestError::RetryAfter(_))),
+        "one message a second per chat, photos included: {flooded:?}"
+    );
+    assert_eq!(tg.count_429(), 1);
 }
