@@ -282,3 +282,29 @@ async fn a_file_that_cannot_go_is_shown_by_name_and_its_agent_told() {
     assert_eq!(m.h.parts("m1", "1/B").await.len(), 4);
     m.h.stop().await;
 }
+
+#[tokio::test]
+async fn a_picture_over_the_picture_limit_goes_as_a_file() {
+    let m = MediaHarness::new(MediaLimits {
+        max_image_bytes: 5,
+        ..LIMITS
+    });
+    let blocks = json!([
+        {"type": "image", "url": m.link("cat").await, "name": "cat.png"},
+        {"type": "image", "url": m.link("dog").await, "name": "dog.png"},
+    ]);
+    m.say_with("m1", "two", blocks).await;
+    let uploads = m.uploads();
+    let Some(Call::Upload { files, .. }) = uploads.first() else {
+        panic!("an upload: {uploads:?}");
+    };
+    // 11 bytes is over the 5 a picture may have; 3 bytes is not.
+    assert_eq!(
+        files
+            .iter()
+            .map(|(name, _, as_image)| (name.as_str(), *as_image))
+            .collect::<Vec<_>>(),
+        vec![("cat.png", false), ("dog.png", true)]
+    );
+    m.h.stop().await;
+}
