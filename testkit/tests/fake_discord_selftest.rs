@@ -654,9 +654,16 @@ async fn gateway_delivers_every_dispatch_kind() {
         ),
         ("cat.png", 1234, Some("image/png"))
     );
-    assert!(file
-        .url
-        .starts_with("https://cdn.discordapp.com/attachments/"));
+    let cdn = format!(
+        "{}/attachments/{CHANNEL}/{}/cat.png?ex=",
+        fake.api_url(),
+        file.id
+    );
+    assert!(
+        file.url.starts_with(&cdn),
+        "{} is on the fake's CDN",
+        file.url
+    );
     assert_eq!(
         reply
             .mentions
