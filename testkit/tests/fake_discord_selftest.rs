@@ -1,21 +1,27 @@
 //! Selftest of `hub_bridge_testkit::fake_discord`: serenity 0.12.5, unmodified, talks to the fake
 //! exactly as the Discord bridge will (REST through `HttpBuilder::proxy` with the ratelimiter off, a
 //! gateway `Client` built on that `Http`). Every dispatch template is checked by really receiving it in a
-//! serenity `EventHandler`, because serenity silently drops a dispatch it cannot parse.
+//! serenity `EventHandler`, because serenity silently drops a dispatch it cannot parse. Uploads
+//! built by serenity's own builders are checked byte for byte (SHA-256) against what the fake
+//! records and what its CDN serves back, with Discord's limits and URL expiry.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_bridge_testkit::fake_discord::{intents, Failure, FakeDiscord, UserMessage, UserRef};
+use hub_bridge_testkit::fake_discord::{
+    intents, sha256_hex, AttachmentFile, Failure, FakeDiscord, StickerItem, UserMessage, UserRef,
+    MAX_FILES, MAX_FILE_BYTES,
+};
 use serde_json::json;
 use serenity::all::{
     Channel, ChannelId, ChannelType, ClientBuilder, Context, CreateAllowedMentions, CreateMessage,
     CreateThread, EditMessage, EditWebhookMessage, Event, EventHandler, ExecuteWebhook,
     GatewayIntents, GuildChannel, GuildId, Message, MessageId, MessageType, MessageUpdateEvent,
-    RawEventHandler, Reaction, ReactionType, Ready, ResumedEvent, ShardManager, TypingStartEvent,
-    UserId, WebhookId,
+    Nonce, RawEventHandler, Reaction, ReactionType, Ready, ResumedEvent, ShardManager,
+    StickerFormatType, TypingStartEvent, UserId, WebhookId,
 };
+use serenity::builder::{Builder, CreateAttachment};
 use serenity::http::{Http, HttpBuilder, HttpError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -63,6 +69,16 @@ fn id_of(payload: &serde_json::Value) -> u64 {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("payload id")
+}
+
+/// The status and Discord's JSON error code of a failed serenity call.
+fn status_and_code(err: serenity::Error) -> (u16, isize) {
+    match err {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(resp)) => {
+            (resp.status_code.as_u16(), resp.error.code)
+        }
+        other => panic!("expected an unsuccessful request, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -299,12 +315,6 @@ async fn errors_surface_as_discord_errors() {
     let fake = fake().await;
     let http = http(&fake);
     let channel = ChannelId::new(CHANNEL);
-    let status_and_code = |err: serenity::Error| match err {
-        serenity::Error::Http(HttpError::UnsuccessfulRequest(resp)) => {
-            (resp.status_code.as_u16(), resp.error.code)
-        }
-        other => panic!("expected an unsuccessful request, got {other:?}"),
-    };
 
     // With the ratelimiter off, a 429 is an UnsuccessfulRequest; its body has no `code`, so
     // serenity fails to decode it and reports code -1: retry_after is lost.
@@ -654,9 +664,16 @@ async fn gateway_delivers_every_dispatch_kind() {
         ),
         ("cat.png", 1234, Some("image/png"))
     );
-    assert!(file
-        .url
-        .starts_with("https://cdn.discordapp.com/attachments/"));
+    let cdn = format!(
+        "{}/attachments/{CHANNEL}/{}/cat.png?ex=",
+        fake.api_url(),
+        file.id
+    );
+    assert!(
+        file.url.starts_with(&cdn),
+        "{} is on the fake's CDN",
+        file.url
+    );
     assert_eq!(
         reply
             .mentions
@@ -935,4 +952,417 @@ async fn gateway_close_4004_ends_the_client() {
         ))
     ));
     bot.shards.shutdown_all().await;
+}
+
+// ----- media -----
+
+/// PNG-shaped bytes: the signature and an IHDR with `width` x `height` (all Discord reads for the
+/// dimensions), then `filler` bytes.
+fn png(width: u32, height: u32, filler: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    bytes.extend(width.to_be_bytes());
+    bytes.extend(height.to_be_bytes());
+    bytes.extend((0..filler).map(|i| (i % 251) as u8));
+    bytes
+}
+
+async fn download(url: &str) -> (u16, Option<String>, Option<u64>, Vec<u8>) {
+    let response = reqwest::get(url).await.expect("CDN request");
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        let value = response.headers().get(name);
+        value.and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    let content_type = header("content-type");
+    let length = header("content-length").and_then(|v| v.parse().ok());
+    let body = response.bytes().await.expect("CDN body").to_vec();
+    (status, content_type, length, body)
+}
+
+#[tokio::test]
+async fn serenity_uploads_are_recorded_and_served() {
+    let fake = fake().await;
+    let http = http(&fake);
+    let channel = ChannelId::new(CHANNEL);
+    let cat = png(3, 2, 5000);
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "the recorded digest is SHA-256"
+    );
+
+    // A webhook execution with two files, built and sent by serenity's own builder.
+    let persona = ExecuteWebhook::new()
+        .username("Claude")
+        .content("a cat")
+        .add_file(CreateAttachment::bytes(cat.clone(), "cat.png"))
+        .add_file(CreateAttachment::bytes(b"notes".to_vec(), "notes.txt"));
+    let hooked = persona
+        .execute(&http, (WebhookId::new(WEBHOOK), WEBHOOK_TOKEN, true))
+        .await
+        .expect("execute webhook with files")
+        .expect("wait=true returns the message");
+    let exec = &fake.requests_matching("POST", "/webhooks/")[0];
+    assert_eq!(
+        (&exec.body["username"], &exec.body["content"]),
+        (&json!("Claude"), &json!("a cat")),
+        "payload_json is recorded as the body"
+    );
+    assert_eq!(exec.body["attachments"][1]["filename"], json!("notes.txt"));
+    let parts: Vec<_> = (exec.files.iter())
+        .map(|f| {
+            let content_type = f.content_type.as_deref();
+            (f.field.as_str(), f.filename.as_str(), content_type, f.len)
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("files[0]", "cat.png", Some("image/png"), cat.len()),
+            ("files[1]", "notes.txt", Some("text/plain"), 5)
+        ]
+    );
+    assert_eq!(exec.files[0].sha256, sha256_hex(&cat));
+    let shown = &fake.messages_in(CHANNEL)[0];
+    assert_eq!(
+        (shown.attachments[0].sha256.as_str(), shown.content.as_str()),
+        (sha256_hex(&cat).as_str(), "a cat")
+    );
+
+    // The created message lists the files with CDN URLs that serve the bytes.
+    let image = &hooked.attachments[0];
+    assert_eq!(
+        (
+            image.filename.as_str(),
+            image.size,
+            image.content_type.as_deref()
+        ),
+        ("cat.png", cat.len() as u32, Some("image/png"))
+    );
+    assert_eq!((image.width, image.height), (Some(3), Some(2)));
+    assert_eq!(
+        (hooked.attachments[1].width, hooked.attachments[1].height),
+        (None, None),
+        "only images have dimensions"
+    );
+    let (status, content_type, length, body) = download(&image.url).await;
+    assert_eq!(
+        (status, content_type.as_deref(), length),
+        (200, Some("image/png"), Some(cat.len() as u64))
+    );
+    assert!(body == cat, "the CDN serves the uploaded bytes");
+    assert!(
+        download(&image.proxy_url).await.3 == cat,
+        "so does the proxy"
+    );
+    assert!(image.download().await.expect("serenity download") == cat);
+    assert_eq!(fake.media_counts().cdn_downloads, 3);
+
+    // A bot message with a file: nonces and injected failures work as for JSON bodies.
+    let send = || {
+        CreateMessage::new()
+            .content("here")
+            .nonce(Nonce::String("n-1".into()))
+            .enforce_nonce(true)
+            .add_file(CreateAttachment::bytes(cat.clone(), "again.png"))
+    };
+    fake.fail_next(
+        "POST",
+        "/channels/",
+        Failure::RateLimited {
+            retry_after_secs: 0.1,
+            global: false,
+        },
+    );
+    let err = channel.send_message(&http, send()).await.expect_err("429");
+    assert_eq!(status_and_code(err), (429, -1));
+    let sent = channel.send_message(&http, send()).await.expect("send");
+    let again = channel.send_message(&http, send()).await.expect("resend");
+    assert_eq!(
+        again.id, sent.id,
+        "the nonce is enforced on multipart posts"
+    );
+    let posts = fake.requests_matching("POST", &format!("/channels/{CHANNEL}/messages"));
+    let digests: Vec<&str> = posts.iter().map(|r| r.files[0].sha256.as_str()).collect();
+    assert_eq!(digests, [sha256_hex(&cat).as_str(); 3]);
+    assert_eq!(posts[1].body["nonce"], json!("n-1"));
+    assert_eq!(fake.messages_in(CHANNEL).len(), 2);
+
+    // GET of the message lists the attachment with a working URL, and is counted.
+    let before = fake.media_counts();
+    let fetched = channel.message(&http, sent.id).await.expect("get message");
+    assert_eq!(
+        fake.media_counts().message_fetches,
+        before.message_fetches + 1
+    );
+    assert_eq!(fetched.attachments[0].filename, "again.png");
+    assert!(download(&fetched.attachments[0].url).await.3 == cat);
+
+    // An edit of the text keeps the files; one that lists a kept file and adds one has both.
+    let edited = channel
+        .edit_message(&http, sent.id, EditMessage::new().content("edited"))
+        .await
+        .expect("edit");
+    assert_eq!(
+        (edited.content.as_str(), edited.attachments.len()),
+        ("edited", 1)
+    );
+    let kept = edited.attachments[0].id;
+    let grown = EditMessage::new()
+        .keep_existing_attachment(kept)
+        .new_attachment(CreateAttachment::bytes(b"more".to_vec(), "more.txt"));
+    let grown = channel
+        .edit_message(&http, sent.id, grown)
+        .await
+        .expect("edit with a new file");
+    let names: Vec<&str> = grown
+        .attachments
+        .iter()
+        .map(|a| a.filename.as_str())
+        .collect();
+    assert_eq!(names, ["again.png", "more.txt"]);
+    assert_eq!(grown.attachments[0].id, kept);
+    assert_eq!(fake.messages_in(CHANNEL)[1].attachments.len(), 2);
+
+    // Once the message is deleted, its files are gone from the CDN.
+    let url = grown.attachments[1].url.clone();
+    assert_eq!(download(&url).await.0, 200);
+    channel
+        .delete_message(&http, sent.id)
+        .await
+        .expect("delete");
+    assert_eq!(download(&url).await.0, 404);
+    assert_eq!(fake.attachment_url(kept.get()), None);
+}
+
+#[tokio::test]
+async fn attachment_urls_expire_and_refresh() {
+    let fake = fake().await;
+    let http = http(&fake);
+    let cat = png(3, 2, 100);
+    let hooked = ExecuteWebhook::new()
+        .content("a cat")
+        .add_file(CreateAttachment::bytes(cat.clone(), "cat.png"))
+        .execute(&http, (WebhookId::new(WEBHOOK), WEBHOOK_TOKEN, true))
+        .await
+        .expect("execute webhook")
+        .expect("message");
+    let old = hooked.attachments[0].url.clone();
+    assert_eq!(download(&old).await.0, 200);
+
+    // Past `ex` on the fake's clock, the URL is refused like the real CDN does.
+    fake.expire_attachment_urls();
+    let before = fake.media_counts();
+    let (status, _, _, body) = download(&old).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (404, "This content is no longer available.")
+    );
+    assert_eq!(fake.media_counts().cdn_refused, before.cdn_refused + 1);
+
+    // refresh-urls hands out a fresh URL for the same file.
+    let refresh = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v10/attachments/refresh-urls",
+            fake.api_url()
+        ))
+        .header("Authorization", format!("Bot {TOKEN}"))
+        .json(&json!({"attachment_urls": [old]}))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refresh.status().as_u16(), 200);
+    let answer: serde_json::Value = refresh.json().await.expect("json");
+    let pair = &answer["refreshed_urls"][0];
+    assert_eq!(pair["original"], json!(old));
+    let fresh = pair["refreshed"].as_str().expect("refreshed url");
+    assert_ne!(fresh, old);
+    assert!(download(fresh).await.3 == cat, "the refreshed URL works");
+    assert_eq!(fake.media_counts().url_refreshes, 1);
+
+    // A fetched message carries fresh URLs too; a tampered signature is refused.
+    let fetched = http
+        .get_webhook_message(WebhookId::new(WEBHOOK), None, WEBHOOK_TOKEN, hooked.id)
+        .await
+        .expect("get webhook message");
+    assert_eq!(download(&fetched.attachments[0].url).await.0, 200);
+    let tampered = fetched.attachments[0].url.replace("hm=", "hm=0");
+    assert_eq!(download(&tampered).await.0, 404);
+    let unsigned = fetched.attachments[0].url.split('?').next().expect("path");
+    assert_eq!(download(unsigned).await.0, 404);
+
+    // A short lifetime makes URLs lapse on their own (`ex` counts whole seconds, so a 2 s URL
+    // lives 2 to 3 s).
+    fake.set_attachment_url_lifetime(Duration::from_secs(2));
+    let short = fake
+        .attachment_url(hooked.attachments[0].id.get())
+        .expect("url");
+    assert_eq!(download(&short).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(download(&short).await.0, 404);
+}
+
+#[tokio::test]
+async fn uploads_keep_discords_limits() {
+    let fake = fake().await;
+    let http = http(&fake);
+    let channel = ChannelId::new(CHANNEL);
+
+    // Exactly 10 MiB goes through; one byte more is Discord's 413.
+    let at_limit = vec![7u8; MAX_FILE_BYTES];
+    let sent = channel
+        .send_message(
+            &http,
+            CreateMessage::new().add_file(CreateAttachment::bytes(at_limit.clone(), "big.bin")),
+        )
+        .await
+        .expect("a 10 MiB file");
+    assert_eq!(sent.attachments[0].size as usize, MAX_FILE_BYTES);
+    assert!(download(&sent.attachments[0].url).await.3 == at_limit);
+    let over = CreateMessage::new()
+        .content("too big")
+        .add_file(CreateAttachment::bytes(
+            vec![7u8; MAX_FILE_BYTES + 1],
+            "big.bin",
+        ));
+    let err = channel.send_message(&http, over).await.expect_err("413");
+    assert_eq!(status_and_code(err), (413, 40005));
+    let hook = ExecuteWebhook::new().add_file(CreateAttachment::bytes(
+        vec![7u8; 12 * 1024 * 1024],
+        "huge.bin",
+    ));
+    let err = hook
+        .execute(&http, (WebhookId::new(WEBHOOK), WEBHOOK_TOKEN, true))
+        .await
+        .expect_err("413 on webhooks");
+    assert_eq!(status_and_code(err), (413, 40005));
+
+    // Eleven files: Discord's 400 with code 30015.
+    let files = (0..=MAX_FILES).map(|i| CreateAttachment::bytes(vec![1u8], format!("{i}.txt")));
+    let err = channel
+        .send_message(&http, CreateMessage::new().add_files(files))
+        .await
+        .expect_err("11 files");
+    assert_eq!(status_and_code(err), (400, 30015));
+    assert_eq!(fake.messages_in(CHANNEL).len(), 1, "no refused post landed");
+    let statuses: Vec<u16> = (fake.requests().iter()).map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 413, 413, 400]);
+
+    // The form the bridge sends with its own client; an `attachments` entry without its
+    // `files[n]` part is Discord's form error.
+    let form = |payload: serde_json::Value| {
+        let part = reqwest::multipart::Part::bytes(b"hello".to_vec())
+            .file_name("hello.txt")
+            .mime_str("text/plain")
+            .expect("mime");
+        reqwest::multipart::Form::new()
+            .text("payload_json", payload.to_string())
+            .part("files[0]", part)
+    };
+    let url = format!(
+        "{}/api/v10/webhooks/{WEBHOOK}/{WEBHOOK_TOKEN}?wait=true",
+        fake.api_url()
+    );
+    let client = reqwest::Client::new();
+    let payload = json!({"content": "hi", "attachments": [{"id": 0, "filename": "renamed.txt"}]});
+    let ok = client
+        .post(&url)
+        .multipart(form(payload))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(ok.status().as_u16(), 200);
+    let message: serde_json::Value = ok.json().await.expect("json");
+    assert_eq!(
+        (
+            &message["attachments"][0]["filename"],
+            &message["attachments"][0]["size"]
+        ),
+        (&json!("renamed.txt"), &json!(5)),
+        "the attachments entry names the file"
+    );
+    let payload = json!({"content": "hi", "attachments": [{"id": 0}, {"id": 1}]});
+    let missing = client
+        .post(&url)
+        .multipart(form(payload))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(missing.status().as_u16(), 400);
+    let body: serde_json::Value = missing.json().await.expect("json");
+    assert_eq!(body["code"], json!(50035));
+    assert_eq!(
+        body["errors"]["attachments"]["1"]["_errors"][0]["code"],
+        json!("ATTACHMENT_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn peoples_attachments_arrive_on_the_gateway() {
+    let fake = fake().await;
+    let mut bot = Bot::start(&fake, bridge_intents()).await;
+    bot.next("ready", |s| matches!(s, Seen::Ready(_))).await;
+    let photo: Vec<u8> = (0..20_000).map(|i| (i % 253) as u8).collect();
+
+    let posted = fake.post_user_message(
+        UserMessage::new(CHANNEL, Some(GUILD), ada(), "look")
+            .file(
+                AttachmentFile::new("photo.jpg", "image/jpeg", photo.clone()).dimensions(640, 480),
+            )
+            .file(AttachmentFile::new("a.ogg", "audio/ogg", b"ogg".to_vec()))
+            .sticker(StickerItem::new(42, "wave", 1)),
+    );
+    let msg = bot.message(id_of(&posted)).await;
+    let image = &msg.attachments[0];
+    assert_eq!(
+        (
+            image.filename.as_str(),
+            image.size,
+            image.content_type.as_deref()
+        ),
+        ("photo.jpg", 20_000, Some("image/jpeg"))
+    );
+    assert_eq!((image.width, image.height), (Some(640), Some(480)));
+    assert_eq!(msg.attachments[1].width, None);
+    let sticker = &msg.sticker_items[0];
+    assert_eq!(
+        (sticker.id.get(), sticker.name.as_str(), sticker.format_type),
+        (42, "wave", StickerFormatType::Png)
+    );
+
+    // The dispatched URL serves the bytes; nothing else was asked of the platform.
+    let before = fake.media_counts();
+    let (status, content_type, length, body) = download(&image.url).await;
+    assert_eq!(
+        (status, content_type.as_deref(), length),
+        (200, Some("image/jpeg"), Some(20_000))
+    );
+    assert!(body == photo);
+    let after = fake.media_counts();
+    assert_eq!(
+        (
+            after.message_fetches,
+            after.url_refreshes,
+            after.cdn_downloads
+        ),
+        (
+            before.message_fetches,
+            before.url_refreshes,
+            before.cdn_downloads + 1
+        )
+    );
+    let shown = &fake.messages_in(CHANNEL)[0];
+    assert_eq!(shown.attachments[0].sha256, sha256_hex(&photo));
+
+    // Once expired, the dispatched URL is refused; GET of the message gives a working one.
+    fake.expire_attachment_urls();
+    assert_eq!(download(&image.url).await.0, 404);
+    let fetched = ChannelId::new(CHANNEL)
+        .message(&http(&fake), msg.id)
+        .await
+        .expect("get message");
+    assert_ne!(fetched.attachments[0].url, image.url);
+    assert!(download(&fetched.attachments[0].url).await.3 == photo);
+    assert_eq!(fetched.sticker_items.len(), 1);
+    bot.shutdown().await;
 }

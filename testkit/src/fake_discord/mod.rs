@@ -5,7 +5,8 @@
 //! injects failures (429s, any status, enforced buckets) and builds gateway dispatches from one
 //! template per kind, each checked by `tests/fake_discord_selftest.rs` against serenity's own
 //! `EventHandler`. Like Discord, it echoes the bot's own REST actions on the gateway, filters
-//! dispatches by each session's intents, and replays what a session missed on RESUME.
+//! dispatches by each session's intents, and replays what a session missed on RESUME. Attachments
+//! (the CDN, multipart uploads, Discord's upload limits) are in [`media`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,13 +14,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
+
+mod media;
+
+pub use media::{
+    sha256_hex, Attachment, AttachmentFile, MediaCounts, StickerItem, UploadedFile,
+    DEFAULT_URL_LIFETIME, MAX_FILES, MAX_FILE_BYTES,
+};
 
 /// Gateway intent bits (Discord's numbering) the fake filters dispatches with.
 pub mod intents {
@@ -111,7 +119,8 @@ pub struct UserMessage {
     author: UserRef,
     content: String,
     reply_to: Option<u64>,
-    attachments: Vec<(String, String, u32)>,
+    attachments: Vec<AttachmentFile>,
+    stickers: Vec<StickerItem>,
     mentions: Vec<UserRef>,
     webhook_id: Option<u64>,
 }
@@ -127,6 +136,7 @@ impl UserMessage {
             content: content.to_owned(),
             reply_to: None,
             attachments: Vec::new(),
+            stickers: Vec::new(),
             mentions: Vec::new(),
             webhook_id: None,
         }
@@ -138,10 +148,24 @@ impl UserMessage {
         self
     }
 
-    /// Adds an attachment with CDN URLs.
+    /// Adds an attachment of `size` filler bytes, served by the fake's CDN like any other.
     pub fn attachment(mut self, filename: &str, content_type: &str, size: u32) -> Self {
-        let file = (filename.to_owned(), content_type.to_owned(), size);
+        let filler = vec![b'x'; size as usize];
+        let file = AttachmentFile::new(filename, content_type, filler);
         self.attachments.push(file);
+        self
+    }
+
+    /// Adds an attachment with these bytes; the CDN serves them and `GET` of the message lists
+    /// the attachment with fresh URLs.
+    pub fn file(mut self, file: AttachmentFile) -> Self {
+        self.attachments.push(file);
+        self
+    }
+
+    /// Adds a sticker (`sticker_items`).
+    pub fn sticker(mut self, sticker: StickerItem) -> Self {
+        self.stickers.push(sticker);
         self
     }
 
@@ -164,8 +188,10 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub query: Vec<(String, String)>,
-    /// The JSON body, or `Value::Null` when there was none.
+    /// The JSON body (a multipart request's `payload_json`), or `Value::Null` when there was none.
     pub body: Value,
+    /// A multipart request's files, in form order.
+    pub files: Vec<UploadedFile>,
     /// When the request arrived.
     pub at: Instant,
     /// The status the fake answered with.
@@ -206,6 +232,8 @@ pub struct ChannelMessage {
     pub edited: bool,
     /// Reactions the bot added, as the decoded route segment (`👍`, or `name:id` for custom).
     pub reactions: Vec<String>,
+    /// The files the message carries now, with their digests.
+    pub attachments: Vec<Attachment>,
     /// The full REST message object.
     pub raw: Value,
 }
@@ -252,7 +280,10 @@ impl FakeDiscord {
         });
         let app = Router::new()
             .route("/ws", get(gateway_upgrade))
+            .route("/attachments/{c}/{a}/{f}", get(media::cdn))
+            .route("/proxy/attachments/{c}/{a}/{f}", get(media::cdn))
             .fallback(rest)
+            .layer(DefaultBodyLimit::max(media::BODY_LIMIT))
             .with_state(Arc::clone(&shared));
         let stop = stopped(shared.shutdown.subscribe());
         tokio::spawn(async move {
@@ -391,7 +422,7 @@ impl FakeDiscord {
     pub fn messages_in(&self, channel_id: u64) -> Vec<ChannelMessage> {
         let st = self.shared.lock();
         let log = st.messages.get(&channel_id);
-        log.map(|log| log.iter().map(Stored::view).collect())
+        log.map(|log| log.iter().map(|m| m.view(&st.cdn)).collect())
             .unwrap_or_default()
     }
 
@@ -676,6 +707,7 @@ struct St {
     last_conn: u64,
     identifies: Vec<Identify>,
     resumes: usize,
+    cdn: media::Cdn,
     // Negative flags, so that `Default` gives Discord's behaviour.
     resume_refused: bool,
     echo_off: bool,
@@ -705,7 +737,7 @@ struct Stored {
 }
 
 impl Stored {
-    fn view(&self) -> ChannelMessage {
+    fn view(&self, cdn: &media::Cdn) -> ChannelMessage {
         let id = |v: &Value| v.as_str().and_then(|s| s.parse().ok());
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         ChannelMessage {
@@ -717,6 +749,7 @@ impl Stored {
             reply_to: id(&self.raw["message_reference"]["message_id"]),
             edited: !self.raw["edited_timestamp"].is_null(),
             reactions: self.reactions.clone(),
+            attachments: cdn.view(&self.raw),
             raw: self.raw.clone(),
         }
     }
@@ -889,6 +922,8 @@ impl St {
     /// Removes a message from its channel and returns the MESSAGE_DELETE payload.
     fn delete(&mut self, channel: u64, message: u64) -> Value {
         if let Some(log) = self.messages.get_mut(&channel) {
+            let gone = log.iter().filter(|m| m.id == message);
+            gone.for_each(|m| self.cdn.drop_files_of(&m.raw));
             log.retain(|m| m.id != message);
         }
         let mut d = json!({"id": message.to_string(), "channel_id": channel.to_string()});
@@ -898,8 +933,10 @@ impl St {
         d
     }
 
-    /// The gateway form of a message: adds `guild_id`, and `member` for a person's message.
-    fn gateway_message(&self, mut raw: Value) -> Value {
+    /// The gateway form of a message: adds `guild_id`, and `member` for a person's message;
+    /// attachment URLs are signed at dispatch time.
+    fn gateway_message(&self, raw: Value) -> Value {
+        let mut raw = self.fresh(raw);
         let Some(guild) = self.guild_of(id_field(&raw["channel_id"])) else {
             return raw;
         };
@@ -929,18 +966,16 @@ impl St {
         if let Some(w) = m.webhook_id {
             raw["webhook_id"] = json!(w.to_string());
         }
-        let mut files = Vec::new();
-        for (filename, content_type, size) in m.attachments {
-            let id = self.next_id();
-            let path = format!("attachments/{}/{id}/{filename}", m.channel_id);
-            files.push(json!({
-                "id": id.to_string(), "filename": filename, "size": size,
-                "url": format!("https://cdn.discordapp.com/{path}"),
-                "proxy_url": format!("https://media.discordapp.net/{path}"),
-                "content_type": content_type,
-            }));
-        }
+        let files: Vec<Value> = (m.attachments.into_iter())
+            .map(|file| self.store_person_file(m.channel_id, file))
+            .collect();
         raw["attachments"] = json!(files);
+        if !m.stickers.is_empty() {
+            let stickers = m.stickers.iter().map(
+                |s| json!({"id": s.id.to_string(), "name": s.name, "format_type": s.format_type}),
+            );
+            raw["sticker_items"] = stickers.collect();
+        }
         raw["mentions"] = m.mentions.iter().map(user_json).collect();
         self.replace(&raw);
         self.gateway_message(raw)
@@ -1028,6 +1063,8 @@ struct Incoming {
     path: String,
     query: Vec<(String, String)>,
     body: Value,
+    /// A multipart request's files.
+    files: Vec<media::FilePart>,
 }
 
 impl Incoming {
@@ -1081,6 +1118,11 @@ impl Reply {
         Self::error(404, 10008, "Unknown Message")
     }
 
+    /// Discord's answer to a file over the upload limit.
+    fn entity_too_large() -> Self {
+        Self::error(413, 40005, "Request entity too large")
+    }
+
     fn empty_message() -> Self {
         Self::error(400, 50006, "Cannot send an empty message")
     }
@@ -1117,14 +1159,10 @@ impl Reply {
     }
 }
 
-async fn rest(
-    State(sh): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn rest(State(sh): State<Arc<Shared>>, request: HttpRequest) -> Response {
     let at = Instant::now();
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let headers = request.headers().clone();
     let Some(route) = uri.path().strip_prefix("/api/v10") else {
         return (StatusCode::NOT_FOUND, "not a Discord API path").into_response();
     };
@@ -1138,27 +1176,26 @@ async fn rest(
     let query = pairs
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .map(|(k, v)| (percent_decode(k), percent_decode(v)));
-    let parsed = if body.is_empty() {
-        Ok(Value::Null)
-    } else {
-        serde_json::from_slice(&body)
+    let read = read_body(request, &headers).await;
+    let (body, files, unreadable) = match read {
+        Ok((body, files)) => (body, files, None),
+        Err(reply) => (Value::Null, Vec::new(), Some(reply)),
     };
-    let bad_json = parsed.is_err();
     let req = Incoming {
         method: method.to_string(),
         path: format!("/{}", segs.join("/")),
         segs,
         query: query.collect(),
-        body: parsed.unwrap_or_default(),
+        body,
+        files,
     };
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
 
     let reply = sh.mutate(|st| {
         let auth_ok = authorization == Some(format!("Bot {}", st.token).as_str());
-        let reply = if bad_json {
-            Reply::error(400, 50109, "The request body contains invalid JSON.")
-        } else {
-            st.handle(&req, auth_ok)
+        let reply = match unreadable {
+            Some(reply) => reply,
+            None => st.handle(&req, auth_ok),
         };
         st.rate_limited += usize::from(reply.status == 429);
         let Incoming {
@@ -1166,6 +1203,7 @@ async fn rest(
             path,
             query,
             body,
+            files,
             ..
         } = req;
         let status = reply.status;
@@ -1174,6 +1212,7 @@ async fn rest(
             path,
             query,
             body,
+            files: files.iter().map(media::FilePart::record).collect(),
             at,
             status,
         });
@@ -1200,6 +1239,37 @@ async fn rest(
         }
     }
     response
+}
+
+/// The request's JSON body (`Value::Null` when empty), or a multipart form's `payload_json` and
+/// files; Discord's 400 for a body it cannot read, 413 for one over the size limit.
+async fn read_body(
+    request: HttpRequest,
+    headers: &HeaderMap,
+) -> Result<(Value, Vec<media::FilePart>), Reply> {
+    if media::is_multipart(headers) {
+        return media::read_multipart(request).await;
+    }
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Reply::entity_too_large()
+            } else {
+                Reply::error(400, 0, "400: Bad Request")
+            }
+        })?;
+    if body.is_empty() {
+        return Ok((Value::Null, Vec::new()));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(json) => Ok((json, Vec::new())),
+        Err(_) => Err(Reply::error(
+            400,
+            50109,
+            "The request body contains invalid JSON.",
+        )),
+    }
 }
 
 impl St {
@@ -1317,6 +1387,7 @@ impl St {
                 let channel = self.dm_channel_for(user);
                 Reply::json(200, self.channel_json(channel).unwrap_or_default())
             }
+            ("POST", ["attachments", "refresh-urls"]) => self.refresh_urls(req),
             (method, ["channels", c, rest @ ..]) => {
                 match id(c).filter(|c| self.channels.contains_key(c)) {
                     None => Reply::unknown_channel(),
@@ -1394,7 +1465,8 @@ impl St {
                     }
                 };
                 picked.reverse();
-                Reply::json(200, picked.iter().map(|m| m.raw.clone()).collect())
+                let fresh = picked.iter().map(|m| self.fresh(m.raw.clone()));
+                Reply::json(200, fresh.collect())
             }
             ("POST", ["messages"]) => self.create_message(req, c),
             (_, ["messages", m]) => match known(self, m) {
@@ -1468,10 +1540,10 @@ impl St {
     fn create_message(&mut self, req: &Incoming, c: u64) -> Reply {
         let content = req.body["content"].as_str().unwrap_or_default();
         let embeds = req.body["embeds"].as_array().filter(|e| !e.is_empty());
-        if let Some(reply) = Reply::too_long(content) {
+        if let Some(reply) = Reply::too_long(content).or_else(|| self.check_uploads(req, 0)) {
             return reply;
         }
-        if content.is_empty() && embeds.is_none() {
+        if content.is_empty() && embeds.is_none() && req.files.is_empty() {
             return Reply::empty_message();
         }
         let reference = &req.body["message_reference"];
@@ -1498,13 +1570,14 @@ impl St {
                     .find(|m| m.raw["nonce"] == nonce && m.raw["author"]["id"] == bot)
             });
             if let Some(earlier) = earlier {
-                return Reply::json(200, earlier.raw.clone());
+                return Reply::json(200, self.fresh(earlier.raw.clone()));
             }
         }
         let mut raw = self.new_message(c, user_json(&self.bot), content, parent);
         if let Some(embeds) = embeds {
             raw["embeds"] = json!(embeds);
         }
+        raw["attachments"] = json!(self.store_uploads(c, req));
         if let Some(nonce) = nonce {
             raw["nonce"] = json!(nonce);
         }
@@ -1516,10 +1589,10 @@ impl St {
     fn execute_webhook(&mut self, req: &Incoming, w: u64, channel: u64) -> Reply {
         let content = req.body["content"].as_str().unwrap_or_default();
         let embeds = req.body["embeds"].as_array().filter(|e| !e.is_empty());
-        if let Some(reply) = Reply::too_long(content) {
+        if let Some(reply) = Reply::too_long(content).or_else(|| self.check_uploads(req, 0)) {
             return reply;
         }
-        if content.is_empty() && embeds.is_none() {
+        if content.is_empty() && embeds.is_none() && req.files.is_empty() {
             return Reply::empty_message();
         }
         let name = req.body["username"].as_str().unwrap_or("Webhook");
@@ -1529,6 +1602,7 @@ impl St {
         if let Some(embeds) = embeds {
             raw["embeds"] = json!(embeds);
         }
+        raw["attachments"] = json!(self.store_uploads(channel, req));
         self.replace(&raw);
         self.echo("MESSAGE_CREATE", &self.gateway_message(raw.clone()));
         // Without `wait=true` Discord answers 204 and no message.
@@ -1542,10 +1616,11 @@ impl St {
     /// GET, PATCH or DELETE of one message known to exist.
     fn message_route(&mut self, req: &Incoming, c: u64, m: u64) -> Reply {
         match req.method.as_str() {
-            "GET" => Reply::json(
-                200,
-                self.find(c, m).map(|s| s.raw.clone()).unwrap_or_default(),
-            ),
+            "GET" => {
+                self.cdn.counts.message_fetches += 1;
+                let raw = self.find(c, m).map(|s| s.raw.clone()).unwrap_or_default();
+                Reply::json(200, self.fresh(raw))
+            }
             "DELETE" => {
                 let event = self.delete(c, m);
                 self.echo("MESSAGE_DELETE", &event);
@@ -1553,14 +1628,18 @@ impl St {
             }
             "PATCH" => {
                 let content = req.body["content"].as_str().unwrap_or_default();
-                if let Some(reply) = Reply::too_long(content) {
+                let kept = self.kept_by_edit(c, m, req);
+                if let Some(reply) =
+                    Reply::too_long(content).or_else(|| self.check_uploads(req, kept))
+                {
                     return reply;
                 }
+                self.edit_attachments(c, m, req);
                 let Some(raw) = self.edit(c, m, &req.body) else {
                     return Reply::unknown_message();
                 };
                 self.echo("MESSAGE_UPDATE", &self.gateway_message(raw.clone()));
-                Reply::json(200, raw)
+                Reply::json(200, self.fresh(raw))
             }
             _ => Reply::not_found(),
         }
