@@ -1,8 +1,12 @@
 //! Media both ways (issue 10, SPEC section 5 "Media"), end to end: the whole service on a private
-//! `redis-server` against the fake Bot API (teloxide unmodified), with the files the fake holds
-//! and records byte for byte, and a loopback file server standing in for the web that agents link
-//! to. People's files reach the hub as links the service serves itself; agents' files reach the
-//! platform as uploads; agents' URLs are fetched only where the policy allows.
+//! `redis-server` against the fake Bot API (teloxide unmodified) and the fake Discord (serenity
+//! unmodified), with the files the fakes hold and record byte for byte, and a loopback file server
+//! standing in for the web that agents link to. People's files reach the hub as links the service
+//! serves itself; agents' files reach the platform as uploads; agents' URLs are fetched only where
+//! the policy allows; a person's file crosses to the other platform as a file.
+//!
+//! Three hub channels keep the cases apart: `HUB` is linked to a Telegram group only, `HUB_DC` to
+//! a Discord channel only, `HUB_X` to a second group and a second Discord channel.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,10 +17,14 @@ use axum::routing::get;
 use axum::Router;
 use hub_bridge::config::{Config, HttpConfig, MediaConfig, RedisConfig};
 use hub_bridge::service::{self, Running};
+use hub_bridge_discord::{DiscordConfig, DiscordLink};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::AgentProfile;
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
+use hub_bridge_testkit::fake_discord::{
+    AttachmentFile, FakeDiscord, Request as DiscordRequest, UserMessage, UserRef as DiscordUser,
+};
 use hub_bridge_testkit::fake_telegram::{
     sha256_hex, BotMessage, ChatRef, FakeTelegram, Media, MediaKind, UserRef,
 };
@@ -26,7 +34,17 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "123456:MEDIA-token_abc";
 const HUB: &str = "7b0c4f3e-2d1a-4c5b-8e9f-0a1b2c3d4e5f";
+const HUB_DC: &str = "0d1e2f30-4152-4637-8849-5a6b7c8d9e0f";
+const HUB_X: &str = "a1b2c3d4-e5f6-4789-8abc-def012345678";
 const GROUP: i64 = -1_001_234_567_890;
+const GROUP_X: i64 = -1_002_222_333_444;
+const DC_TOKEN: &str = "fake-discord-media-token";
+const GUILD: u64 = 1_300_000_000_000_000_001;
+const CHANNEL: u64 = 1_300_000_000_000_000_002;
+const CHANNEL_X: u64 = 1_300_000_000_000_000_003;
+const WEBHOOK: u64 = 1_300_000_000_000_000_005;
+const WEBHOOK_X: u64 = 1_300_000_000_000_000_006;
+const WEBHOOK_TOKEN: &str = "webhook-secret-token";
 const AGENT: &str = "illustrator";
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -110,15 +128,26 @@ impl Web {
     }
 }
 
+fn ada() -> DiscordUser {
+    DiscordUser::new(1_400_000_000_000_000_001, "ada").global_name("Ada")
+}
+
+fn webhook_url(id: u64) -> Option<Secret> {
+    Some(Secret::new(format!(
+        "https://discord.com/api/webhooks/{id}/{WEBHOOK_TOKEN}"
+    )))
+}
+
 struct Harness {
     redis: RedisServer,
     tg: FakeTelegram,
+    dc: FakeDiscord,
     web: Web,
     spy: HubSpy,
     service: Option<Running>,
 }
 
-fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
+fn config(redis: &RedisServer, tg: &FakeTelegram, dc: &FakeDiscord) -> Config {
     let agents = BTreeMap::from([(
         AGENT.to_owned(),
         AgentProfile {
@@ -141,22 +170,49 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
             allow_hosts: vec!["127.0.0.1".into()],
             ..MediaConfig::default()
         },
-        bridges: vec![Section::new(TelegramConfig {
-            token: Secret::new(TOKEN),
-            api_url: tg.api_url(),
-            links: vec![TelegramLink {
-                channel: HUB.to_owned(),
-                chat: GROUP,
-            }],
-            dm_agent: None,
-            poll_timeout_secs: 1,
-            chat_sends_per_sec: 50,
-            group_sends_per_min: 1000,
-            sends_per_sec: 100,
-            max_parts: 10,
-            edit_cadence_private_ms: 1000,
-            edit_cadence_group_ms: 3000,
-        })],
+        bridges: vec![
+            Section::new(TelegramConfig {
+                token: Secret::new(TOKEN),
+                api_url: tg.api_url(),
+                links: vec![
+                    TelegramLink {
+                        channel: HUB.to_owned(),
+                        chat: GROUP,
+                    },
+                    TelegramLink {
+                        channel: HUB_X.to_owned(),
+                        chat: GROUP_X,
+                    },
+                ],
+                dm_agent: None,
+                poll_timeout_secs: 1,
+                chat_sends_per_sec: 50,
+                group_sends_per_min: 1000,
+                sends_per_sec: 100,
+                max_parts: 10,
+                edit_cadence_private_ms: 1000,
+                edit_cadence_group_ms: 3000,
+            }),
+            Section::new(DiscordConfig {
+                token: Secret::new(DC_TOKEN),
+                api_url: dc.api_url(),
+                links: vec![
+                    DiscordLink {
+                        channel: HUB_DC.to_owned(),
+                        discord_channel: CHANNEL.to_string(),
+                        webhook_url: webhook_url(WEBHOOK),
+                    },
+                    DiscordLink {
+                        channel: HUB_X.to_owned(),
+                        discord_channel: CHANNEL_X.to_string(),
+                        webhook_url: webhook_url(WEBHOOK_X),
+                    },
+                ],
+                dm_agent: None,
+                max_parts: 10,
+                edit_cadence_ms: 1000,
+            }),
+        ],
         ..Config::default()
     }
 }
@@ -165,14 +221,21 @@ impl Harness {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
         let redis = RedisServer::start();
         let tg = FakeTelegram::start(TOKEN).await;
+        let dc = FakeDiscord::start(DC_TOKEN).await;
+        for (channel, webhook) in [(CHANNEL, WEBHOOK), (CHANNEL_X, WEBHOOK_X)] {
+            dc.add_text_channel(channel, GUILD);
+            dc.add_webhook(webhook, WEBHOOK_TOKEN, channel);
+        }
+        dc.add_user(ada());
         let web = Web::start().await;
         let spy = HubSpy::start(&redis.url()).await;
-        let mut config = config(&redis, &tg);
+        let mut config = config(&redis, &tg, &dc);
         adjust(&mut config);
         let service = start_service(config).await;
         Self {
             redis,
             tg,
+            dc,
             web,
             spy,
             service: Some(service),
@@ -191,10 +254,44 @@ impl Harness {
     }
 
     async fn agent_says(&self, id: &str, content: &str, blocks: Value) {
-        let event = json!({"type": "channel.message", "channelId": HUB, "message": {
+        self.agent_says_in(HUB, id, content, blocks).await;
+    }
+
+    async fn agent_says_in(&self, hub: &str, id: &str, content: &str, blocks: Value) {
+        let event = json!({"type": "channel.message", "channelId": hub, "message": {
             "id": id, "content": content, "senderId": AGENT, "timestamp": 1,
             "contentBlocks": blocks}});
-        publish(&self.redis.url(), &format!("pubsub:channel:{HUB}"), &event).await;
+        publish(&self.redis.url(), &format!("pubsub:channel:{hub}"), &event).await;
+    }
+
+    /// The hub message published on `hub` with `content`.
+    async fn published_in(&self, hub: &str, content: &str) -> Seen {
+        let channel = format!("pubsub:channel:{hub}");
+        self.spy
+            .wait_for(&format!("{content:?} on {hub}"), WAIT, |seen| {
+                seen.channel == channel
+                    && seen.kind() == "channel.message"
+                    && seen.event()["message"]["content"] == content
+            })
+            .await
+    }
+
+    /// The successful webhook executions of `webhook`, once one carries files.
+    async fn uploads_through(&self, webhook: u64) -> Vec<DiscordRequest> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let posts: Vec<DiscordRequest> = self
+                .dc
+                .requests_matching("POST", &format!("/webhooks/{webhook}"))
+                .into_iter()
+                .filter(|request| request.status == 200 && !request.files.is_empty())
+                .collect();
+            if !posts.is_empty() {
+                return posts;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for an upload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn agent_event(&self, event: Value) {
@@ -465,7 +562,7 @@ async fn links_outlive_a_restart_and_any_instance_serves_them() {
         .expect("a media link");
     first.stop().await;
     // Another instance, on another port, with the same Redis: it signs with the same key.
-    let second = start_service(config(&h.redis, &h.tg)).await;
+    let second = start_service(config(&h.redis, &h.tg, &h.dc)).await;
     let moved = format!("http://{}/media/{path}", second.http_addr);
     let response = fetch(&moved).await;
     assert_eq!(response.status(), 200);
@@ -629,5 +726,126 @@ async fn agent_urls_to_refused_addresses_are_never_fetched() {
         told.iter().any(|t| t.contains("not an http(s) URL")),
         "{told:?}"
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discord_attachment_is_served_from_a_fresh_url_after_discords_expired() {
+    let h = Harness::start(|_| {}).await;
+    let picture = png(7000);
+    let message = UserMessage::new(CHANNEL, Some(GUILD), ada(), "my cat")
+        .file(AttachmentFile::new("cat.png", "image/png", picture.clone()).dimensions(640, 480));
+    h.dc.post_user_message(message);
+    let seen = h.published_in(HUB_DC, "my cat").await;
+    let block = &seen.event()["message"]["contentBlocks"][0];
+    assert_eq!(block["type"], "image");
+    assert_eq!(
+        (block["width"].clone(), block["height"].clone()),
+        (json!(640), json!(480))
+    );
+    let url = block_url(&seen, 0);
+    assert!(
+        url.contains("/media/") && !url.starts_with(&h.dc.api_url()),
+        "{url}"
+    );
+    assert_eq!(
+        fetch(&url).await.bytes().await.unwrap().as_ref(),
+        &picture[..]
+    );
+    // Discord's CDN URLs expire; the link reads the message again for a fresh one.
+    h.dc.expire_attachment_urls();
+    let before = h.dc.media_counts();
+    let response = fetch(&url).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &picture[..]);
+    assert!(h.dc.media_counts().message_fetches > before.message_fetches);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_files_are_uploaded_to_discord_under_its_name() {
+    let h = Harness::start(|_| {}).await;
+    h.agent_says_in(
+        HUB_DC,
+        "d1",
+        "the **charts**",
+        json!([
+            {"type": "image", "url": h.web.url("/cat.png")},
+            {"type": "file", "url": h.web.url("/report.pdf"), "name": "report.pdf"},
+        ]),
+    )
+    .await;
+    let posts = h.uploads_through(WEBHOOK).await;
+    assert_eq!(posts.len(), 1, "one post with both files and the text");
+    let post = &posts[0];
+    assert_eq!(post.body["username"], "Illustrator");
+    assert!(post.body["content"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("the **charts**"));
+    let files: Vec<(&str, &str)> = post
+        .files
+        .iter()
+        .map(|file| (file.filename.as_str(), file.sha256.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("cat.png", sha256_hex(&png(3000)).as_str()),
+            ("report.pdf", sha256_hex(&[7u8; 4000]).as_str()),
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_photo_reaches_discord_as_an_upload_and_a_discord_file_telegram_as_a_photo() {
+    let h = Harness::start(|_| {}).await;
+    let photo = h.tg.add_file(png(9000), MediaKind::Photo);
+    let update =
+        h.tg.media_message(
+            &ChatRef::supergroup(GROUP_X, "Cross"),
+            &alice(),
+            Media::photo_sizes(&[(&photo, 640, 480)]),
+        )
+        .caption("from telegram");
+    h.tg.inject(update);
+    let posts = h.uploads_through(WEBHOOK_X).await;
+    let post = &posts[0];
+    assert!(post.body["content"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("from telegram"));
+    assert_eq!(post.files.len(), 1);
+    assert_eq!(
+        post.files[0].sha256,
+        sha256_hex(&png(9000)),
+        "Telegram's bytes"
+    );
+
+    let picture = png(4000);
+    let message = UserMessage::new(CHANNEL_X, Some(GUILD), ada(), "from discord")
+        .file(AttachmentFile::new("dog.png", "image/png", picture.clone()).dimensions(640, 480));
+    h.dc.post_user_message(message);
+    let deadline = Instant::now() + WAIT;
+    let shown = loop {
+        let photos: Vec<BotMessage> =
+            h.tg.messages_in(GROUP_X)
+                .into_iter()
+                .filter(|m| m.media.is_some())
+                .collect();
+        if let Some(photo) = photos.into_iter().next() {
+            break photo;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the photo on Telegram"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let media = shown.media.as_ref().expect("a photo");
+    assert_eq!(media.kind, MediaKind::Photo);
+    assert_eq!(media.sha256, sha256_hex(&picture), "Discord's bytes");
+    assert!(shown.plain.contains("from discord"), "{shown:?}");
     h.stop().await;
 }
