@@ -23,7 +23,8 @@ use hub_bridge_sdk::registry::Section;
 use hub_bridge_sdk::AgentProfile;
 use hub_bridge_telegram::{TelegramConfig, TelegramLink};
 use hub_bridge_testkit::fake_discord::{
-    AttachmentFile, FakeDiscord, Request as DiscordRequest, UserMessage, UserRef as DiscordUser,
+    AttachmentFile, FakeDiscord, Request as DiscordRequest, StickerItem, UserMessage,
+    UserRef as DiscordUser,
 };
 use hub_bridge_testkit::fake_telegram::{
     sha256_hex, BotMessage, ChatRef, FakeTelegram, Media, MediaKind, UserRef,
@@ -97,6 +98,8 @@ impl Web {
                 get(|| async { ([("content-type", "application/pdf")], vec![7u8; 4000]) }),
             )
             .route("/big.bin", get(|| async { vec![1u8; 50_000] }))
+            // Over Discord's 10 MiB, under media.max_bytes.
+            .route("/huge.bin", get(|| async { vec![2u8; 11 * 1024 * 1024] }))
             .route("/secret", get(|| async { "internal only" }))
             .route(
                 "/to-secret",
@@ -847,5 +850,57 @@ async fn a_telegram_photo_reaches_discord_as_an_upload_and_a_discord_file_telegr
     assert_eq!(media.kind, MediaKind::Photo);
     assert_eq!(media.sha256, sha256_hex(&picture), "Discord's bytes");
     assert!(shown.plain.contains("from discord"), "{shown:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_discords_limit_goes_as_its_link_and_a_sticker_as_a_picture() {
+    let h = Harness::start(|_| {}).await;
+    let huge = h.web.url("/huge.bin");
+    h.agent_says_in(
+        HUB_DC,
+        "d2",
+        "the raw data",
+        json!([{"type": "file", "url": huge, "name": "huge.bin"}]),
+    )
+    .await;
+    h.told("huge.bin was not uploaded").await;
+    let deadline = Instant::now() + WAIT;
+    let posts = loop {
+        let posts: Vec<DiscordRequest> =
+            h.dc.requests_matching("POST", &format!("/webhooks/{WEBHOOK}"))
+                .into_iter()
+                .filter(|request| request.status == 200)
+                .collect();
+        if posts.len() >= 2 {
+            break posts;
+        }
+        assert!(Instant::now() < deadline, "timed out: {posts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        posts.iter().all(|post| post.files.is_empty()),
+        "nothing uploaded"
+    );
+    let line = posts[1].body["content"].as_str().unwrap_or_default();
+    assert!(
+        line.contains("📎 huge.bin (11.0 MB)") && line.contains(&huge),
+        "{line}"
+    );
+
+    let sticker = UserMessage::new(CHANNEL, Some(GUILD), ada(), "").sticker(StickerItem::new(
+        1_500_000_000_000_000_001,
+        "wave",
+        1,
+    ));
+    h.dc.post_user_message(sticker);
+    let seen = h
+        .spy
+        .wait_for("the sticker", WAIT, |seen| {
+            seen.kind() == "channel.message"
+                && seen.event()["message"]["contentBlocks"][0]["name"] == "wave"
+        })
+        .await;
+    assert_eq!(seen.event()["message"]["contentBlocks"][0]["type"], "image");
     h.stop().await;
 }
