@@ -96,6 +96,7 @@ unsafe impl GlobalAlloc for Counting {
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 mod discord;
+mod media;
 mod streaming;
 
 /// Unprocessed events allowed in the throughput run: below the bridge queue (10,000) and the
@@ -149,6 +150,7 @@ struct Args {
     stream_secs: u64,
     backlog: u64,
     discord_secs: u64,
+    media_mb: u64,
 }
 
 impl Args {
@@ -175,6 +177,7 @@ impl Args {
             stream_secs: get("--stream-secs", 30)?,
             backlog: get("--backlog", 200)?,
             discord_secs: get("--discord-secs", 10)?,
+            media_mb: get("--media-mb", 10)?,
         })
     }
 }
@@ -429,6 +432,7 @@ struct Report {
     streaming: Option<streaming::Streaming>,
     backlog: Option<streaming::Backlog>,
     discord: Option<discord::Latency>,
+    media: Option<media::MediaRelay>,
 }
 
 async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
@@ -513,6 +517,9 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     if args.backlog > 0 {
         eprintln!("backlog: {} messages", args.backlog);
         report.backlog = Some(streaming::backlog(&url, args.backlog).await?);
+    }
+    if args.media_mb > 0 {
+        report.media = Some(media::relay(&url, args.media_mb).await?);
     }
     Ok(report)
 }
@@ -1069,6 +1076,9 @@ impl Report {
             );
         }
         streaming::rows(&mut rows, self.streaming.as_ref(), self.backlog.as_ref());
+        if let Some(media) = &self.media {
+            media::rows(&mut rows, media);
+        }
         print_table(&rows);
 
         println!(
