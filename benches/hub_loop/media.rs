@@ -94,7 +94,9 @@ fn uploads(dc: &FakeDiscord) -> Vec<String> {
 }
 
 pub async fn relay(url: &str, megabytes: u64) -> Result<MediaRelay> {
-    let bytes: Vec<u8> = (0..megabytes * 1_000_000).map(|i| (i % 251) as u8).collect();
+    let bytes: Vec<u8> = (0..megabytes * 1_000_000)
+        .map(|i| (i % 251) as u8)
+        .collect();
     let digest = sha256_hex(&bytes);
     let tg = FakeTelegram::start(TG_TOKEN).await;
     let dc = FakeDiscord::start(DC_TOKEN).await;
@@ -121,15 +123,21 @@ pub async fn relay(url: &str, megabytes: u64) -> Result<MediaRelay> {
             let started = Instant::now();
             let body = client.get(&download).send().await?.bytes().await?;
             let length = body.len() as u64;
-            let part = reqwest::multipart::Part::stream_with_length(body, length)
-                .file_name("data.bin");
+            let part =
+                reqwest::multipart::Part::stream_with_length(body, length).file_name("data.bin");
             let form = reqwest::multipart::Form::new()
                 .text(
                     "payload_json",
                     r#"{"content":"","attachments":[{"id":0,"filename":"data.bin"}]}"#,
                 )
                 .part("files[0]", part);
-            client.post(&upload).multipart(form).send().await?.bytes().await?;
+            client
+                .post(&upload)
+                .multipart(form)
+                .send()
+                .await?
+                .bytes()
+                .await?;
             Ok::<_, reqwest::Error>(started.elapsed())
         })
         .await;
