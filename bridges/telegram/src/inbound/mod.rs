@@ -103,9 +103,14 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
         backoff = Duration::from_secs(1);
         status.ready(&ready);
         let Some(last) = updates.last().map(|update| update.id.0) else {
-            // Nothing more came: the album is whole.
-            if !inbound.close_album(&mut album, &status, &ready).await {
-                return Ok(());
+            // Nothing more came: the album is whole, and the offset can pass it.
+            if album.is_open() {
+                if !inbound.close_album(&mut album, &status, &ready).await {
+                    return Ok(());
+                }
+                if let Some(next) = offset {
+                    inbound.store_offset(&offset_key, next).await;
+                }
             }
             continue;
         };
@@ -132,23 +137,10 @@ pub async fn run(shared: Arc<Shared>, status: Component) -> Result<(), BridgeErr
         // crash before it closes brings them again (their claims keep what was published once).
         let next = i32::try_from(last.saturating_add(1)).unwrap_or(i32::MAX);
         offset = Some(next);
-        let next = album
+        let stored = album
             .first_update()
             .map_or(next, |first| i32::try_from(first).unwrap_or(i32::MAX));
-        let stored = shared
-            .hub
-            .store()
-            .one(Op::Set {
-                key: offset_key.clone(),
-                value: next.to_string(),
-                ttl: None,
-                only_if_absent: false,
-            })
-            .await;
-        if let Err(error) = stored {
-            // The claims keep a redelivery from publishing twice; the next batch stores it.
-            tracing::warn!(%error, "could not store the Telegram offset");
-        }
+        inbound.store_offset(&offset_key, stored).await;
         shared.relay.connector().budget.prune();
     }
 }
@@ -290,6 +282,24 @@ impl Inbound<'_> {
             ])
             .await?;
         Ok(Some(legacy))
+    }
+
+    async fn store_offset(&self, key: &str, offset: i32) {
+        let stored = self
+            .shared
+            .hub
+            .store()
+            .one(Op::Set {
+                key: key.to_owned(),
+                value: offset.to_string(),
+                ttl: None,
+                only_if_absent: false,
+            })
+            .await;
+        if let Err(error) = stored {
+            // The claims keep a redelivery from publishing twice; the next batch stores it.
+            tracing::warn!(%error, "could not store the Telegram offset");
+        }
     }
 
     /// Publishes the open album as one message (retrying while the store is unreachable) and
