@@ -231,7 +231,7 @@ pub fn rows(rows: &mut Vec<String>, media: &MediaRelay) {
         floor.as_secs_f64() * 1e3
     ));
     rows.push(format!(
-        "{megabytes:.0} MB Telegram photo -> Discord upload, through the hub|{:.1} ms|{:.1} ms|<= 1.5x|{} ({ratio:.2}x)",
+        "{megabytes:.0} MB Telegram file -> Discord upload, through the hub|{:.1} ms|{:.1} ms|<= 1.5x|{} ({ratio:.2}x)",
         relay.as_secs_f64() * 1e3,
         floor.as_secs_f64() * 1e3,
         super::verdict(ratio <= 1.5)
