@@ -145,6 +145,9 @@ pub async fn supervise(
         tracing::info!(fence = fence.token(), "bridge starting");
         let run_token = shutdown.child_token();
         ctx.shutdown = run_token.clone();
+        // The run's outboxes present this fence with every job, so once the lease is lost (or
+        // this is no longer the latest run) whatever the run left behind sends nothing more.
+        ctx.hub.set_fence(Some(fence.clone()));
         let started = Instant::now();
         let status = ctx.status.clone();
         let result = {
