@@ -2,6 +2,12 @@
 //! store, a transient failure restarts the bridge with capped backoff, and a fatal one (bad
 //! credentials) stops it instead of looping. A panic inside a bridge is caught, logged and counted
 //! like an error, and the bridge restarts; `/readyz` shows why it is down meanwhile.
+//!
+//! Each run of a bridge acquires the lease anew and so gets a fencing token of its own
+//! ([`hub_bridge_sdk::fence`]), handed to the run through its context: whatever a run left behind
+//! (after a lost lease, or a restart here) can take and finish no more jobs. The lease lasts
+//! `ha.lease_ttl_secs`, is renewed every third of it, and a standby asks for it every fifth of it
+//! (at most every second).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +20,6 @@ use hub_bridge_sdk::metrics::BridgeKind;
 use hub_bridge_sdk::{Bridge, BridgeContext, Fence, Keys, Op, Reply, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-/// How long a lease lasts without renewal; another instance takes over within this time after
-/// the holder dies.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The holder renews its lease this many times per TTL: a renewal or two may fail (a slow store)
 /// before the lease is at risk.
 const RENEWALS_PER_TTL: u32 = 3;
@@ -102,22 +105,26 @@ impl<'a> Lease<'a> {
 
     /// How often a standby asks for the lease: well inside the TTL, so it takes over soon after
     /// the lease expires.
-    fn retry_every(&self) -> Duration {
+    pub fn retry_every(&self) -> Duration {
         (self.ttl / 5).min(Duration::from_secs(1))
     }
 }
 
 /// Runs one bridge until `shutdown`, holding its lease while it runs.
-#[tracing::instrument(name = "bridge", skip_all, fields(bridge = bridge.name()))]
 ///
 /// `active` is true while this instance holds the lease, so the hub loop hands events only to
 /// bridges that will relay them (a standby instance's queue would otherwise fill up and overflow).
+///
+/// `lease_ttl` (`ha.lease_ttl_secs`) is how long the lease lasts without renewal: another
+/// instance takes over within it (and [`Lease::retry_every`]) after this one dies.
+#[tracing::instrument(name = "bridge", skip_all, fields(bridge = bridge.name()))]
 pub async fn supervise(
     bridge: Box<dyn Bridge>,
     mut ctx: BridgeContext,
     instance_id: String,
     shutdown: CancellationToken,
     active: Arc<AtomicBool>,
+    lease_ttl: Duration,
 ) {
     let store = ctx.hub.store_arc();
     let lease = Lease::new(
@@ -125,7 +132,7 @@ pub async fn supervise(
         ctx.hub.keys(),
         bridge.name(),
         &instance_id,
-        LEASE_TTL,
+        lease_ttl,
     );
     let mut delay = Duration::from_secs(1);
     // The fence of the last acquisition, to release the lease with when the bridge stops here.
