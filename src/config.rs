@@ -38,6 +38,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    /// `[ha]`: several instances against one Redis.
+    #[serde(default)]
+    pub ha: HaConfig,
     /// `[api]`: the agent API's stream settings (the API itself is on when an agent has an
     /// `api_token`).
     #[serde(default)]
@@ -52,7 +55,9 @@ pub struct Config {
 }
 
 /// The top-level sections that are the hub's own (the fields of [`Config`] serde reads).
-const HUB_SECTIONS: &[&str] = &["hub", "redis", "http", "limits", "media", "api", "agents"];
+const HUB_SECTIONS: &[&str] = &[
+    "hub", "redis", "http", "limits", "media", "ha", "api", "agents",
+];
 
 /// `[hub]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +156,27 @@ impl Default for MediaConfig {
             link_ttl_secs: MediaSettings::DEFAULT_LINK_TTL_SECS,
             allow_hosts: Vec::new(),
         }
+    }
+}
+
+/// `[ha]`: several instances against one Redis (SPEC section 6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Seconds a bridge's lease lasts without renewal (default 5): another instance takes a
+    /// bridge over within this time (and a second) after the instance running it dies. The
+    /// holder renews every third of it; at least 2, so a renewal has time to arrive.
+    pub lease_ttl_secs: u64,
+}
+
+impl HaConfig {
+    /// The smallest `lease_ttl_secs`.
+    pub const MIN_LEASE_TTL_SECS: u64 = 2;
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self { lease_ttl_secs: 5 }
     }
 }
 
@@ -288,6 +314,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.ha.lease_ttl_secs < HaConfig::MIN_LEASE_TTL_SECS {
+            return Err(ConfigIssue::new(
+                "ha.lease_ttl_secs",
+                format!("must be at least {}", HaConfig::MIN_LEASE_TTL_SECS),
+            ));
+        }
         if let Some(url) = &self.http.public_url {
             hub_bridge_sdk::config::check_http_url("http.public_url", url)?;
         }
@@ -413,7 +445,7 @@ mod tests {
 
     #[test]
     fn every_hub_section_is_known() {
-        let all = "[hub]\n[redis]\n[http]\n[limits]\n[api]\n[agents.a]\n";
+        let all = "[hub]\n[redis]\n[http]\n[limits]\n[media]\n[ha]\n[api]\n[agents.a]\n";
         let config = load(all).unwrap();
         assert!(config.bridges.is_empty());
     }
@@ -459,6 +491,27 @@ mod tests {
         assert_eq!(error.key, "hub.max_tracked_presences");
         let config = load("[hub]\nmax_payload_bytes = 4096\n").unwrap();
         assert_eq!(config.hub.max_payload_bytes, 4096);
+    }
+
+    #[test]
+    fn the_lease_ttl_defaults_to_5_and_is_at_least_2() {
+        assert_eq!(load("").unwrap().ha.lease_ttl_secs, 5);
+        assert_eq!(
+            load("[ha]\nlease_ttl_secs = 2\n")
+                .unwrap()
+                .ha
+                .lease_ttl_secs,
+            2
+        );
+        for bad in ["0", "1"] {
+            let error = load(&format!("[ha]\nlease_ttl_secs = {bad}\n")).unwrap_err();
+            assert_eq!(error.key, "ha.lease_ttl_secs", "{error}");
+            assert!(error.to_string().contains("at least 2"), "{error}");
+        }
+        let error = load("[ha]\nlease_ttl_secs = -5\n").unwrap_err();
+        assert_eq!(error.key, "ha.lease_ttl_secs", "{error}");
+        let error = load("[ha]\nlease_ttl = 5\n").unwrap_err();
+        assert_eq!(error.key, "ha.lease_ttl", "{error}");
     }
 
     #[test]

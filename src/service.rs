@@ -233,6 +233,7 @@ fn spawn_bridges(
             instance_id.clone(),
             shutdown.clone(),
             active,
+            Duration::from_secs(config.ha.lease_ttl_secs),
         ));
     }
     queues

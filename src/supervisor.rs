@@ -2,6 +2,12 @@
 //! store, a transient failure restarts the bridge with capped backoff, and a fatal one (bad
 //! credentials) stops it instead of looping. A panic inside a bridge is caught, logged and counted
 //! like an error, and the bridge restarts; `/readyz` shows why it is down meanwhile.
+//!
+//! Each run of a bridge acquires the lease anew and so gets a fencing token of its own
+//! ([`hub_bridge_sdk::fence`]), handed to the run through its context: whatever a run left behind
+//! (after a lost lease, or a restart here) can take and finish no more jobs. The lease lasts
+//! `ha.lease_ttl_secs`, is renewed every third of it, and a standby asks for it every fifth of it
+//! (at most every second).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,118 +17,144 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use hub_bridge_sdk::guard::panic_message;
 use hub_bridge_sdk::metrics::BridgeKind;
-use hub_bridge_sdk::{Bridge, BridgeContext, Keys, Op, Reply, Store};
+use hub_bridge_sdk::{Bridge, BridgeContext, Fence, Keys, Op, Reply, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-/// How long a lease lasts without renewal; another instance takes over within this time after
-/// the holder dies.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
-const LEASE_RENEW_EVERY: Duration = Duration::from_secs(3);
-const LEASE_RETRY_EVERY: Duration = Duration::from_secs(2);
+/// The holder renews its lease this many times per TTL: a renewal or two may fail (a slow store)
+/// before the lease is at risk.
+const RENEWALS_PER_TTL: u32 = 3;
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 /// A run that lasted this long resets the restart backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// A bridge's lease in the store.
+/// A bridge's lease in the store, with its fencing token (see [`hub_bridge_sdk::fence`]).
 pub struct Lease<'a> {
     store: &'a dyn Store,
     key: String,
+    fence_key: String,
     owner: String,
+    ttl: Duration,
 }
 
 impl<'a> Lease<'a> {
-    pub fn new(store: &'a dyn Store, keys: &Keys, bridge: &str, owner: &str) -> Self {
+    pub fn new(
+        store: &'a dyn Store,
+        keys: &Keys,
+        bridge: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Self {
         Self {
             store,
             key: keys.lease(bridge),
+            fence_key: keys.lease_fence(bridge),
             owner: owner.to_owned(),
+            ttl,
         }
     }
 
-    /// Takes the lease if nobody holds it (or we already do).
-    async fn try_acquire(&self) -> bool {
-        let ops = vec![
-            Op::Set {
-                key: self.key.clone(),
-                value: self.owner.clone(),
-                ttl: Some(LEASE_TTL),
-                only_if_absent: true,
-            },
-            Op::RenewLease {
-                key: self.key.clone(),
-                owner: self.owner.clone(),
-                ttl: LEASE_TTL,
-            },
-        ];
-        matches!(
-            self.store.exec(ops).await.as_deref(),
-            Ok([Reply::Ok, _] | [_, Reply::Int(1)])
-        )
+    /// Takes the lease if nobody holds it, or we do (the bridge's next run here), with a new
+    /// fencing token; `None` while another instance holds it or the store cannot be reached.
+    pub async fn acquire(&self) -> Option<Fence> {
+        let acquire = Op::AcquireLease {
+            key: self.key.clone(),
+            fence_key: self.fence_key.clone(),
+            owner: self.owner.clone(),
+            ttl: self.ttl,
+        };
+        let token = self.store.one(acquire).await.ok()?.as_int()?;
+        let token = u64::try_from(token).ok().filter(|token| *token > 0)?;
+        Some(Fence::new(self.key.clone(), self.owner.clone(), token))
+    }
+
+    /// Extends the lease; `Ok(false)` when `fence` no longer holds it.
+    pub async fn renew(&self, fence: &Fence) -> Result<bool, StoreError> {
+        let renewal = Op::RenewLease {
+            fence: fence.clone(),
+            ttl: self.ttl,
+        };
+        Ok(self.store.one(renewal).await? == Reply::Int(1))
     }
 
     /// Renews until the lease is lost; returns then. A store outage is not a loss until the
-    /// lease would have expired.
-    async fn keep(&self) {
-        let mut last_renewed = Instant::now();
+    /// lease would have expired: counted from when the last successful renewal was asked for,
+    /// which is no later than when the store extended it.
+    async fn keep(&self, fence: &Fence) {
+        let mut renewed_at = Instant::now();
         loop {
-            tokio::time::sleep(LEASE_RENEW_EVERY).await;
-            let renewal = self
-                .store
-                .one(Op::RenewLease {
-                    key: self.key.clone(),
-                    owner: self.owner.clone(),
-                    ttl: LEASE_TTL,
-                })
-                .await;
-            match renewal {
-                Ok(Reply::Int(1)) => last_renewed = Instant::now(),
-                Ok(_) => return,
-                Err(_) if last_renewed.elapsed() >= LEASE_TTL => return,
+            tokio::time::sleep(self.ttl / RENEWALS_PER_TTL).await;
+            let asked_at = Instant::now();
+            match self.renew(fence).await {
+                Ok(true) => renewed_at = asked_at,
+                Ok(false) => return,
+                Err(_) if renewed_at.elapsed() >= self.ttl => return,
                 Err(_) => {}
             }
         }
     }
 
-    async fn release(&self) {
+    /// Gives the lease up, if `fence` still holds it, so another instance takes over at once.
+    pub async fn release(&self, fence: &Fence) {
         let _ = self
             .store
             .one(Op::ReleaseLease {
-                key: self.key.clone(),
-                owner: self.owner.clone(),
+                fence: fence.clone(),
             })
             .await;
+    }
+
+    /// How often a standby asks for the lease: well inside the TTL, so it takes over soon after
+    /// the lease expires.
+    pub fn retry_every(&self) -> Duration {
+        (self.ttl / 5).min(Duration::from_secs(1))
     }
 }
 
 /// Runs one bridge until `shutdown`, holding its lease while it runs.
-#[tracing::instrument(name = "bridge", skip_all, fields(bridge = bridge.name()))]
 ///
 /// `active` is true while this instance holds the lease, so the hub loop hands events only to
 /// bridges that will relay them (a standby instance's queue would otherwise fill up and overflow).
+///
+/// `lease_ttl` (`ha.lease_ttl_secs`) is how long the lease lasts without renewal: another
+/// instance takes over within it (and [`Lease::retry_every`]) after this one dies.
+#[tracing::instrument(name = "bridge", skip_all, fields(bridge = bridge.name()))]
 pub async fn supervise(
     bridge: Box<dyn Bridge>,
     mut ctx: BridgeContext,
     instance_id: String,
     shutdown: CancellationToken,
     active: Arc<AtomicBool>,
+    lease_ttl: Duration,
 ) {
     let store = ctx.hub.store_arc();
-    let lease = Lease::new(store.as_ref(), ctx.hub.keys(), bridge.name(), &instance_id);
+    let lease = Lease::new(
+        store.as_ref(),
+        ctx.hub.keys(),
+        bridge.name(),
+        &instance_id,
+        lease_ttl,
+    );
     let mut delay = Duration::from_secs(1);
+    // The fence of the last acquisition, to release the lease with when the bridge stops here.
+    let mut held: Option<Fence> = None;
     while !shutdown.is_cancelled() {
-        if !lease.try_acquire().await {
+        let Some(fence) = lease.acquire().await else {
             active.store(false, Ordering::Relaxed);
             ctx.status
                 .not_ready("standby: another instance holds this bridge's lease");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(LEASE_RETRY_EVERY) => continue,
+                _ = tokio::time::sleep(lease.retry_every()) => continue,
             }
-        }
+        };
+        held = Some(fence.clone());
         active.store(true, Ordering::Relaxed);
-        tracing::info!("bridge starting");
+        tracing::info!(fence = fence.token(), "bridge starting");
         let run_token = shutdown.child_token();
         ctx.shutdown = run_token.clone();
+        // The run's outboxes present this fence with every job, so once the lease is lost (or
+        // this is no longer the latest run) whatever the run left behind sends nothing more.
+        ctx.hub.set_fence(Some(fence.clone()));
         let started = Instant::now();
         let status = ctx.status.clone();
         let result = {
@@ -133,7 +165,7 @@ pub async fn supervise(
             tokio::pin!(run);
             tokio::select! {
                 result = &mut run => result,
-                _ = lease.keep() => {
+                _ = lease.keep(&fence) => {
                     tracing::warn!("lease lost; stopping this bridge here");
                     active.store(false, Ordering::Relaxed);
                     run_token.cancel();
@@ -166,7 +198,7 @@ pub async fn supervise(
                 tracing::error!(%error, "bridge stopped for good");
                 status.not_ready(&format!("stopped: {error}"));
                 active.store(false, Ordering::Relaxed);
-                lease.release().await;
+                lease.release(&fence).await;
                 return;
             }
             Ok(Err(error)) => {
@@ -191,5 +223,7 @@ pub async fn supervise(
         delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
     active.store(false, Ordering::Relaxed);
-    lease.release().await;
+    if let Some(fence) = held {
+        lease.release(&fence).await;
+    }
 }

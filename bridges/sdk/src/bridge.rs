@@ -14,6 +14,7 @@ use crate::event::{
     now_millis, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, Envelope, Inbound,
     Origin, Source,
 };
+use crate::fence::Fence;
 use crate::health::Component;
 use crate::limits::RateLimiter;
 use crate::media::Media;
@@ -70,6 +71,7 @@ pub trait Bridge: Send + Sync + 'static {
 pub struct BridgeContext {
     /// Hub events to deliver, in the order the hub loop saw them.
     pub deliveries: mpsc::Receiver<Arc<Delivery>>,
+    /// The hub; under the supervisor it carries the run's [`Fence`] ([`HubHandle::fence`]).
     pub hub: HubHandle,
     pub shutdown: CancellationToken,
     /// The bridge's entry in `/readyz`.
@@ -116,6 +118,7 @@ pub struct HubHandle {
     agents: Arc<BTreeMap<String, AgentProfile>>,
     metrics: Arc<Metrics>,
     media: Option<Arc<Media>>,
+    fence: Option<Fence>,
 }
 
 impl HubHandle {
@@ -136,7 +139,21 @@ impl HubHandle {
             agents: Arc::new(agents),
             metrics,
             media: None,
+            fence: None,
         }
+    }
+
+    /// Sets the fence of the bridge's run: the supervisor does before each run, with the token
+    /// of the lease it has just acquired. The handles the run clones carry it, so what works for
+    /// a run that has lost the lease is refused by the store (see [`crate::fence`]).
+    pub fn set_fence(&mut self, fence: Option<Fence>) {
+        self.fence = fence;
+    }
+
+    /// The fence that the outboxes present with every job they take and finish; `None` when the
+    /// bridge runs without a lease (tests, embedders), and then nothing is checked.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
     }
 
     /// With the service's media desk: people's files then reach the hub as links, and agents'

@@ -61,9 +61,15 @@ impl Keys {
 
     // ----- the service's own keys, under `bridge:` -----
 
-    /// `bridge:lease:{bridge}`: which instance runs a bridge.
+    /// `bridge:lease:{bridge}`: which instance runs a bridge, as `{owner}:{token}`.
     pub fn lease(&self, bridge: &str) -> String {
         self.bridge(format_args!("lease:{bridge}"))
+    }
+
+    /// `bridge:lease:{bridge}:fence`: the counter each acquisition of the bridge's lease draws its
+    /// fencing token from (never expires, only grows).
+    pub fn lease_fence(&self, bridge: &str) -> String {
+        self.bridge(format_args!("lease:{bridge}:fence"))
     }
 
     /// `bridge:offline:{channelId}:{agentId}`: the claim that publishes an offline transition once
@@ -331,6 +337,10 @@ mod tests {
             ),
             (keys.rate_limit(Action::Typing, "a"), "p:ratelimit:typing:a"),
             (keys.lease("telegram"), "p:bridge:lease:telegram"),
+            (
+                keys.lease_fence("telegram"),
+                "p:bridge:lease:telegram:fence",
+            ),
             (keys.offline_claim("C", "a"), "p:bridge:offline:C:a"),
             (keys.check_probe("x-1"), "p:bridge:check:x-1"),
             (keys.media_key(), "p:bridge:media:key"),

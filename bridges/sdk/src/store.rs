@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::fence::Fence;
 pub use crate::keys::Keys;
 
 /// One key-value or publish operation. Keys are full keys, prefix included (see [`Keys`]).
@@ -121,11 +122,39 @@ pub enum Op {
         old: String,
         new: String,
     },
-    /// Extends a lease if `owner` still holds it; replies `Int(1)` when it did.
-    RenewLease {
+    /// Takes the lease `key` if it is free or `owner` already holds it (the next run of its
+    /// bridge there), with a fencing token larger than any before: `INCR fence_key` in the same
+    /// atomic step, and the lease's value set to `{owner}:{token}` ([`Fence::holder`]) for `ttl`.
+    /// Replies the token, or `Int(0)` when another owner holds the lease.
+    AcquireLease {
         key: String,
+        fence_key: String,
         owner: String,
         ttl: Duration,
+    },
+    /// Extends a lease if `fence` still holds it; replies `Int(1)` when it did.
+    RenewLease {
+        fence: Fence,
+        ttl: Duration,
+    },
+    /// Replies `Int(1)` when `fence` still holds its lease, `Int(0)` when not: an outbox worker
+    /// asks before each delivery attempt.
+    CheckFence {
+        fence: Fence,
+    },
+    /// Rewrites a job's entries in its outbox list in one atomic step, and only while `fence`
+    /// (when there is one) still holds its lease: removes one entry equal to each of `remove`,
+    /// pushes `head` (if any) to the front, then removes `member` from the set `index` if the
+    /// list is left empty. Replies `Int(1)` when done, `Int(0)` when the fence refused it. An
+    /// outbox finishes a job (no `head`) and saves a job's progress (its new entry as `head`)
+    /// with it.
+    UpdateJob {
+        fence: Option<Fence>,
+        list: String,
+        remove: Vec<String>,
+        head: Option<String>,
+        index: String,
+        member: String,
     },
     /// [`Op::IncrWindow`] counted once per `claim_key`: the first time, the counter is incremented
     /// and the new count is kept under `claim_key` for `claim_ttl`; again with the same claim, the
@@ -144,10 +173,9 @@ pub enum Op {
         member: String,
         list: String,
     },
-    /// Releases a lease if `owner` still holds it.
+    /// Releases a lease if `fence` still holds it.
     ReleaseLease {
-        key: String,
-        owner: String,
+        fence: Fence,
     },
     Publish {
         channel: String,
@@ -263,7 +291,8 @@ impl dyn Store {
 }
 
 /// A store in memory for the SDK's unit tests: text keys, lists and sets, and a record of what
-/// was published; enough for `/dm` choices, the rate-limit counters and the relay engine.
+/// was published; enough for `/dm` choices, the rate-limit counters, leases (without expiry) and
+/// the relay engine.
 #[cfg(test)]
 pub(crate) mod memory {
     use std::collections::{BTreeSet, HashMap};
@@ -272,6 +301,7 @@ pub(crate) mod memory {
     use futures_util::future::BoxFuture;
 
     use super::{Op, Reply, Store, StoreError};
+    use crate::fence::Fence;
 
     #[derive(Default)]
     struct State {
@@ -310,6 +340,11 @@ pub(crate) mod memory {
             let mut keys: Vec<String> = self.state.lock().unwrap().text.keys().cloned().collect();
             keys.sort();
             keys
+        }
+
+        /// Whether the lease `fence` names still holds its value.
+        fn holds(keys: &HashMap<String, String>, fence: &Fence) -> bool {
+            keys.get(fence.key()) == Some(&fence.holder())
         }
 
         fn apply(state: &mut State, op: Op) -> Result<Reply, StoreError> {
@@ -423,6 +458,58 @@ pub(crate) mod memory {
                         .get_mut(&index)
                         .is_some_and(|set| set.remove(&member));
                     Reply::Int(i64::from(removed))
+                }
+                Op::AcquireLease {
+                    key,
+                    fence_key,
+                    owner,
+                    ..
+                } => {
+                    let ours = format!("{owner}:");
+                    if keys.get(&key).is_some_and(|held| !held.starts_with(&ours)) {
+                        return Ok(Reply::Int(0));
+                    }
+                    let token = incr(keys, fence_key);
+                    keys.insert(key, format!("{owner}:{token}"));
+                    Reply::Int(token)
+                }
+                Op::RenewLease { fence, .. } | Op::CheckFence { fence } => {
+                    Reply::Int(i64::from(Self::holds(keys, &fence)))
+                }
+                Op::ReleaseLease { fence } => {
+                    let held = Self::holds(keys, &fence);
+                    if held {
+                        keys.remove(fence.key());
+                    }
+                    Reply::Int(i64::from(held))
+                }
+                Op::UpdateJob {
+                    fence,
+                    list,
+                    remove,
+                    head,
+                    index,
+                    member,
+                } => {
+                    if fence.is_some_and(|fence| !Self::holds(keys, &fence)) {
+                        return Ok(Reply::Int(0));
+                    }
+                    let entries = state.lists.entry(list.clone()).or_default();
+                    for value in remove {
+                        if let Some(at) = entries.iter().position(|entry| *entry == value) {
+                            entries.remove(at);
+                        }
+                    }
+                    if let Some(head) = head {
+                        entries.insert(0, head);
+                    }
+                    if entries.is_empty() {
+                        state.lists.remove(&list);
+                        if let Some(set) = state.sets.get_mut(&index) {
+                            set.remove(&member);
+                        }
+                    }
+                    Reply::Int(1)
                 }
                 Op::Publish { channel, payload } => {
                     state.published.push((channel, payload));

@@ -1,10 +1,11 @@
-//! The ops the Redis bus runs as Lua scripts (windowed counters, presence, JSON merges, leases,
-//! forgetting an emptied list), each one step on the in-process keyspace.
+//! The ops the Redis bus runs as Lua scripts (windowed counters, presence, JSON merges, leases and
+//! their fences, outbox jobs, forgetting an emptied list), each one step on the in-process keyspace
+//! (the bus holds its lock for the whole step).
 
 use std::time::{Duration, Instant};
 
 use hub_bridge_sdk::metrics::Metrics;
-use hub_bridge_sdk::{Op, Reply, StoreError};
+use hub_bridge_sdk::{Fence, Op, Reply, StoreError};
 
 use super::{wrong_type, Entry, State, Value};
 
@@ -15,20 +16,11 @@ impl State {
         window: Duration,
         now: Instant,
     ) -> Result<Reply, StoreError> {
-        let entry = match self.live(&key, now) {
-            Some(entry) => entry,
-            None => self.keys.entry(key.clone()).or_insert(Entry {
-                value: Value::Text("0".to_owned()),
-                expires_at: None,
-            }),
-        };
-        let Value::Text(text) = &mut entry.value else {
-            return Err(wrong_type(&key));
-        };
-        let count = text.parse::<i64>().map_err(|_| wrong_type(&key))? + 1;
-        *text = count.to_string();
+        let count = self.incr(&key, now)?;
         if count == 1 {
-            entry.expires_at = Some(now + window);
+            if let Some(entry) = self.live(&key, now) {
+                entry.expires_at = Some(now + window);
+            }
         }
         Ok(Reply::Int(count))
     }
@@ -133,34 +125,124 @@ impl State {
         })
     }
 
-    pub(super) fn renew_lease(
+    pub(super) fn acquire_lease(
         &mut self,
         key: String,
+        fence_key: String,
         owner: String,
         ttl: Duration,
         now: Instant,
     ) -> Result<Reply, StoreError> {
-        Ok(match self.live(&key, now) {
-            Some(entry) if matches!(&entry.value, Value::Text(holder) if *holder == owner) => {
-                entry.expires_at = Some(now + ttl);
-                Reply::Int(1)
-            }
-            _ => Reply::Int(0),
-        })
+        let ours = format!("{owner}:");
+        match self.live(&key, now) {
+            Some(Entry {
+                value: Value::Text(held),
+                ..
+            }) if held.starts_with(&ours) => {}
+            Some(_) => return Ok(Reply::Int(0)),
+            None => {}
+        }
+        // The counter has no TTL: a token is never drawn twice.
+        let token = self.incr(&fence_key, now)?;
+        self.keys.insert(
+            key,
+            Entry {
+                value: Value::Text(format!("{ours}{token}")),
+                expires_at: Some(now + ttl),
+            },
+        );
+        Ok(Reply::Int(token))
+    }
+
+    /// `INCR` of a counter without a TTL.
+    fn incr(&mut self, key: &str, now: Instant) -> Result<i64, StoreError> {
+        let entry = match self.live(key, now) {
+            Some(entry) => entry,
+            None => self.keys.entry(key.to_owned()).or_insert(Entry {
+                value: Value::Text("0".to_owned()),
+                expires_at: None,
+            }),
+        };
+        let Value::Text(text) = &mut entry.value else {
+            return Err(wrong_type(key));
+        };
+        let count = text.parse::<i64>().map_err(|_| wrong_type(key))? + 1;
+        *text = count.to_string();
+        Ok(count)
+    }
+
+    /// Whether `fence`'s lease still holds its value.
+    pub(super) fn holds(&mut self, fence: &Fence, now: Instant) -> bool {
+        matches!(
+            self.live(fence.key(), now),
+            Some(Entry { value: Value::Text(held), .. }) if *held == fence.holder()
+        )
+    }
+
+    pub(super) fn renew_lease(
+        &mut self,
+        fence: &Fence,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Reply, StoreError> {
+        if !self.holds(fence, now) {
+            return Ok(Reply::Int(0));
+        }
+        if let Some(entry) = self.live(fence.key(), now) {
+            entry.expires_at = Some(now + ttl);
+        }
+        Ok(Reply::Int(1))
+    }
+
+    #[allow(clippy::too_many_arguments)] // The op's fields, as the other ops are dispatched.
+    pub(super) fn update_job(
+        &mut self,
+        fence: Option<Fence>,
+        list: String,
+        remove: Vec<String>,
+        head: Option<String>,
+        index: String,
+        member: String,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> Result<Reply, StoreError> {
+        if fence.is_some_and(|fence| !self.holds(&fence, now)) {
+            return Ok(Reply::Int(0));
+        }
+        for value in remove {
+            self.apply(
+                Op::LRem {
+                    key: list.clone(),
+                    count: 1,
+                    value,
+                },
+                now,
+                metrics,
+            )?;
+        }
+        if let Some(value) = head {
+            self.apply(
+                Op::LPush {
+                    key: list.clone(),
+                    value,
+                },
+                now,
+                metrics,
+            )?;
+        }
+        self.forget_if_empty(index, member, list, now, metrics)?;
+        Ok(Reply::Int(1))
     }
 
     pub(super) fn release_lease(
         &mut self,
-        key: String,
-        owner: String,
+        fence: &Fence,
         now: Instant,
     ) -> Result<Reply, StoreError> {
-        Ok(match self.live(&key, now) {
-            Some(entry) if matches!(&entry.value, Value::Text(holder) if *holder == owner) => {
-                self.keys.remove(&key);
-                Reply::Int(1)
-            }
-            _ => Reply::Int(0),
-        })
+        if !self.holds(fence, now) {
+            return Ok(Reply::Int(0));
+        }
+        self.keys.remove(fence.key());
+        Ok(Reply::Int(1))
     }
 }

@@ -1,5 +1,6 @@
 //! The Lua scripts of the ops that take more than one command (windowed counters, presence,
-//! JSON merges, leases, publish-once), each atomic on the server and one entry in a pipeline.
+//! JSON merges, leases and their fences, outbox jobs, publish-once), each atomic on the server and
+//! one entry in a pipeline.
 
 // Scripts are sent as text with EVAL, not by hash with EVALSHA: a restarted Redis has forgotten
 // every script, an EVALSHA in a pipeline then fails while the commands around it still run, and
@@ -35,6 +36,27 @@ pub(super) const LIST_REPLACE: &str = "local at = redis.call('LPOS', KEYS[1], AR
 pub(super) const PUBLISH_ONCE: &str =
     "if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then \
     redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end";
+/// Takes a lease that is free or already this owner's, with the next fencing token; returns the
+/// token, or 0 when another owner holds the lease. The value is `{owner}:{token}`, as
+/// `Fence::holder` writes it.
+pub(super) const ACQUIRE_LEASE: &str = "local held = redis.call('GET', KEYS[1]) \
+    local ours = ARGV[1] .. ':' \
+    if held and string.sub(held, 1, #ours) ~= ours then return 0 end \
+    local token = redis.call('INCR', KEYS[2]) \
+    redis.call('SET', KEYS[1], ours .. token, 'PX', ARGV[2]) return token";
+/// 1 while the lease holds this value.
+pub(super) const CHECK_FENCE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 else return 0 end";
+/// A job's entries rewritten in its outbox list (KEYS[1]) while the fence holds: ARGV[1] is the
+/// lease's expected value ('' when unfenced, then KEYS[3] is absent), ARGV[2] the destination in
+/// the index (KEYS[2]), ARGV[3] the entry to push at the head ('' for none: an entry is a JSON
+/// object, never empty), ARGV[4..] the entries to remove.
+pub(super) const UPDATE_JOB: &str = "if ARGV[1] ~= '' and \
+      redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end \
+    for i = 4, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end \
+    if ARGV[3] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[3]) end \
+    if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end \
+    return 1";
 pub(super) const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 pub(super) const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \

@@ -9,8 +9,8 @@ use hub_bridge_sdk::{Op, Reply, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::scripts::{
-    FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, LIST_REPLACE, MERGE_JSON, PUBLISH_ONCE,
-    RELEASE_LEASE, RENEW_LEASE, TOUCH_PRESENCE,
+    ACQUIRE_LEASE, CHECK_FENCE, FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, LIST_REPLACE,
+    MERGE_JSON, PUBLISH_ONCE, RELEASE_LEASE, RENEW_LEASE, TOUCH_PRESENCE, UPDATE_JOB,
 };
 use super::MAX_RECONNECT_DELAY;
 
@@ -287,20 +287,63 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
                 .arg(index)
                 .arg(member);
         }
-        Op::RenewLease { key, owner, ttl } => {
+        Op::AcquireLease {
+            key,
+            fence_key,
+            owner,
+            ttl,
+        } => {
             pipe.cmd("EVAL")
-                .arg(RENEW_LEASE)
-                .arg(1)
+                .arg(ACQUIRE_LEASE)
+                .arg(2)
                 .arg(key)
+                .arg(fence_key)
                 .arg(owner)
                 .arg(millis(*ttl));
         }
-        Op::ReleaseLease { key, owner } => {
+        Op::RenewLease { fence, ttl } => {
+            pipe.cmd("EVAL")
+                .arg(RENEW_LEASE)
+                .arg(1)
+                .arg(fence.key())
+                .arg(fence.holder())
+                .arg(millis(*ttl));
+        }
+        Op::CheckFence { fence } => {
+            pipe.cmd("EVAL")
+                .arg(CHECK_FENCE)
+                .arg(1)
+                .arg(fence.key())
+                .arg(fence.holder());
+        }
+        Op::UpdateJob {
+            fence,
+            list,
+            remove,
+            head,
+            index,
+            member,
+        } => {
+            let cmd = pipe.cmd("EVAL").arg(UPDATE_JOB);
+            match fence {
+                Some(fence) => cmd
+                    .arg(3)
+                    .arg(list)
+                    .arg(index)
+                    .arg(fence.key())
+                    .arg(fence.holder()),
+                None => cmd.arg(2).arg(list).arg(index).arg(""),
+            };
+            cmd.arg(member)
+                .arg(head.as_deref().unwrap_or(""))
+                .arg(remove);
+        }
+        Op::ReleaseLease { fence } => {
             pipe.cmd("EVAL")
                 .arg(RELEASE_LEASE)
                 .arg(1)
-                .arg(key)
-                .arg(owner);
+                .arg(fence.key())
+                .arg(fence.holder());
         }
         Op::Publish { channel, payload } => {
             pipe.cmd("PUBLISH").arg(channel).arg(payload);

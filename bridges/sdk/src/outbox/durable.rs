@@ -1,6 +1,8 @@
 //! The store side of durable outboxes: each job is a list entry (`{"id", "job"}`) in its
 //! destination's list from the moment it is queued until it is delivered or dead-lettered; its
 //! progress replaces the entry after a failed attempt; recovery queues what a previous run left.
+//! Finishing a job and saving its progress are fenced ([`Op::UpdateJob`]): a run that lost its
+//! bridge's lease no longer changes the list the new holder works from.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::{Deliver, Durability, Entry, Outboxes, Persisted};
 use crate::bridge::{DeadLetter, HubHandle};
 use crate::event::now_millis;
-use crate::store::{Op, StoreError};
+use crate::store::{Op, Reply, StoreError};
 
 /// Destinations read per round trip when recovering.
 const RECOVER_CHUNK: usize = 256;
@@ -80,14 +82,9 @@ impl<J: Send + 'static> Outboxes<J> {
         if raw == persisted.raw {
             return;
         }
-        let key = self.list_key(destination);
-        let mut ops = Self::removals(&key, persisted);
         // The job being worked on is the oldest: back at the head it stays first.
-        ops.push(Op::LPush {
-            key,
-            value: raw.clone(),
-        });
-        if self.inner.hub.store().exec(ops).await.is_ok() {
+        let update = self.update_job(destination, persisted, Some(raw.clone()));
+        if let Ok(Reply::Int(1)) = self.inner.hub.store().one(update).await {
             persisted.raw = raw;
             persisted.superseded.clear();
         }
@@ -121,16 +118,24 @@ impl<J: Send + 'static> Outboxes<J> {
         }
     }
 
-    /// The ops that remove a job's entry from `key`, and any entry it was stored as before.
-    fn removals(key: &str, persisted: &Persisted) -> Vec<Op> {
-        std::iter::once(&persisted.raw)
-            .chain(&persisted.superseded)
-            .map(|raw| Op::LRem {
-                key: key.to_owned(),
-                count: 1,
-                value: raw.clone(),
-            })
-            .collect()
+    /// The op that takes a job's entry, and any entry it was stored as before, out of its
+    /// destination's list, puts `head` (its progress) first instead if there is one, and takes the
+    /// destination out of the index when its list is left empty, so the index holds only
+    /// destinations with work and recovery stays quick however many chats were served. It runs
+    /// only while the run's fence holds: a run that lost its lease leaves the list to the new
+    /// holder.
+    fn update_job(&self, destination: &str, persisted: &Persisted, head: Option<String>) -> Op {
+        Op::UpdateJob {
+            fence: self.inner.hub.fence().cloned(),
+            list: self.list_key(destination),
+            remove: std::iter::once(&persisted.raw)
+                .chain(&persisted.superseded)
+                .cloned()
+                .collect(),
+            head,
+            index: self.index_key(),
+            member: destination.to_owned(),
+        }
     }
 
     /// Ends a job: delivered (`reason` None) or dead-lettered with the reason.
@@ -145,18 +150,20 @@ impl<J: Send + 'static> Outboxes<J> {
         let Some(persisted) = entry.persisted else {
             return;
         };
-        let list = self.list_key(destination);
-        let mut ops = Self::removals(&list, &persisted);
-        // The last job of a destination takes it out of the index, so the index holds only
-        // destinations with work and recovery stays quick however many chats were served.
-        ops.push(Op::ForgetIfEmpty {
-            index: self.index_key(),
-            member: destination.to_owned(),
-            list,
-        });
-        if let Err(error) = self.inner.hub.store().exec(ops).await {
+        match self
+            .inner
+            .hub
+            .store()
+            .one(self.update_job(destination, &persisted, None))
+            .await
+        {
+            Ok(Reply::Int(1)) => {}
+            // The lease's new holder has the job in its list and sends it: at least once.
+            Ok(_) => self.fenced_out(),
             // It will be sent again after a restart: at least once, never lost.
-            tracing::warn!(bridge = self.inner.bridge, destination, %error, "delivered relay not removed from the store");
+            Err(error) => {
+                tracing::warn!(bridge = self.inner.bridge, destination, %error, "delivered relay not removed from the store");
+            }
         }
     }
 }

@@ -15,6 +15,12 @@
 //! list empties leaves the index set (`{prefix}bridge:outboxes:{bridge}`) in the same round trip,
 //! and recovery reads every destination's list in a few pipelined round trips.
 //!
+//! Under the supervisor the outboxes are fenced (SPEC section 6; [`crate::fence`]): a worker
+//! checks the run's fence right before every delivery attempt, and finishing a job or saving its
+//! progress is refused once the fence is stale, in the same atomic step. A run that lost its
+//! bridge's lease thus sends nothing more and leaves the store to the new holder; its workers
+//! stop. Without a fence (no lease: tests, embedders) nothing is checked.
+//!
 //! Each agent gets a bounded share of a destination's queue ([`AGENT_SHARE`] jobs, as
 //! [`Deliver::agent`] says whose a job is): beyond it the agent's job is refused (dead-lettered
 //! with the reason, so the agent is told) and counted, and other agents' jobs still fit.
@@ -30,6 +36,7 @@
 //! in which a destination's jobs start, [`worker`] the delivery loop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::HubHandle;
+use crate::fence::Fence;
 use crate::metrics::{BridgeDestination, BridgeLabels};
 
 mod durable;
@@ -161,6 +169,8 @@ struct Inner<J> {
     shares: Mutex<HashMap<(String, String), usize>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Set once a worker found the run's fence stale, so that is logged once.
+    fenced_out: AtomicBool,
 }
 
 /// How a durable outbox writes and reads its jobs.
@@ -221,6 +231,7 @@ impl<J: Send + 'static> Outboxes<J> {
                 shares: Mutex::new(HashMap::new()),
                 tasks,
                 shutdown,
+                fenced_out: AtomicBool::new(false),
             }),
         }
     }
@@ -416,6 +427,21 @@ impl<J: Send + 'static> Outboxes<J> {
         };
         self.inner.tasks.spawn(worker.run());
         queue
+    }
+}
+
+impl<J> Outboxes<J> {
+    /// Notes that the store refused the run's fence: the run lost its bridge's lease.
+    fn fenced_out(&self) {
+        if self.inner.fenced_out.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            bridge = self.inner.bridge,
+            fence = self.inner.hub.fence().map(Fence::token),
+            "this run no longer holds the bridge's lease: its outboxes send nothing more and \
+             leave their jobs in the store for the new holder"
+        );
     }
 }
 

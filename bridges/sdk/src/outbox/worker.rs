@@ -1,6 +1,8 @@
 //! A destination's worker: takes its jobs in order and delivers each until it is done,
-//! dead-lettered, or the bridge stops.
+//! dead-lettered, or the bridge stops; before each attempt it checks the run's fence, and stops
+//! for good once the run has lost its bridge's lease.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -11,10 +13,33 @@ use super::queue::Next;
 use super::{depth_i64, Entry, Outboxes, SendError, GIVE_UP_AFTER};
 use crate::guard::isolate;
 use crate::metrics::{retry, BridgeLabels};
+use crate::store::{Op, Reply};
 
 /// A destination's worker exits after this long without work (it is re-created on demand).
 const IDLE_EXIT: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between two checks of the fence while the store cannot be reached: a short
+/// outage must not hold the backlog up for long.
+const MAX_FENCE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Whether a job may be attempted.
+enum Take {
+    Go,
+    /// The run's fence no longer holds its lease.
+    FencedOut,
+    /// The bridge stopped while the worker waited for the store.
+    Stopped,
+}
+
+/// How the worker is left after a job.
+#[derive(PartialEq, Eq)]
+enum Outcome {
+    /// Done with the job (delivered, dead-lettered, or left in the store as the bridge stops):
+    /// on to the next.
+    Finished,
+    /// The run lost its lease: the worker stops.
+    FencedOut,
+}
 
 pub(super) struct Worker<J> {
     pub(super) outboxes: Outboxes<J>,
@@ -29,7 +54,11 @@ impl<J: Send + 'static> Worker<J> {
         loop {
             let wait = match self.next() {
                 Next::Deliver(entry) => {
-                    self.deliver(entry).await;
+                    if self.deliver(entry).await == Outcome::FencedOut {
+                        // The run has lost its lease and is being stopped: this worker sends
+                        // nothing more, and its jobs stay in the store for the new holder.
+                        break;
+                    }
                     self.done_with_one();
                     continue;
                 }
@@ -53,10 +82,12 @@ impl<J: Send + 'static> Worker<J> {
         }
         let undelivered = self.outboxes.depth(&self.destination);
         if undelivered > 0 {
-            let kept = if inner.durability.is_some() {
-                "kept in the store for the next run"
-            } else {
+            let kept = if inner.durability.is_none() {
                 "lost: this outbox is not durable"
+            } else if inner.fenced_out.load(Ordering::Relaxed) {
+                "kept in the store for the lease's new holder"
+            } else {
+                "kept in the store for the next run"
             };
             tracing::warn!(
                 bridge = inner.bridge,
@@ -91,8 +122,48 @@ impl<J: Send + 'static> Worker<J> {
         }
     }
 
+    /// Whether the job may be attempted now: the run's fence still holds its bridge's lease
+    /// ([`Op::CheckFence`], one round trip right before every attempt, retries included). The
+    /// take itself is in memory (the job is off the queue); this is what makes it fenced, so an
+    /// instance that lost its lease (paused past the TTL, say) sends nothing once it carries on.
+    /// While the store cannot say, the worker waits and asks again rather than send unfenced.
+    /// A bridge run without a lease has no fence: then the job may always start, at no cost.
+    ///
+    /// A send that passed the check just before the lease was lost may still reach the platform:
+    /// the platform knows no token. The lease's new holder then sends it again (at least once).
+    async fn take(&self) -> Take {
+        let inner = &self.outboxes.inner;
+        let Some(fence) = inner.hub.fence() else {
+            return Take::Go;
+        };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let check = Op::CheckFence {
+                fence: fence.clone(),
+            };
+            let error = match inner.hub.store().one(check).await {
+                Ok(Reply::Int(1)) => return Take::Go,
+                Ok(_) => {
+                    self.outboxes.fenced_out();
+                    return Take::FencedOut;
+                }
+                Err(error) => error,
+            };
+            inner
+                .hub
+                .metrics()
+                .count_retry(inner.bridge, retry::DELIVERY_FAILED);
+            tracing::warn!(bridge = inner.bridge, destination = %self.destination, %error, retry_in = ?backoff, "cannot check the bridge's lease before a relay; waiting");
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return Take::Stopped,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_FENCE_BACKOFF);
+        }
+    }
+
     /// Delivers one job, retrying until it is delivered, dead-lettered, or the bridge stops.
-    async fn deliver(&self, mut entry: Entry<J>) {
+    async fn deliver(&self, mut entry: Entry<J>) -> Outcome {
         let outboxes = &self.outboxes;
         let inner = &outboxes.inner;
         let destination = self.destination.as_str();
@@ -102,6 +173,12 @@ impl<J: Send + 'static> Worker<J> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(250);
         loop {
+            match self.take().await {
+                Take::Go => {}
+                // The job stays in the store: the new holder (or the next run) sends it.
+                Take::FencedOut => return Outcome::FencedOut,
+                Take::Stopped => return Outcome::Finished,
+            }
             // One job's panic must not take the destination's worker with it: it fails that job
             // (dead letter, the agent is told) and the next job is handled.
             let attempt = isolate(inner.deliver.deliver(destination, &mut entry.job))
@@ -120,10 +197,14 @@ impl<J: Send + 'static> Worker<J> {
                     Err(SendError::Permanent(format!("internal error: {panic}")))
                 });
             let wait = match attempt {
-                Ok(()) => return outboxes.finish(destination, entry, None).await,
+                Ok(()) => {
+                    outboxes.finish(destination, entry, None).await;
+                    return Outcome::Finished;
+                }
                 Err(SendError::Permanent(reason)) => {
                     tracing::warn!(bridge = inner.bridge, destination, %reason, "relay dead-lettered");
-                    return outboxes.finish(destination, entry, Some(reason)).await;
+                    outboxes.finish(destination, entry, Some(reason)).await;
+                    return Outcome::Finished;
                 }
                 Err(SendError::RetryAfter(wait)) => {
                     inner
@@ -147,7 +228,8 @@ impl<J: Send + 'static> Worker<J> {
                         .count_retry(inner.bridge, retry::DELIVERY_FAILED);
                     if started.elapsed() >= GIVE_UP_AFTER {
                         let reason = format!("gave up after {:?}: {reason}", started.elapsed());
-                        return outboxes.finish(destination, entry, Some(reason)).await;
+                        outboxes.finish(destination, entry, Some(reason)).await;
+                        return Outcome::Finished;
                     }
                     tracing::warn!(bridge = inner.bridge, destination, %reason, retry_in = ?backoff, "relay failed; retrying");
                     let wait = backoff;
@@ -158,7 +240,7 @@ impl<J: Send + 'static> Worker<J> {
             outboxes.save_progress(destination, &mut entry).await;
             tokio::select! {
                 // A durable job stays in the store and resumes on the next run.
-                _ = inner.shutdown.cancelled() => return,
+                _ = inner.shutdown.cancelled() => return Outcome::Finished,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
