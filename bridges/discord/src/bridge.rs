@@ -204,6 +204,9 @@ impl Bridge for DiscordBridge {
                 }
             };
 
+            if ctx.shutdown.is_cancelled() {
+                relay.drain(&mut ctx.deliveries).await;
+            }
             stop.cancel();
             tasks.close();
             if tokio::time::timeout(STOP_GRACE, tasks.wait())

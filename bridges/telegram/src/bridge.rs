@@ -134,7 +134,10 @@ impl TelegramBridge {
         let mut updates = tasks.spawn(inbound::run(shared.clone(), ctx.status.clone()));
         let result = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled() => {
+                    relay.drain(&mut ctx.deliveries).await;
+                    break Ok(());
+                }
                 finished = &mut updates => break match finished {
                     Ok(result) => result,
                     Err(error) => Err(BridgeError::Transient(format!("the update loop failed: {error}"))),

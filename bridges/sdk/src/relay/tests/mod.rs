@@ -1025,3 +1025,27 @@ async fn a_header_is_kept_per_chat_and_never_in_the_shared_look() {
     assert_eq!(shared.header, None);
     assert_eq!(shared.topic_name.as_deref(), Some("hi"));
 }
+
+#[tokio::test]
+async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes() {
+    let h = Harness::new(Memory::new(true, 1));
+    let (sender, mut deliveries) = tokio::sync::mpsc::channel(8);
+    for id in ["q1", "q2", "q3"] {
+        let payload = json!({"type": "channel.message", "channelId": "B", "message": {
+            "id": id, "content": id, "senderId": "ada", "timestamp": 1}});
+        let source = Source::Channel("B".to_owned());
+        let inbound = parse(&source, payload.to_string().as_bytes()).expect("a hub event");
+        let delivery = Delivery {
+            source,
+            inbound,
+            received_at: Instant::now(),
+        };
+        sender.send(Arc::new(delivery)).await.expect("queued");
+    }
+    assert_eq!(h.relay.drain(&mut deliveries).await, 3);
+    assert!(deliveries.try_recv().is_err(), "nothing left in the queue");
+    h.settle().await;
+    let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
+    assert_eq!(texts, vec!["Ada: q1", "Ada: q2", "Ada: q3"]);
+    h.stop().await;
+}
