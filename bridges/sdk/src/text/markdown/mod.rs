@@ -268,6 +268,20 @@ mod tests {
     }
 
     #[test]
+    fn a_code_fence_with_nothing_in_it_shows_its_info_string() {
+        // Found by the property test: the language of an empty block was all the text there was.
+        let parts = telegram_parts("``` a ", TELEGRAM_LIMIT, 1);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].html, "a");
+        assert_eq!(to_telegram_html("```python rust\n```"), "python rust");
+        // A block with code shows the code, the language only as its class.
+        assert_eq!(
+            to_telegram_html("```rust\nlet x = 1;\n```"),
+            "<pre><code class=\"language-rust\">let x = 1;</code></pre>"
+        );
+    }
+
+    #[test]
     fn inline_styles() {
         assert_eq!(
             render("**bold** and *italic* and _also_ and ~~gone~~ and `x < y`"),

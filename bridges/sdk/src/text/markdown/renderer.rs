@@ -58,6 +58,9 @@ impl Style {
 /// A code block being collected; it is written whole at its end.
 struct CodeBlock {
     language: Option<String>,
+    /// The fence's whole info string, shown when the block has no code (an agent's "```python"
+    /// with nothing after it says something, and nothing is dropped).
+    info: String,
     text: String,
 }
 
@@ -236,16 +239,18 @@ impl Renderer {
 
     /// Starts collecting a code block, whose language is the first word of a fence's info string.
     fn start_code_block(&mut self, kind: CodeBlockKind<'_>) {
-        let language = match kind {
-            CodeBlockKind::Fenced(info) => info
-                .split(|c: char| c.is_whitespace() || c == ',' || c == '{')
-                .next()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned),
-            CodeBlockKind::Indented => None,
+        let info = match &kind {
+            CodeBlockKind::Fenced(info) => info.trim().to_owned(),
+            CodeBlockKind::Indented => String::new(),
         };
+        let language = info
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{')
+            .next()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned);
         self.code = Some(CodeBlock {
             language,
+            info,
             text: String::new(),
         });
     }
@@ -399,6 +404,12 @@ impl Renderer {
     fn code_block(&mut self, code: CodeBlock) {
         let text = code.text.trim_end();
         if text.trim().is_empty() {
+            // No code: only the info string says anything, and it shows as text.
+            if !code.info.is_empty() {
+                self.block_start(true);
+                self.text(&code.info);
+                self.pending = self.block_gap();
+            }
             return;
         }
         self.block_start(false);
