@@ -4,8 +4,12 @@
 //!
 //! redis-rs' `ConnectionManager` reconnects to the address it was built with, so it cannot follow
 //! a failover on its own; the bus rebuilds its managers from [`Primary::client`] instead when the
-//! node is gone or no longer the primary.
+//! node is gone or no longer the primary. Whichever connection notices first (usually the
+//! subscriber, told at once by a disconnection push) moves the [`Primary::epoch`] on, so the
+//! others rebuild before their next use instead of failing once on the dead node.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::sentinel::Sentinel;
@@ -17,8 +21,17 @@ use super::InvalidRedisUrl;
 /// redis-rs sets no timeout of its own on these connections.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How the bus reaches the primary.
-pub(super) enum Primary {
+/// How the bus reaches the primary, and which primary its connections should be on.
+pub(super) struct Primary {
+    way: Way,
+    /// Moves on whenever the primary is lost or found at another address; a connection built
+    /// under an older epoch is rebuilt before its next use.
+    epoch: AtomicU64,
+    /// The address the last lookup found (a std mutex: held for a compare and swap only).
+    last_found: Mutex<Option<String>>,
+}
+
+enum Way {
     /// `redis.url`: always the same node.
     Fixed(Client),
     /// `redis.sentinels`: whichever node the Sentinels name now.
@@ -35,7 +48,7 @@ impl Primary {
     pub(super) fn fixed(url: &str) -> Result<Self, InvalidRedisUrl> {
         let info = parse("redis.url", url)?;
         let client = Client::open(info).map_err(|e| InvalidRedisUrl::new("redis.url", &e))?;
-        Ok(Self::Fixed(client))
+        Ok(Self::new(Way::Fixed(client)))
     }
 
     /// The primary the Sentinels at `urls` monitor as `master_name`.
@@ -47,32 +60,57 @@ impl Primary {
             .collect::<Result<Vec<_>, _>>()?;
         let sentinel =
             Sentinel::build(infos).map_err(|e| InvalidRedisUrl::new("redis.sentinels", &e))?;
-        Ok(Self::Sentinel {
+        Ok(Self::new(Way::Sentinel {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master_name: master_name.to_owned(),
-        })
+        }))
+    }
+
+    fn new(way: Way) -> Self {
+        Self {
+            way,
+            epoch: AtomicU64::new(0),
+            last_found: Mutex::new(None),
+        }
+    }
+
+    /// The current epoch: connections built under another one are stale.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Says the primary a connection was on is gone (the connection dropped, or the node answers
+    /// as a replica), so every connection built before asks again. Only when the primary can
+    /// move: a fixed node's connections reconnect to it on their own.
+    pub(super) fn lost(&self) {
+        if self.can_move() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Whether the primary can move: then a lost connection, or a node that answers as a
     /// replica, means asking the Sentinels again rather than reconnecting to the same address.
     pub(super) fn can_move(&self) -> bool {
-        matches!(self, Self::Sentinel { .. })
+        matches!(self.way, Way::Sentinel { .. })
     }
 
     /// A client for the primary as of now. With Sentinel this asks the Sentinels (in the order
     /// configured, the first that names a node that answers `ROLE` as a primary wins); the error
     /// says why none did, and never quotes a URL.
     pub(super) async fn client(&self) -> Result<Client, String> {
-        match self {
-            Self::Fixed(client) => Ok(client.clone()),
-            Self::Sentinel {
+        match &self.way {
+            Way::Fixed(client) => Ok(client.clone()),
+            Way::Sentinel {
                 sentinel,
                 master_name,
             } => {
                 let mut sentinel = sentinel.lock().await;
                 let lookup = sentinel.async_master_for(master_name, None);
                 match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-                    Ok(Ok(client)) => Ok(client),
+                    Ok(Ok(client)) => {
+                        self.found(address(&client));
+                        Ok(client)
+                    }
                     Ok(Err(error)) => Err(format!(
                         "no primary for `{master_name}` from the sentinels ({:?}: {})",
                         error.kind(),
@@ -83,6 +121,23 @@ impl Primary {
                     )),
                 }
             }
+        }
+    }
+}
+
+impl Primary {
+    /// Notes where a lookup found the primary; a new address moves the epoch on.
+    fn found(&self, address: String) {
+        let mut last_found = self
+            .last_found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last_found.as_ref() != Some(&address) {
+            if last_found.is_some() {
+                tracing::warn!(primary = %address, "redis primary moved (Sentinel failover)");
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            *last_found = Some(address);
         }
     }
 }

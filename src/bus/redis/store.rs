@@ -57,13 +57,14 @@ impl RedisStore {
     }
 
     /// The slot's manager, built (after asking where the primary is) when there is none.
+    /// A manager built under an older [`Primary::epoch`] is on a primary that is gone: rebuilt.
     async fn manager(&self, slot: &Slot) -> Result<(u64, ConnectionManager), StoreError> {
-        if let Some(current) = slot.current() {
+        if let Some(current) = slot.current(self.primary.epoch()) {
             return Ok(current);
         }
         // One rebuild at a time: the others wait for it instead of asking the Sentinels too.
         let _rebuilding = slot.rebuild.lock().await;
-        if let Some(current) = slot.current() {
+        if let Some(current) = slot.current(self.primary.epoch()) {
             return Ok(current);
         }
         let client = self
@@ -71,12 +72,14 @@ impl RedisStore {
             .client()
             .await
             .map_err(StoreError::Unavailable)?;
+        // Read after the lookup: it may have moved the epoch on itself (a new address).
+        let epoch = self.primary.epoch();
         let node = address(&client);
         let manager = Self::connect(client).map_err(store_error)?;
         if self.primary.can_move() {
             tracing::info!(%node, "redis command connection to the primary");
         }
-        Ok(slot.set(manager))
+        Ok(slot.set(epoch, manager))
     }
 
     /// Drops a manager that cannot be trusted any more, so the next batch builds a fresh one:
@@ -88,6 +91,9 @@ impl RedisStore {
                 || error.is_connection_refusal()
                 || error.is_connection_dropped()
                 || error.code() == Some("READONLY"));
+        if moved {
+            self.primary.lost();
+        }
         if (error.is_timeout() || moved) && slot.forget(generation) {
             tracing::warn!(
                 reason = if error.is_timeout() {
@@ -105,27 +111,41 @@ impl RedisStore {
 #[derive(Default)]
 struct Slot {
     // A std mutex: held only to clone or swap the manager, never across an await. The generation
-    // lets an error drop only the manager it came from, not one a concurrent batch just built.
-    current: std::sync::Mutex<Option<(u64, ConnectionManager)>>,
+    // lets an error drop only the manager it came from, not one a concurrent batch just built;
+    // the epoch is the primary's when it was built.
+    current: std::sync::Mutex<Option<Built>>,
     rebuild: tokio::sync::Mutex<()>,
     generations: AtomicU64,
 }
 
+#[derive(Clone)]
+struct Built {
+    generation: u64,
+    epoch: u64,
+    manager: ConnectionManager,
+}
+
 impl Slot {
-    fn current(&self) -> Option<(u64, ConnectionManager)> {
+    /// The manager and its generation, unless there is none or it was built under another epoch.
+    fn current(&self, epoch: u64) -> Option<(u64, ConnectionManager)> {
         self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .filter(|built| built.epoch == epoch)
+            .map(|built| (built.generation, built.manager.clone()))
     }
 
-    fn set(&self, manager: ConnectionManager) -> (u64, ConnectionManager) {
+    fn set(&self, epoch: u64, manager: ConnectionManager) -> (u64, ConnectionManager) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         *self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((generation, manager.clone()));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Built {
+            generation,
+            epoch,
+            manager: manager.clone(),
+        });
         (generation, manager)
     }
 
@@ -135,7 +155,10 @@ impl Slot {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current
+            .as_ref()
+            .is_some_and(|built| built.generation == generation)
+        {
             *current = None;
             return true;
         }
@@ -314,6 +337,7 @@ impl RedisStore {
             }
         }
         if self.primary.can_move() && values.iter().any(is_readonly) {
+            self.primary.lost();
             slot.forget(generation);
         }
         Ok((values, shapes))

@@ -165,6 +165,7 @@ impl Subscriber {
                     // demoted (its pub/sub still fed by replication, so nothing would look
                     // wrong): ask the Sentinels instead.
                     Control::Disconnected if can_move => {
+                        self.primary.lost();
                         return Err(Lost::after_subscribing(format!(
                             "connection to the primary {node} lost; failing over: asking the sentinels"
                         )));
@@ -192,6 +193,7 @@ impl Subscriber {
                     match tokio::time::timeout(PING_TIMEOUT, answer).await {
                         Ok(Ok(answer)) => {
                             if can_move && !is_primary(&answer) {
+                                self.primary.lost();
                                 return Err(Lost::after_subscribing(format!(
                                     "{node} is no longer the primary; failing over: asking the sentinels"
                                 )));
