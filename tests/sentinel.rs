@@ -5,6 +5,8 @@
 //! still there, and durable writes wait for `redis.wait_replicas` (a shortfall counted and shown
 //! as degraded, the service going on).
 //!
+//! `hub-bridge check` reports the Sentinels' view: the primary, the replicas, the quorum.
+//!
 //! The set-up is real and on loopback, started by the test: a primary `redis-server`, one replica
 //! (`--replicaof`) and three `redis-server --sentinel` processes with a quorum of 2.
 
@@ -108,9 +110,9 @@ async fn durable_write(running: &Running, value: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_service_follows_a_sentinel_failover() {
-    let mut primary = RedisServer::start();
+/// A primary, its replica and three Sentinels (quorum 2) that know each other and the replica.
+async fn sentinel_set_up() -> (RedisServer, RedisServer, Vec<RedisServer>) {
+    let primary = RedisServer::start();
     let replica = RedisServer::start_replica_of(&primary);
     let sentinels: Vec<RedisServer> = (0..3)
         .map(|_| RedisServer::start_sentinel(MASTER, &primary, 2))
@@ -118,12 +120,58 @@ async fn the_service_follows_a_sentinel_failover() {
     for sentinel in &sentinels {
         sentinel.wait_for_sentinel_view(MASTER, 2, 1).await;
     }
+    (primary, replica, sentinels)
+}
 
+/// The service's config on `sentinels`, waiting for one replica.
+fn sentinel_config(sentinels: &[RedisServer]) -> Config {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".parse().expect("address");
     config.redis.sentinels = Some(sentinels.iter().map(|s| Secret::new(s.url())).collect());
     config.redis.master_name = Some(MASTER.to_owned());
     config.redis.wait_replicas = 1;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_the_sentinel_view() {
+    let (primary, replica, sentinels) = sentinel_set_up().await;
+    let config = sentinel_config(&sentinels);
+    let report = hub_bridge::check::run(&config, std::path::Path::new("hub.toml")).await;
+    let line = |name: &str| {
+        report
+            .lines
+            .iter()
+            .find(|line| line.name == name)
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{report}"))
+    };
+    let primary_line = line("sentinel primary");
+    assert!(primary_line.ok, "{report}");
+    assert!(
+        primary_line
+            .detail
+            .contains(&format!("127.0.0.1:{}", primary.port())),
+        "{report}"
+    );
+    let replicas = line("sentinel replicas");
+    assert!(replicas.ok, "{report}");
+    assert!(
+        replicas
+            .detail
+            .contains(&format!("127.0.0.1:{}", replica.port())),
+        "{report}"
+    );
+    let quorum = line("sentinel quorum");
+    assert!(quorum.ok && quorum.detail.starts_with("OK"), "{report}");
+    // Then Redis itself is checked on the primary the Sentinels named.
+    assert!(report.passed(), "{report}");
+    assert!(line("redis pub/sub").ok, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_follows_a_sentinel_failover() {
+    let (mut primary, replica, sentinels) = sentinel_set_up().await;
+    let config = sentinel_config(&sentinels);
     let probe = Probe::default();
     let running = start_with(config, vec![Box::new(probe.clone())])
         .await
