@@ -1,6 +1,9 @@
 //! `hub-bridge check`: validates the config, checks Redis (PING, a pub/sub round trip, a key
 //! written, read and deleted under the prefix) and each bridge's token, and prints a report.
+//! With `redis.sentinels` it first reports the Sentinels' view (the primary, its replicas, the
+//! quorum) and then checks Redis on the primary they name.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -69,12 +72,24 @@ impl fmt::Display for Report {
 pub async fn run(config: &Config, config_path: &Path) -> Report {
     let mut report = Report::default();
     report.add("config", Ok(format!("{} is valid", config_path.display())));
-    match &config.redis.url {
-        Some(url) => {
-            let keys = Keys::new(config.hub.key_prefix.clone());
-            check_redis(url.expose(), &keys, &mut report).await;
+    let keys = Keys::new(config.hub.key_prefix.clone());
+    match (
+        &config.redis.url,
+        &config.redis.sentinels,
+        &config.redis.master_name,
+    ) {
+        (Some(url), _, _) => match redis::Client::open(url.expose()) {
+            Ok(client) => check_redis(&client, &keys, &mut report).await,
+            Err(error) => report.add("redis", Err(error.to_string())),
+        },
+        (None, Some(sentinels), Some(master_name)) => {
+            let urls: Vec<&str> = sentinels.iter().map(|url| url.expose()).collect();
+            let wanted = config.redis.wait_replicas;
+            if let Some(primary) = check_sentinels(&urls, master_name, wanted, &mut report).await {
+                check_redis(&primary, &keys, &mut report).await;
+            }
         }
-        None => report.add(
+        _ => report.add(
             "bus",
             Ok("no redis.url: the embedded in-process bus (nothing to check)".to_owned()),
         ),
@@ -121,11 +136,117 @@ async fn step<T>(
     }
 }
 
-async fn check_redis(url: &str, keys: &Keys, report: &mut Report) {
-    let client = match redis::Client::open(url) {
-        Ok(client) => client,
-        Err(error) => return report.add("redis", Err(error.to_string())),
+/// Asks the Sentinels in turn until one answers `SENTINEL MASTER`, and reports its view: the
+/// primary, the replicas (failing when fewer are healthy than `redis.wait_replicas`) and
+/// `SENTINEL CKQUORUM`. Returns a client for the primary. Sentinels are named by `host:port`,
+/// never by URL (it may carry a password).
+async fn check_sentinels(
+    urls: &[&str],
+    master_name: &str,
+    wait_replicas: u32,
+    report: &mut Report,
+) -> Option<redis::Client> {
+    let mut failures = Vec::new();
+    for url in urls {
+        let Ok(client) = redis::Client::open(*url) else {
+            failures.push("a URL redis-rs cannot open".to_owned());
+            continue;
+        };
+        let sentinel = client.get_connection_info().addr().to_string();
+        let mut connection = match step(client.get_multiplexed_async_connection()).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                failures.push(format!("{sentinel}: {error}"));
+                continue;
+            }
+        };
+        let sentinel_cmd = |sub: &str| {
+            let mut cmd = redis::cmd("SENTINEL");
+            cmd.arg(sub).arg(master_name);
+            cmd
+        };
+        let master: HashMap<String, String> =
+            match step(sentinel_cmd("MASTER").query_async(&mut connection)).await {
+                Ok(master) => master,
+                Err(error) => {
+                    failures.push(format!("{sentinel}: {error}"));
+                    continue;
+                }
+            };
+        let (Some(ip), Some(port)) = (
+            master.get("ip"),
+            master.get("port").and_then(|p| p.parse::<u16>().ok()),
+        ) else {
+            failures.push(format!("{sentinel}: no address for `{master_name}`"));
+            continue;
+        };
+        let flags = master.get("flags").map_or("", String::as_str);
+        let primary_ok = !flags.contains("s_down") && !flags.contains("o_down");
+        let detail =
+            format!("primary of `{master_name}` is {ip}:{port} ({flags}), as {sentinel} sees it");
+        report.add(
+            "sentinel primary",
+            if primary_ok { Ok(detail) } else { Err(detail) },
+        );
+
+        let replicas: Result<Vec<HashMap<String, String>>, String> =
+            step(sentinel_cmd("REPLICAS").query_async(&mut connection)).await;
+        report.add(
+            "sentinel replicas",
+            replicas.and_then(|replicas| describe_replicas(&replicas, wait_replicas)),
+        );
+        let quorum: Result<String, String> =
+            step(sentinel_cmd("CKQUORUM").query_async(&mut connection)).await;
+        report.add("sentinel quorum", quorum);
+
+        return match redis::Client::open(redis::ConnectionAddr::Tcp(ip.clone(), port)) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                report.add("redis", Err(error.to_string()));
+                None
+            }
+        };
+    }
+    report.add(
+        "sentinel primary",
+        Err(format!(
+            "no sentinel answered SENTINEL MASTER {master_name}: {}",
+            failures.join("; ")
+        )),
+    );
+    None
+}
+
+/// The replicas as `host:port (flags)`; an error when fewer are healthy than `wanted`.
+fn describe_replicas(replicas: &[HashMap<String, String>], wanted: u32) -> Result<String, String> {
+    let mut healthy = 0;
+    let listed: Vec<String> = replicas
+        .iter()
+        .map(|replica| {
+            let field = |name: &str| replica.get(name).map_or("?", String::as_str);
+            let flags = field("flags");
+            if !["s_down", "o_down", "disconnected"]
+                .iter()
+                .any(|bad| flags.contains(bad))
+            {
+                healthy += 1;
+            }
+            format!("{}:{} ({flags})", field("ip"), field("port"))
+        })
+        .collect();
+    let listed = if listed.is_empty() {
+        "none".to_owned()
+    } else {
+        listed.join(", ")
     };
+    let detail = format!("{healthy} healthy: {listed}");
+    if healthy < wanted {
+        return Err(format!("{detail}; redis.wait_replicas is {wanted}"));
+    }
+    Ok(detail)
+}
+
+async fn check_redis(client: &redis::Client, keys: &Keys, report: &mut Report) {
     let mut connection = match step(client.get_multiplexed_async_connection()).await {
         Ok(connection) => connection,
         Err(error) => return report.add("redis ping", Err(format!("cannot connect: {error}"))),

@@ -95,13 +95,88 @@ impl Default for HubConfig {
     }
 }
 
-/// `[redis]`.
+/// `[redis]`: one Redis by `url`, or a primary found through Redis Sentinel (`sentinels` and
+/// `master_name`); neither: the embedded in-process bus.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; absent: the embedded in-process bus. May carry a
-    /// password, so it is a secret.
+    /// `redis://[user:password@]host:port[/db]`; absent: the embedded in-process bus (or Sentinel,
+    /// with `sentinels`). May carry a password, so it is a secret.
     pub url: Option<Secret>,
+    /// The Sentinels to ask for the primary, as `redis://host:port` URLs, instead of `url`
+    /// (default none). A URL may carry the Sentinels' own password, so each is a secret.
+    pub sentinels: Option<Vec<Secret>>,
+    /// The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`); required
+    /// with `sentinels` (default none).
+    pub master_name: Option<String>,
+    /// How many replicas must acknowledge a durable write (`WAIT`) within a second before the
+    /// store counts it as safe; fewer: the write stands, is counted and the store shows as
+    /// degraded (default 0: no waiting).
+    #[serde(default)]
+    pub wait_replicas: u32,
+}
+
+impl RedisConfig {
+    /// Whether the service runs on Redis (a `url` or `sentinels`) rather than the embedded bus.
+    pub fn is_configured(&self) -> bool {
+        self.url.is_some() || self.sentinels.is_some()
+    }
+
+    /// Checks the section on its own: exactly one way to reach Redis, each URL usable.
+    fn validate(&self) -> Result<(), ConfigIssue> {
+        if let Some(url) = &self.url {
+            check_redis_url("redis.url", url)?;
+        }
+        match (&self.sentinels, &self.master_name) {
+            (Some(_), _) if self.url.is_some() => Err(ConfigIssue::new(
+                "redis.sentinels",
+                "give either redis.url or redis.sentinels, not both",
+            )),
+            (Some(sentinels), _) if sentinels.is_empty() => Err(ConfigIssue::new(
+                "redis.sentinels",
+                "must list at least one sentinel URL",
+            )),
+            (Some(_), None) => Err(ConfigIssue::new(
+                "redis.master_name",
+                "required with redis.sentinels",
+            )),
+            (Some(_), Some(name)) if name.trim().is_empty() => {
+                Err(ConfigIssue::new("redis.master_name", "must not be empty"))
+            }
+            (Some(sentinels), Some(_)) => {
+                for (index, url) in sentinels.iter().enumerate() {
+                    check_redis_url(&format!("redis.sentinels[{index}]"), url)?;
+                }
+                Ok(())
+            }
+            (None, Some(_)) => Err(ConfigIssue::new(
+                "redis.master_name",
+                "only used with redis.sentinels",
+            )),
+            (None, None) if self.wait_replicas > 0 && self.url.is_none() => Err(ConfigIssue::new(
+                "redis.wait_replicas",
+                "needs redis.url or redis.sentinels (the embedded bus has no replicas)",
+            )),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// A Redis URL the service can connect with. The URL may carry a password: the message never
+/// quotes it.
+fn check_redis_url(key: &str, url: &Secret) -> Result<(), ConfigIssue> {
+    let parsed = url::Url::parse(url.expose())
+        .map_err(|e| ConfigIssue::new(key, format!("is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+        return Err(ConfigIssue::new(
+            key,
+            format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()),
+        ));
+    }
+    if parsed.scheme().starts_with("redis") && parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigIssue::new(key, "has no host"));
+    }
+    Ok(())
 }
 
 /// `[http]`.
@@ -280,19 +355,7 @@ impl Config {
 
     /// Cross-field checks after parsing.
     fn validate(&self) -> Result<(), ConfigIssue> {
-        if let Some(url) = &self.redis.url {
-            let parsed = url::Url::parse(url.expose())
-                .map_err(|e| ConfigIssue::new("redis.url", format!("is not a URL ({e})")))?;
-            if !matches!(parsed.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
-                return Err(ConfigIssue::new(
-                    "redis.url",
-                    format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()),
-                ));
-            }
-            if parsed.scheme().starts_with("redis") && parsed.host_str().is_none_or(str::is_empty) {
-                return Err(ConfigIssue::new("redis.url", "has no host"));
-            }
-        }
+        self.redis.validate()?;
         if self.hub.presence_ttl_secs == 0 {
             return Err(ConfigIssue::new(
                 "hub.presence_ttl_secs",
@@ -512,6 +575,45 @@ mod tests {
         assert_eq!(error.key, "ha.lease_ttl_secs", "{error}");
         let error = load("[ha]\nlease_ttl = 5\n").unwrap_err();
         assert_eq!(error.key, "ha.lease_ttl", "{error}");
+    }
+
+    #[test]
+    fn sentinels_come_with_a_master_name_and_without_a_url() {
+        let sentinels = "[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\n";
+        let error = load(sentinels).unwrap_err();
+        assert_eq!(error.key, "redis.master_name");
+        assert_eq!(error.message, "required with redis.sentinels");
+        let error = load(&format!("{sentinels}url = \"redis://127.0.0.1:6379\"\n")).unwrap_err();
+        assert_eq!(error.key, "redis.sentinels");
+        let error = load("[redis]\nmaster_name = \"hub\"\n").unwrap_err();
+        assert_eq!(error.key, "redis.master_name");
+        let error = load("[redis]\nsentinels = []\nmaster_name = \"hub\"\n").unwrap_err();
+        assert_eq!(error.key, "redis.sentinels");
+        let bad = "[redis]\nmaster_name = \"hub\"\nsentinels = [\"redis://a:1\", \"http://b\"]\n";
+        assert_eq!(load(bad).unwrap_err().key, "redis.sentinels[1]");
+        let config = load(&format!(
+            "{sentinels}master_name = \"hub\"\nwait_replicas = 1\n"
+        ))
+        .unwrap();
+        assert!(config.redis.is_configured());
+        assert_eq!(config.redis.wait_replicas, 1);
+        assert_eq!(load("").unwrap().redis.wait_replicas, 0);
+    }
+
+    #[test]
+    fn waiting_for_replicas_needs_redis() {
+        let error = load("[redis]\nwait_replicas = 1\n").unwrap_err();
+        assert_eq!(error.key, "redis.wait_replicas");
+        let with_url = "[redis]\nurl = \"redis://127.0.0.1:6379\"\nwait_replicas = 1\n";
+        assert!(load(with_url).is_ok());
+    }
+
+    #[test]
+    fn sentinel_passwords_never_print() {
+        let toml =
+            "[redis]\nsentinels = [\"redis://:hunter2@127.0.0.1:26379\"]\nmaster_name = \"hub\"\n";
+        let config = load(toml).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub async fn start_with(
         app = app.merge(crate::api::router(api));
     }
     serve_http(listener, app, &tasks, &shutdown);
-    tracing::info!(%http_addr, bus = if config.redis.url.is_some() { "redis" } else { "embedded" }, "hub-bridge started");
+    tracing::info!(%http_addr, bus = if config.redis.is_configured() { "redis" } else { "embedded" }, "hub-bridge started");
 
     Ok(Running {
         http_addr,
@@ -179,7 +179,8 @@ pub async fn start_with(
     })
 }
 
-/// The bus the hub runs on: Redis when `redis.url` is set, else the embedded in-process bus.
+/// The bus the hub runs on: Redis when `redis.url` or `redis.sentinels` is set, else the
+/// embedded in-process bus.
 fn open_bus(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -187,18 +188,17 @@ fn open_bus(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Bus>, StartError> {
-    Ok(match &config.redis.url {
-        Some(url) => Arc::new(RedisBus::new(
-            url.expose(),
+    Ok(if config.redis.is_configured() {
+        Arc::new(RedisBus::from_config(
+            &config.redis,
             metrics.clone(),
-            health.component("redis"),
-        )?),
-        None => {
-            let bus = EmbeddedBus::new(metrics.clone());
-            spawn_expiry_sweeper(&bus, tasks, shutdown.clone());
-            health.component("bus").ready("embedded in-process bus");
-            Arc::new(bus)
-        }
+            health,
+        )?)
+    } else {
+        let bus = EmbeddedBus::new(metrics.clone());
+        spawn_expiry_sweeper(&bus, tasks, shutdown.clone());
+        health.component("bus").ready("embedded in-process bus");
+        Arc::new(bus)
     })
 }
 

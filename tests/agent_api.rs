@@ -67,6 +67,7 @@ fn base_config(redis: Option<&RedisServer>) -> Config {
     Config {
         redis: RedisConfig {
             url: redis.map(|redis| Secret::new(redis.url())),
+            ..RedisConfig::default()
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),

@@ -78,6 +78,7 @@ impl Harness {
             agents,
             redis: RedisConfig {
                 url: Some(Secret::new(redis.url())),
+                ..RedisConfig::default()
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),

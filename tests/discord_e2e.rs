@@ -105,6 +105,7 @@ impl Harness {
         let mut config = Config {
             redis: RedisConfig {
                 url: Some(Secret::new(redis.url())),
+                ..RedisConfig::default()
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("address"),
@@ -1323,6 +1324,7 @@ async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
     let service_config = Config {
         redis: RedisConfig {
             url: Some(Secret::new(redis.url())),
+            ..RedisConfig::default()
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),

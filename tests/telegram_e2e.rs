@@ -171,6 +171,7 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
     Config {
         redis: RedisConfig {
             url: Some(Secret::new(redis.url())),
+            ..RedisConfig::default()
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),

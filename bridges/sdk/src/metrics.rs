@@ -136,6 +136,8 @@ pub struct Metrics {
     pub bridge_queue_overflow: Family<BridgeLabels, Counter>,
     pub subscriber_overflow: Counter,
     pub redis_reconnects: Counter,
+    /// Durable Redis writes fewer than `redis.wait_replicas` replicas acknowledged within 1 s.
+    pub redis_wait_shortfalls: Counter,
     pub relayed: Family<BridgeEventType, Counter>,
     pub published: Family<BridgeEventType, Counter>,
     pub relay_latency: Family<BridgeDirection, Histogram, fn() -> Histogram>,
@@ -169,6 +171,7 @@ impl Default for Metrics {
             bridge_queue_overflow: Family::default(),
             subscriber_overflow: Counter::default(),
             redis_reconnects: Counter::default(),
+            redis_wait_shortfalls: Counter::default(),
             relayed: Family::default(),
             published: Family::default(),
             relay_latency: Family::new_with_constructor(latency_histogram),
@@ -229,6 +232,11 @@ impl Metrics {
             "redis_reconnects",
             "Times the Redis subscriber was rebuilt or re-subscribed",
             self.redis_reconnects.clone(),
+        );
+        registry.register(
+            "redis_wait_shortfalls",
+            "Durable Redis writes fewer than redis.wait_replicas replicas acknowledged within 1 s",
+            self.redis_wait_shortfalls.clone(),
         );
         registry.register(
             "relayed",

@@ -1,13 +1,19 @@
-//! The command side of the Redis bus: [`RedisStore`], its lazily connected manager that is
-//! replaced after a timeout, the mapping of each [`Op`] onto a pipeline entry, and the reading of
+//! The command side of the Redis bus: [`RedisStore`], its lazily connected managers that are
+//! rebuilt after a timeout (and, under Sentinel, when the primary moves), the mapping of each
+//! [`Op`] onto a pipeline entry, the `WAIT` that follows durable writes, and the reading of
 //! replies and errors (which server errors mean "not now" rather than "never").
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use hub_bridge_sdk::health::Component;
+use hub_bridge_sdk::metrics::Metrics;
 use hub_bridge_sdk::{Op, Reply, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::primary::{address, Primary};
 use super::scripts::{
     ACQUIRE_LEASE, CHECK_FENCE, FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, LIST_REPLACE,
     MERGE_JSON, PUBLISH_ONCE, RELEASE_LEASE, RENEW_LEASE, TOUCH_PRESENCE, UPDATE_JOB,
@@ -18,58 +24,284 @@ use super::MAX_RECONNECT_DELAY;
 ///
 /// A response timeout is not a disconnect to redis-rs, so a connection that went silent (the
 /// network dropped it without a reset) would time out forever; after a timeout the store
-/// replaces its connection instead.
+/// replaces its connection instead. Under Sentinel it also replaces it when the node is gone or
+/// answers as a replica (`READONLY`), asking the Sentinels for the primary again.
 pub struct RedisStore {
-    client: redis::Client,
-    // A std mutex: held only to clone or replace the manager, never across an await.
-    manager: std::sync::Mutex<ConnectionManager>,
+    primary: Arc<Primary>,
+    commands: Slot,
+    /// With `redis.wait_replicas`: the batches that wait for replicas, on their own connection
+    /// (a `WAIT` holds its connection for up to a second, and would hold up the hub loop's
+    /// commands behind it).
+    durable: Option<(Slot, Replicas)>,
 }
 
 impl RedisStore {
     const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-    pub(super) fn new(client: redis::Client) -> redis::RedisResult<Self> {
-        let manager = Self::connect(&client)?;
-        Ok(Self {
-            client,
-            manager: std::sync::Mutex::new(manager),
-        })
+    pub(super) fn new(primary: Arc<Primary>, replicas: Option<Replicas>) -> Self {
+        Self {
+            primary,
+            commands: Slot::default(),
+            durable: replicas.map(|replicas| (Slot::default(), replicas)),
+        }
     }
 
     /// A manager that connects on first use, so the service starts while Redis is down.
-    fn connect(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    fn connect(client: redis::Client) -> redis::RedisResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_max_delay(MAX_RECONNECT_DELAY)
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Self::RESPONSE_TIMEOUT));
-        ConnectionManager::new_lazy_with_config(client.clone(), config)
+        ConnectionManager::new_lazy_with_config(client, config)
     }
 
-    fn manager(&self) -> ConnectionManager {
-        self.manager
+    /// The slot's manager, built (after asking where the primary is) when there is none.
+    /// A manager built under an older [`Primary::epoch`] is on a primary that is gone: rebuilt.
+    async fn manager(&self, slot: &Slot) -> Result<(u64, ConnectionManager), StoreError> {
+        if let Some(current) = slot.current(self.primary.epoch()) {
+            return Ok(current);
+        }
+        // One rebuild at a time: the others wait for it instead of asking the Sentinels too.
+        let _rebuilding = slot.rebuild.lock().await;
+        if let Some(current) = slot.current(self.primary.epoch()) {
+            return Ok(current);
+        }
+        let client = self
+            .primary
+            .client()
+            .await
+            .map_err(StoreError::Unavailable)?;
+        // Read after the lookup: it may have moved the epoch on itself (a new address).
+        let epoch = self.primary.epoch();
+        let node = address(&client);
+        let manager = Self::connect(client).map_err(store_error)?;
+        if self.primary.can_move() {
+            tracing::info!(%node, "redis command connection to the primary");
+        }
+        Ok(slot.set(epoch, manager))
+    }
+
+    /// Drops a manager that cannot be trusted any more, so the next batch builds a fresh one:
+    /// after a timeout (a silent connection), and when the primary can move, after a lost
+    /// connection or a write refused by a replica.
+    fn after_error(&self, slot: &Slot, generation: u64, error: &redis::RedisError) {
+        let moved = self.primary.can_move()
+            && (error.is_io_error()
+                || error.is_connection_refusal()
+                || error.is_connection_dropped()
+                || error.code() == Some("READONLY"));
+        if moved {
+            self.primary.lost();
+        }
+        if (error.is_timeout() || moved) && slot.forget(generation) {
+            tracing::warn!(
+                reason = if error.is_timeout() {
+                    "timed out"
+                } else {
+                    "lost or not the primary"
+                },
+                "redis command connection replaced"
+            );
+        }
+    }
+}
+
+/// One lazily built connection manager, replaced as a whole when it goes bad.
+#[derive(Default)]
+struct Slot {
+    // A std mutex: held only to clone or swap the manager, never across an await. The generation
+    // lets an error drop only the manager it came from, not one a concurrent batch just built;
+    // the epoch is the primary's when it was built.
+    current: std::sync::Mutex<Option<Built>>,
+    rebuild: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Built {
+    generation: u64,
+    epoch: u64,
+    manager: ConnectionManager,
+}
+
+impl Slot {
+    /// The manager and its generation, unless there is none or it was built under another epoch.
+    fn current(&self, epoch: u64) -> Option<(u64, ConnectionManager)> {
+        self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .filter(|built| built.epoch == epoch)
+            .map(|built| (built.generation, built.manager.clone()))
     }
 
-    fn replace_silent_connection(&self) {
-        match Self::connect(&self.client) {
-            Ok(fresh) => {
-                *self
-                    .manager
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                tracing::warn!("redis command connection timed out; replaced it");
-            }
-            Err(error) => tracing::warn!(%error, "could not replace the redis command connection"),
+    fn set(&self, epoch: u64, manager: ConnectionManager) -> (u64, ConnectionManager) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Built {
+            generation,
+            epoch,
+            manager: manager.clone(),
+        });
+        (generation, manager)
+    }
+
+    /// Forgets the manager of `generation`; false when it was already replaced.
+    fn forget(&self, generation: u64) -> bool {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|built| built.generation == generation)
+        {
+            *current = None;
+            return true;
         }
+        false
+    }
+}
+
+/// `redis.wait_replicas`: how many replicas must acknowledge a durable batch, and what the store
+/// shows when they do not.
+///
+/// After a shortfall the store is degraded: for [`Replicas::RETRY_AFTER`] durable batches go on
+/// without waiting (each counted as a shortfall: nothing acknowledged it), so a missing replica
+/// costs one stalled second per window instead of one per write; then the next batch waits again
+/// and decides.
+pub(super) struct Replicas {
+    wanted: u32,
+    metrics: Arc<Metrics>,
+    /// The `redis_replicas` component of `/readyz`: ready throughout (the writes stand on the
+    /// primary), its detail saying whether the last durable write was acknowledged.
+    status: Component,
+    degraded_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Replicas {
+    /// How long `WAIT` may take: the spec's one second.
+    const WAIT_MILLIS: u64 = 1000;
+    const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+    pub(super) fn new(wanted: u32, metrics: Arc<Metrics>, status: Component) -> Self {
+        status.ready(&format!(
+            "waiting for {wanted} replica(s) on durable writes; none yet"
+        ));
+        Self {
+            wanted,
+            metrics,
+            status,
+            degraded_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the next durable batch should wait, or go on at once because the store is
+    /// degraded.
+    fn should_wait(&self) -> bool {
+        let degraded_until = self
+            .degraded_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        degraded_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Reads `WAIT`'s reply: the number of replicas that acknowledged.
+    fn record(&self, reply: Option<redis::Value>) {
+        let acknowledged = match reply {
+            Some(redis::Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        let mut degraded_until = self
+            .degraded_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if acknowledged >= self.wanted {
+            if degraded_until.take().is_some() {
+                tracing::info!(
+                    acknowledged,
+                    "redis replicas acknowledge durable writes again"
+                );
+            }
+            self.status.ready(&format!(
+                "{acknowledged} of {} replica(s) acknowledged the last durable write",
+                self.wanted
+            ));
+            return;
+        }
+        self.metrics.redis_wait_shortfalls.inc();
+        if degraded_until.is_none() {
+            tracing::warn!(
+                acknowledged,
+                wanted = self.wanted,
+                "redis replicas did not acknowledge a durable write within 1 s; going on"
+            );
+        }
+        *degraded_until = Some(Instant::now() + Self::RETRY_AFTER);
+        self.status.ready(&format!(
+            "degraded: {acknowledged} of {} replica(s) acknowledged the last durable write \
+             within 1 s (redis.wait_replicas)",
+            self.wanted
+        ));
+    }
+
+    /// A durable batch written without waiting, while degraded.
+    fn record_unconfirmed(&self) {
+        self.metrics.redis_wait_shortfalls.inc();
+    }
+}
+
+/// Whether a batch holding `op` is durable: it writes the records the relay relies on across a
+/// failover (SPEC section 6): outbox jobs and their index (`RPush`, `LPush`, `LRem`, `LReplace`,
+/// `ForgetIfEmpty`, `UpdateJob`), the message map, cursors, claims and leases (`Set`,
+/// `PublishOnce`; `AcquireLease`, whose fencing counter must never go back). The hub's
+/// own derived state (presence, members, typing, agent cards), rate windows and plain publishes
+/// are not: the next event rebuilds them, and waiting on each would put a replication round trip
+/// into the hub loop for every event. A match without a wildcard, so a new op must be placed.
+fn is_durable(op: &Op) -> bool {
+    match op {
+        Op::Set { .. }
+        | Op::RPush { .. }
+        | Op::LPush { .. }
+        | Op::LRem { .. }
+        | Op::LReplace { .. }
+        | Op::ForgetIfEmpty { .. }
+        | Op::UpdateJob { .. }
+        | Op::AcquireLease { .. }
+        | Op::PublishOnce { .. } => true,
+        Op::Get { .. }
+        | Op::Del { .. }
+        | Op::Exists { .. }
+        | Op::Expire { .. }
+        | Op::TtlMillis { .. }
+        | Op::HSet { .. }
+        | Op::HGetAll { .. }
+        | Op::ZAdd { .. }
+        | Op::ZRem { .. }
+        | Op::ZRangeByScore { .. }
+        | Op::SAdd { .. }
+        | Op::SRem { .. }
+        | Op::SMembers { .. }
+        | Op::IncrWindow { .. }
+        | Op::TouchPresence { .. }
+        | Op::MergeJson { .. }
+        | Op::TrimToNewest { .. }
+        | Op::LRange { .. }
+        | Op::IncrWindowOnce { .. }
+        | Op::RenewLease { .. }
+        | Op::ReleaseLease { .. }
+        | Op::CheckFence { .. }
+        | Op::Publish { .. } => false,
     }
 }
 
 impl RedisStore {
     /// Runs the ops as one pipeline; with `per_op`, error replies come back per op (as
-    /// `Value::ServerError`) instead of failing the whole pipeline.
+    /// `Value::ServerError`) instead of failing the whole pipeline. A durable batch ends with
+    /// `WAIT` when `redis.wait_replicas` asks for it.
     async fn pipeline(
         &self,
         ops: &[Op],
@@ -83,17 +315,42 @@ impl RedisStore {
             .iter()
             .map(|op| add_to_pipeline(&mut pipe, op))
             .collect();
-        let mut connection = self.manager();
-        match pipe.query_async(&mut connection).await {
-            Ok(values) => Ok((values, shapes)),
+        let (slot, replicas) = match &self.durable {
+            Some((slot, replicas)) if ops.iter().any(is_durable) => (slot, Some(replicas)),
+            _ => (&self.commands, None),
+        };
+        let waits = replicas.is_some_and(Replicas::should_wait);
+        if let Some(replicas) = replicas.filter(|_| waits) {
+            pipe.cmd("WAIT")
+                .arg(replicas.wanted)
+                .arg(Replicas::WAIT_MILLIS);
+        }
+        let (generation, mut connection) = self.manager(slot).await?;
+        let mut values: Vec<redis::Value> = match pipe.query_async(&mut connection).await {
+            Ok(values) => values,
             Err(error) => {
-                if error.is_timeout() {
-                    self.replace_silent_connection();
-                }
-                Err(store_error(error))
+                self.after_error(slot, generation, &error);
+                return Err(store_error(error));
+            }
+        };
+        if let Some(replicas) = replicas {
+            if waits {
+                replicas.record(values.pop());
+            } else {
+                replicas.record_unconfirmed();
             }
         }
+        if self.primary.can_move() && values.iter().any(is_readonly) {
+            self.primary.lost();
+            slot.forget(generation);
+        }
+        Ok((values, shapes))
     }
+}
+
+/// A per-op error reply from a node that is a replica now.
+fn is_readonly(value: &redis::Value) -> bool {
+    matches!(value, redis::Value::ServerError(error) if error.code() == "READONLY")
 }
 
 impl Store for RedisStore {
