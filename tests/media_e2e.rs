@@ -855,7 +855,7 @@ async fn a_telegram_photo_reaches_discord_as_an_upload_and_a_discord_file_telegr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_over_discords_limit_goes_as_its_link_and_a_sticker_as_a_picture() {
+async fn a_file_over_discords_limit_goes_as_its_link_and_a_sticker_as_a_linked_picture() {
     let h = Harness::start(|_| {}).await;
     let huge = h.web.url("/huge.bin");
     h.agent_says_in(
@@ -889,11 +889,10 @@ async fn a_file_over_discords_limit_goes_as_its_link_and_a_sticker_as_a_picture(
         "{line}"
     );
 
-    let sticker = UserMessage::new(CHANNEL, Some(GUILD), ada(), "").sticker(StickerItem::new(
-        1_500_000_000_000_000_001,
-        "wave",
-        1,
-    ));
+    let (sticker_id, image) = (1_500_000_000_000_000_001, png(600));
+    h.dc.add_sticker_image(sticker_id, image.clone());
+    let sticker = UserMessage::new(CHANNEL, Some(GUILD), ada(), "")
+        .sticker(StickerItem::new(sticker_id, "wave", 1));
     h.dc.post_user_message(sticker);
     let seen = h
         .spy
@@ -903,5 +902,12 @@ async fn a_file_over_discords_limit_goes_as_its_link_and_a_sticker_as_a_picture(
         })
         .await;
     assert_eq!(seen.event()["message"]["contentBlocks"][0]["type"], "image");
+    // A link to the service, which reads the sticker from Discord's media CDN.
+    let url = block_url(&seen, 0);
+    assert!(url.contains("/media/"), "{url}");
+    assert_eq!(
+        fetch(&url).await.bytes().await.unwrap().as_ref(),
+        &image[..]
+    );
     h.stop().await;
 }

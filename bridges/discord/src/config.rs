@@ -182,9 +182,16 @@ impl BridgeConfig for DiscordConfig {
     }
 
     fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
+        let api_url = self.api_url.trim_end_matches('/');
+        let media_cdn = if api_url == default_api_url() {
+            "https://media.discordapp.net".to_owned()
+        } else {
+            api_url.to_owned()
+        };
         Some(Arc::new(DiscordFiles {
             rest: Rest::new(self.token.expose(), &self.api_url),
             cdn: reqwest::Client::new(),
+            media_cdn,
         }))
     }
 }

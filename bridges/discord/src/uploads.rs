@@ -133,23 +133,73 @@ fn too_large(error: RestError) -> SendError {
     }
 }
 
-/// Where Discord attachments are read when a media link to one is opened.
+/// Where Discord attachments and stickers are read when a media link to one is opened.
 pub struct DiscordFiles {
     pub rest: Rest,
-    /// For the CDN, which must not see the bot's token.
+    /// For the CDNs, which must not see the bot's token.
     pub cdn: reqwest::Client,
+    /// Discord's media CDN (stickers): `https://media.discordapp.net`, or `discord.api_url` when
+    /// that is a proxy or a fake.
+    pub media_cdn: String,
+}
+
+impl DiscordFiles {
+    /// A sticker's image, from the media CDN (public: no token).
+    async fn sticker(&self, sticker: u64, extension: &str) -> Result<Download, SourceError> {
+        let url = format!("{}/stickers/{sticker}.{extension}", self.media_cdn);
+        self.stream(&url).await
+    }
+
+    /// Streams a CDN file.
+    async fn stream(&self, url: &str) -> Result<Download, SourceError> {
+        let response = self
+            .cdn
+            .get(url)
+            .send()
+            .await
+            .map_err(|error| SourceError::Unavailable(error.without_url().to_string()))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => return Err(SourceError::Gone),
+            status => {
+                return Err(SourceError::Unavailable(format!(
+                    "Discord's CDN answered {status}"
+                )))
+            }
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(CONTENT_TYPE);
+        let length = header(CONTENT_LENGTH).and_then(|length| length.parse().ok());
+        let body = response
+            .bytes_stream()
+            .map_err(|error| std::io::Error::other(error.without_url().to_string()));
+        Ok(Download {
+            content_type,
+            length,
+            body: body.boxed(),
+        })
+    }
 }
 
 impl MediaSource for DiscordFiles {
     fn open<'a>(&'a self, file: &'a FileRef) -> BoxFuture<'a, Result<Download, SourceError>> {
         Box::pin(async move {
-            let FileRef::Discord {
-                channel,
-                message,
-                attachment,
-            } = file
-            else {
-                return Err(SourceError::Gone);
+            let (channel, message, attachment) = match file {
+                FileRef::Discord {
+                    channel,
+                    message,
+                    attachment,
+                } => (channel, message, attachment),
+                FileRef::DiscordSticker { sticker, extension } => {
+                    return self.sticker(*sticker, extension).await;
+                }
+                FileRef::Telegram { .. } => return Err(SourceError::Gone),
             };
             let route = Route::ChannelMessage {
                 channel_id: ids::channel(*channel).map_err(|_| SourceError::Gone)?,
@@ -178,38 +228,7 @@ impl MediaSource for DiscordFiles {
                 .find(|candidate| candidate["id"] == wanted.as_str())
                 .and_then(|candidate| candidate["url"].as_str())
                 .ok_or(SourceError::Gone)?;
-            let response = self
-                .cdn
-                .get(url)
-                .send()
-                .await
-                .map_err(|error| SourceError::Unavailable(error.without_url().to_string()))?;
-            match response.status().as_u16() {
-                200 => {}
-                404 => return Err(SourceError::Gone),
-                status => {
-                    return Err(SourceError::Unavailable(format!(
-                        "Discord's CDN answered {status}"
-                    )))
-                }
-            }
-            let header = |name| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let content_type = header(CONTENT_TYPE);
-            let length = header(CONTENT_LENGTH).and_then(|length| length.parse().ok());
-            let body = response
-                .bytes_stream()
-                .map_err(|error| std::io::Error::other(error.without_url().to_string()));
-            Ok(Download {
-                content_type,
-                length,
-                body: body.boxed(),
-            })
+            self.stream(url).await
         })
     }
 }

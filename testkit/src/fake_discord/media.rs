@@ -130,6 +130,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl FakeDiscord {
+    /// Serves `bytes` as sticker `id`'s image at `/stickers/{id}.png` (or any extension).
+    pub fn add_sticker_image(&self, id: u64, bytes: impl Into<Bytes>) {
+        let bytes = bytes.into();
+        self.shared.mutate(|st| st.cdn.stickers.insert(id, bytes));
+    }
+
     /// A freshly signed CDN URL for an attachment the fake holds, or None once it is gone.
     pub fn attachment_url(&self, attachment_id: u64) -> Option<String> {
         let st = self.shared.lock();
@@ -166,6 +172,9 @@ pub(super) struct Cdn {
     offset_secs: u64,
     lifetime: Duration,
     files: HashMap<u64, CdnFile>,
+    /// Sticker images by sticker id, served at `/stickers/{id}.{ext}` as Discord's media CDN
+    /// serves them (public, unsigned).
+    stickers: HashMap<u64, Bytes>,
     pub(super) counts: MediaCounts,
 }
 
@@ -179,6 +188,7 @@ impl Default for Cdn {
             offset_secs: 0,
             lifetime: DEFAULT_URL_LIFETIME,
             files: HashMap::new(),
+            stickers: HashMap::new(),
             counts: MediaCounts::default(),
         }
     }
@@ -468,6 +478,24 @@ impl St {
 }
 
 // ===================== HTTP =====================
+
+/// `GET /stickers/{id}.{ext}`: a sticker's image, as Discord's media CDN serves it.
+pub(super) async fn sticker(State(sh): State<Arc<Shared>>, uri: Uri) -> Response {
+    let name = uri.path().rsplit('/').next().unwrap_or_default();
+    let id = name.split('.').next().and_then(|id| id.parse::<u64>().ok());
+    sh.mutate(
+        |st| match id.and_then(|id| st.cdn.stickers.get(&id).cloned()) {
+            Some(bytes) => {
+                st.cdn.counts.cdn_downloads += 1;
+                ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
+            }
+            None => {
+                st.cdn.counts.cdn_refused += 1;
+                StatusCode::NOT_FOUND.into_response()
+            }
+        },
+    )
+}
 
 /// `GET /attachments/{channel}/{attachment}/{filename}` (and under `/proxy`, the media proxy).
 pub(super) async fn cdn(

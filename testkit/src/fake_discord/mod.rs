@@ -281,6 +281,7 @@ impl FakeDiscord {
         let app = Router::new()
             .route("/ws", get(gateway_upgrade))
             .route("/attachments/{c}/{a}/{f}", get(media::cdn))
+            .route("/stickers/{file}", get(media::sticker))
             .route("/proxy/attachments/{c}/{a}/{f}", get(media::cdn))
             .fallback(rest)
             .layer(DefaultBodyLimit::max(media::BODY_LIMIT))

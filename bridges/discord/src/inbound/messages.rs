@@ -10,6 +10,7 @@ use hub_bridge_sdk::event::ContentBlock;
 use hub_bridge_sdk::media::FileRef;
 use hub_bridge_sdk::relay::{Parent, PartId, PlatformEvent, Said, SharedFile, ThreadRef};
 use serenity::model::channel::{Message, MessageType};
+use serenity::model::sticker::StickerFormatType;
 use serenity::model::user::User;
 
 use super::{person, place, Inbound, Location, MAX_LOOKUPS_PER_MESSAGE};
@@ -176,9 +177,8 @@ impl Inbound {
     }
 }
 
-/// A linked message's attachments, each named by where Discord keeps it (the engine links to
-/// it), and its stickers (Discord's public sticker images). `channel` is the channel the message
-/// is in (the thread, inside one).
+/// A linked message's attachments and stickers, each named by where Discord keeps it (the engine
+/// links to it). `channel` is the channel the message is in (the thread, inside one).
 fn files(message: &Message, channel: u64) -> Vec<SharedFile> {
     let attachments = format::content_blocks(&message.attachments).unwrap_or_default();
     let mut files: Vec<SharedFile> = attachments
@@ -194,11 +194,26 @@ fn files(message: &Message, channel: u64) -> Vec<SharedFile> {
             }),
         })
         .collect();
-    files.extend(
-        stickers(message)
-            .into_iter()
-            .map(|block| SharedFile { block, file: None }),
-    );
+    for sticker in &message.sticker_items {
+        // Lottie stickers are animation data (JSON), the rest pictures.
+        let (kind, extension, mime) = match sticker.format_type {
+            StickerFormatType::Gif => (ContentBlock::IMAGE, "gif", "image/gif"),
+            StickerFormatType::Lottie => (ContentBlock::FILE, "json", "application/json"),
+            _ => (ContentBlock::IMAGE, "png", "image/png"),
+        };
+        files.push(SharedFile {
+            block: ContentBlock {
+                kind: kind.to_owned(),
+                name: Some(sticker.name.clone()),
+                mime_type: Some(mime.to_owned()),
+                ..ContentBlock::default()
+            },
+            file: Some(FileRef::DiscordSticker {
+                sticker: sticker.id.get(),
+                extension: extension.to_owned(),
+            }),
+        });
+    }
     files
 }
 

@@ -29,6 +29,8 @@ pub enum FileRef {
         message: u64,
         attachment: u64,
     },
+    /// A Discord sticker's image, from Discord's media CDN (`extension`: `png` or `gif`).
+    DiscordSticker { sticker: u64, extension: String },
 }
 
 impl FileRef {
@@ -36,7 +38,7 @@ impl FileRef {
     pub fn platform(&self) -> &'static str {
         match self {
             Self::Telegram { .. } => "telegram",
-            Self::Discord { .. } => "discord",
+            Self::Discord { .. } | Self::DiscordSticker { .. } => "discord",
         }
     }
 }
