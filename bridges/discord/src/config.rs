@@ -190,7 +190,12 @@ impl BridgeConfig for DiscordConfig {
         };
         Some(Arc::new(DiscordFiles {
             rest: Rest::new(self.token.expose(), &self.api_url),
-            cdn: reqwest::Client::new(),
+            // A CDN that stalls fails the read instead of holding an agent's request for ever.
+            cdn: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
             media_cdn,
         }))
     }
