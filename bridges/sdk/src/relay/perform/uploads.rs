@@ -89,7 +89,15 @@ impl<C: Connector> Core<C> {
                 }
                 self.record_progress(place, hub_message_id, look, progress)
                     .await?;
-                captioned?;
+                match captioned {
+                    Ok(_) => {}
+                    // The platform refused these files for good (not a picture after all, too
+                    // large for it): they are named instead, and the text still goes.
+                    Err(SendError::Permanent(reason)) => {
+                        self.refused_upload(place, progress, about, reason).await;
+                    }
+                    Err(retry) => return Err(retry),
+                }
             }
             progress.uploaded += 1;
         }
@@ -158,6 +166,27 @@ impl<C: Connector> Core<C> {
         }
         progress.uploads[progress.uploaded] = kept;
         files
+    }
+
+    /// Names the files of the current upload after the text and dead-letters them with the
+    /// platform's reason.
+    async fn refused_upload(
+        &self,
+        place: &Place,
+        progress: &mut SendProgress<C::Part>,
+        about: &About,
+        reason: String,
+    ) {
+        let group = std::mem::take(&mut progress.uploads[progress.uploaded]);
+        for block in &group {
+            let name = file_name(block, block.url.as_deref().unwrap_or_default());
+            let line = format!("📎 {name} (could not be uploaded)");
+            progress
+                .parts
+                .extend(self.connector.render_notice(&line, None));
+            self.dead_letter_file(place, about, block, reason.clone())
+                .await;
+        }
     }
 
     async fn tell_agent(&self, about: &About, text: String) {

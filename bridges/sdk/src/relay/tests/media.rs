@@ -308,3 +308,37 @@ async fn a_picture_over_the_picture_limit_goes_as_a_file() {
     );
     m.h.stop().await;
 }
+
+#[tokio::test]
+async fn files_the_platform_refuses_are_named_and_the_text_still_goes() {
+    let m = MediaHarness::new(LIMITS);
+    m.h.connector.refuse_uploads.store(true, Ordering::Relaxed);
+    let blocks = json!([{"type": "image", "url": m.link("cat").await, "name": "cat.png"}]);
+    m.say_with("m1", "look", blocks).await;
+    let lines: Vec<String> = m.h.sends().iter().map(|send| send.2.clone()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "Ada: look".to_owned(),
+            "📎 cat.png (could not be uploaded)".to_owned()
+        ]
+    );
+    let letters =
+        m.h.store
+            .exec(vec![Op::LRange {
+                key: Keys::new("t:").dead_letters("memory"),
+                start: 0,
+                stop: -1,
+            }])
+            .await
+            .unwrap()
+            .remove(0)
+            .into_list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].contains("IMAGE_PROCESS_FAILED"),
+        "{}",
+        letters[0]
+    );
+    m.h.stop().await;
+}

@@ -92,6 +92,8 @@ struct Memory {
     /// What files it uploads (none unless a test sets it); a caption longer than `LIMIT` does
     /// not go with them.
     media_limits: Option<crate::relay::connector::MediaLimits>,
+    /// Uploads are refused for good while set.
+    refuse_uploads: std::sync::atomic::AtomicBool,
 }
 
 const LIMIT: usize = 12;
@@ -114,6 +116,7 @@ impl Memory {
             budget: None,
             retry_after_once: Mutex::default(),
             media_limits: None,
+            refuse_uploads: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -290,6 +293,9 @@ impl Connector for Memory {
         shown: &'a mut Vec<PartId>,
     ) -> BoxFuture<'a, Result<bool, SendError>> {
         Box::pin(async move {
+            if self.refuse_uploads.load(Ordering::Relaxed) {
+                return Err(SendError::Permanent("IMAGE_PROCESS_FAILED".to_owned()));
+            }
             // One platform message per file, the caption on the first.
             let ids: Vec<String> = files
                 .iter()
