@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::media::{Download, FileRef, Media, MediaSettings, MediaSource, SourceError};
 use crate::relay::connector::MediaLimits;
+use crate::store::Reply;
 
 /// Files a platform keeps, by Telegram file id.
 struct Files(BTreeMap<&'static str, &'static [u8]>);
@@ -89,6 +90,21 @@ impl MediaHarness {
                     "contentBlocks": blocks}}),
             )
             .await;
+    }
+
+    /// The dead letters kept so far, oldest first.
+    async fn dead_letters(&self) -> Vec<String> {
+        let read = Op::LRange {
+            key: Keys::new("t:").dead_letters("memory"),
+            start: 0,
+            stop: -1,
+        };
+        let replies = self.h.store.exec(vec![read]).await.expect("the store");
+        replies
+            .into_iter()
+            .next()
+            .map(Reply::into_list)
+            .unwrap_or_default()
     }
 
     fn uploads(&self) -> Vec<Call> {
@@ -260,17 +276,7 @@ async fn a_file_that_cannot_go_is_shown_by_name_and_its_agent_told() {
                 && payload.contains("cat.png was not uploaded")),
         "{told:?}"
     );
-    let letters =
-        m.h.store
-            .exec(vec![Op::LRange {
-                key: Keys::new("t:").dead_letters("memory"),
-                start: 0,
-                stop: -1,
-            }])
-            .await
-            .unwrap()
-            .remove(0)
-            .into_list();
+    let letters = m.dead_letters().await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(
         letters[0].contains("no longer has this file"),
@@ -323,17 +329,7 @@ async fn files_the_platform_refuses_are_named_and_the_text_still_goes() {
             "📎 cat.png (could not be uploaded)".to_owned()
         ]
     );
-    let letters =
-        m.h.store
-            .exec(vec![Op::LRange {
-                key: Keys::new("t:").dead_letters("memory"),
-                start: 0,
-                stop: -1,
-            }])
-            .await
-            .unwrap()
-            .remove(0)
-            .into_list();
+    let letters = m.dead_letters().await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0].contains("IMAGE_PROCESS_FAILED"),
