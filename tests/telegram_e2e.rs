@@ -903,8 +903,14 @@ async fn in_a_forum_chat_a_thread_becomes_a_topic_elsewhere_replies() {
     let answer = h.shown(FORUM, "Threaded answer").await;
     assert_eq!(answer.thread_id, Some(topic));
     assert_eq!(answer.reply_to, None);
+    // The fake shows a message before it records the call that sent it: wait for the record.
+    let is_answer = |call: &Call| call.response["message_id"] == answer.message_id;
+    h.tg.wait_until("the answer's sendMessage", WAIT, |tg| {
+        calls_to(tg, "sendMessage", FORUM).iter().any(is_answer)
+    })
+    .await;
     let sent = calls_to(&h.tg, "sendMessage", FORUM);
-    let sent = sent.last().unwrap();
+    let sent = sent.iter().find(|call| is_answer(call)).unwrap();
     assert_eq!(sent.body["message_thread_id"], topic);
     assert!(sent.body.get("reply_parameters").is_none(), "{}", sent.body);
     assert_eq!(sent.response["message_thread_id"], topic);

@@ -112,24 +112,13 @@ impl Discord {
                     .shared
                     .rest
                     .call_with_files(route, &[], &json_body(&post), files, &bucket)
-                    .await
-                    .map_err(too_large)?;
+                    .await?;
                 id_of(answer.as_ref())?
             }
         };
         self.mark_own(id).await;
         shown.push(PartId(id.to_string()));
         Ok(caption.is_some())
-    }
-}
-
-/// Discord's 413 (code 40005) is for good: the file is over its limit.
-fn too_large(error: RestError) -> SendError {
-    match error {
-        RestError::Status { status: 413, .. } => {
-            SendError::Permanent("Discord refused the file as too large".to_owned())
-        }
-        other => other.into(),
     }
 }
 

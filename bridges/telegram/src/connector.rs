@@ -117,7 +117,7 @@ impl Telegram {
             .await
     }
 
-    fn count_plain_fallback(&self, error: &RequestError) {
+    pub(crate) fn count_plain_fallback(&self, error: &RequestError) {
         tracing::warn!(error = %self.redactor.describe(error), "Telegram refused the HTML for its form; sending plain text");
         self.hub
             .metrics()

@@ -5,6 +5,8 @@
 //! Telegram's files may be (its limits), and where a person's file is read from when its media
 //! link is opened ([`TelegramFiles`]).
 
+use std::future::Future;
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
@@ -33,6 +35,29 @@ pub const LIMITS: MediaLimits = MediaLimits {
 
 /// The longest caption, in characters after entity parsing.
 pub const CAPTION_LIMIT: usize = 1024;
+
+/// A caption as one request sends it: the part's HTML, or its plain twin.
+#[derive(Debug, Clone)]
+struct Caption {
+    text: String,
+    html: bool,
+}
+
+impl Caption {
+    fn html(part: &render::Part) -> Self {
+        Self {
+            text: part.html.clone(),
+            html: true,
+        }
+    }
+
+    fn plain(part: &render::Part) -> Self {
+        Self {
+            text: part.plain.clone(),
+            html: false,
+        }
+    }
+}
 
 /// How Telegram shows a file, which decides the method and what it may be grouped with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +145,7 @@ impl Telegram {
         Ok(caption.is_some())
     }
 
-    /// One file, captioned; HTML Telegram refuses for its form goes again as plain text.
+    /// One file, captioned.
     async fn send_one(
         &self,
         chat: i64,
@@ -130,27 +155,33 @@ impl Telegram {
         caption: Option<&render::Part>,
         reply_to: Option<MessageId>,
     ) -> Result<Vec<PartId>, SendError> {
-        let first = self
-            .send_file(
-                chat,
-                place,
-                upload,
-                shown_as,
-                caption.map(|c| (c.html.clone(), true)),
-                reply_to,
-            )
+        let message = self
+            .with_caption(caption, |caption| {
+                self.send_file(chat, place, upload, shown_as, caption, reply_to)
+            })
             .await?;
+        Ok(vec![PartId(message.id.0.to_string())])
+    }
+
+    /// Sends with the caption's HTML and, when Telegram refuses that HTML for its form, once more
+    /// with its plain twin (as a text part falls back, and counted the same way).
+    async fn with_caption<T, Sent>(
+        &self,
+        caption: Option<&render::Part>,
+        send: impl Fn(Option<Caption>) -> Sent,
+    ) -> Result<T, SendError>
+    where
+        Sent: Future<Output = Result<Result<T, RequestError>, SendError>>,
+    {
+        let first = send(caption.map(Caption::html)).await?;
         let sent = match (first, caption) {
             (Err(error), Some(caption)) if is_form_error(&error) => {
-                self.count_plain_caption(&error);
-                let plain = Some((caption.plain.clone(), false));
-                self.send_file(chat, place, upload, shown_as, plain, reply_to)
-                    .await?
+                self.count_plain_fallback(&error);
+                send(Some(Caption::plain(caption))).await?
             }
             (other, _) => other,
         };
-        let message = sent.map_err(|error| self.classify_upload(&error))?;
-        Ok(vec![PartId(message.id.0.to_string())])
+        sent.map_err(|error| self.classify(&error))
     }
 
     /// One request for one file; the outer error is the bridge stopping while it waited.
@@ -160,7 +191,7 @@ impl Telegram {
         place: &Place,
         upload: &Upload,
         shown_as: Shown,
-        caption: Option<(String, bool)>,
+        caption: Option<Caption>,
         reply_to: Option<MessageId>,
     ) -> Result<Result<Message, RequestError>, SendError> {
         let file = input_file(upload);
@@ -171,9 +202,9 @@ impl Telegram {
         macro_rules! send {
             ($request:expr) => {{
                 let mut request = $request;
-                if let Some((text, html)) = caption.clone() {
-                    request = request.caption(text);
-                    if html {
+                if let Some(caption) = caption.clone() {
+                    request = request.caption(caption.text);
+                    if caption.html {
                         request = request.parse_mode(ParseMode::Html);
                     }
                 }
@@ -204,7 +235,7 @@ impl Telegram {
         caption: Option<&render::Part>,
         reply_to: Option<MessageId>,
     ) -> Result<Vec<PartId>, SendError> {
-        let media = |caption: Option<(String, bool)>| -> Vec<InputMedia> {
+        let media = |caption: Option<Caption>| -> Vec<InputMedia> {
             album
                 .iter()
                 .enumerate()
@@ -224,35 +255,16 @@ impl Telegram {
             }
             request
         };
-        let html = caption.map(|caption| (caption.html.clone(), true));
-        let first = self.paced(chat, |_| send(media(html))).await?;
-        let sent = match (first, caption) {
-            (Err(error), Some(caption)) if is_form_error(&error) => {
-                self.count_plain_caption(&error);
-                let plain = Some((caption.plain.clone(), false));
-                self.paced(chat, |_| send(media(plain))).await?
-            }
-            (other, _) => other,
-        };
-        let messages = sent.map_err(|error| self.classify_upload(&error))?;
+        let messages = self
+            .with_caption(caption, |caption| {
+                let media = media(caption);
+                self.paced(chat, |_| send(media))
+            })
+            .await?;
         Ok(messages
             .iter()
             .map(|message| PartId(message.id.0.to_string()))
             .collect())
-    }
-
-    fn count_plain_caption(&self, error: &RequestError) {
-        tracing::warn!(error = %self.redactor.describe(error), "Telegram refused the caption's HTML; sending it as plain text");
-    }
-
-    /// An upload Telegram refuses for its size is refused for good, with the reason.
-    fn classify_upload(&self, error: &RequestError) -> SendError {
-        match error {
-            RequestError::Api(ApiError::RequestEntityTooLarge) => {
-                SendError::Permanent("Telegram refused the file as too large".to_owned())
-            }
-            other => self.classify(other),
-        }
     }
 }
 
@@ -261,14 +273,14 @@ fn input_file(upload: &Upload) -> InputFile {
     InputFile::memory(upload.bytes.clone()).file_name(upload.name.clone())
 }
 
-fn input_media(upload: &Upload, shown_as: Shown, caption: Option<(String, bool)>) -> InputMedia {
+fn input_media(upload: &Upload, shown_as: Shown, caption: Option<Caption>) -> InputMedia {
     let file = input_file(upload);
     macro_rules! captioned {
         ($media:expr) => {{
             let mut media = $media;
-            if let Some((text, html)) = caption {
-                media = media.caption(text);
-                if html {
+            if let Some(caption) = caption {
+                media = media.caption(caption.text);
+                if caption.html {
                     media = media.parse_mode(ParseMode::Html);
                 }
             }

@@ -18,7 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
@@ -255,31 +256,55 @@ async fn read(url: Url, response: reqwest::Response, limit: u64) -> Result<Fetch
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit) {
-        return Err(FetchError::TooLarge {
-            limit,
-            size: announced,
-        });
-    }
     let content_type = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let mut bytes = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(network)?;
-        if (bytes.len() + chunk.len()) as u64 > limit {
-            return Err(FetchError::TooLarge { limit, size: None });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = collect_at_most(announced, response.bytes_stream(), limit)
+        .await
+        .map_err(|refused| match refused {
+            Collect::TooLarge { size } => FetchError::TooLarge { limit, size },
+            Collect::Failed(error) => network(error),
+        })?;
     Ok(Fetched {
         url: url.to_string(),
         content_type,
         bytes,
     })
+}
+
+/// Why a body was not collected.
+pub(crate) enum Collect<E> {
+    /// Over the limit; `size` when it was announced.
+    TooLarge {
+        size: Option<u64>,
+    },
+    Failed(E),
+}
+
+/// Collects a body of at most `limit` bytes: refused at once when its announced `length` is over
+/// it, else as soon as the bytes streamed pass it (SPEC section 5: enforced while streaming, not
+/// after). The buffer is sized for the announced length, never past the limit.
+pub(crate) async fn collect_at_most<E>(
+    length: Option<u64>,
+    body: impl Stream<Item = Result<Bytes, E>>,
+    limit: u64,
+) -> Result<Vec<u8>, Collect<E>> {
+    if let Some(size) = length.filter(|length| *length > limit) {
+        return Err(Collect::TooLarge { size: Some(size) });
+    }
+    let capacity = usize::try_from(length.unwrap_or(0).min(limit)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Collect::Failed)?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(Collect::TooLarge { size: None });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// A request error as the agent is told it: the vetting resolver's refusal when that was the

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use crate::event::now_millis;
@@ -21,6 +20,7 @@ pub mod fetch;
 pub mod link;
 mod source;
 
+use fetch::Collect;
 pub use fetch::{FetchError, FetchPolicy, Fetcher};
 pub use link::{FileRef, LinkError, MediaLinks};
 pub use source::{Download, MediaSource, SourceError};
@@ -205,22 +205,12 @@ pub fn human_size(bytes: u64) -> String {
 
 /// Reads a download whole, refusing it once it is past `limit` bytes.
 async fn read_at_most(download: Download, limit: u64) -> Result<Loaded, LoadError> {
-    if let Some(size) = download.length.filter(|length| *length > limit) {
-        return Err(LoadError::TooLarge {
-            limit,
-            size: Some(size),
-        });
-    }
-    let capacity = download.length.unwrap_or(0).min(limit);
-    let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-    let mut body = download.body;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|error| LoadError::Failed(error.to_string()))?;
-        if (bytes.len() + chunk.len()) as u64 > limit {
-            return Err(LoadError::TooLarge { limit, size: None });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = fetch::collect_at_most(download.length, download.body, limit)
+        .await
+        .map_err(|refused| match refused {
+            Collect::TooLarge { size } => LoadError::TooLarge { limit, size },
+            Collect::Failed(error) => LoadError::Failed(error.to_string()),
+        })?;
     Ok(Loaded {
         content_type: download.content_type,
         bytes,

@@ -99,20 +99,33 @@ impl<C: Connector> Deliver<Job<C::Part>> for Core<C> {
         reason: String,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let name = self.connector.name();
-            let letter = DeadLetter {
-                destination: format!("{name}:{destination}"),
-                event_type: job.about.event_type,
-                reason,
-                agent_id: job.about.agent_id,
-                channel_id: job.about.channel_id,
-                payload: job.about.payload,
-                at: now_millis(),
-            };
-            if let Err(error) = self.hub.dead_letter(name, letter).await {
-                tracing::error!(%error, destination, "could not keep a dead letter");
-            }
+            let letter = self.letter(destination, &job.about, reason);
+            self.keep_dead_letter(letter).await;
         })
+    }
+}
+
+impl<C: Connector> Core<C> {
+    /// A dead letter for a relay of `about` to chat `destination`.
+    fn letter(&self, destination: &str, about: &job::About, reason: String) -> DeadLetter {
+        DeadLetter {
+            destination: format!("{}:{destination}", self.connector.name()),
+            event_type: about.event_type.clone(),
+            reason,
+            agent_id: about.agent_id.clone(),
+            channel_id: about.channel_id.clone(),
+            payload: about.payload.clone(),
+            at: now_millis(),
+        }
+    }
+
+    /// Keeps a dead letter (its agent is told); a store that fails is logged, nothing more can be
+    /// done for it.
+    async fn keep_dead_letter(&self, letter: DeadLetter) {
+        let destination = letter.destination.clone();
+        if let Err(error) = self.hub.dead_letter(self.connector.name(), letter).await {
+            tracing::error!(%error, destination, "could not keep a dead letter");
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! agent told; one that cannot be read is shown by name and dead-lettered with the reason.
 
 use crate::bridge::DeadLetter;
-use crate::event::{now_millis, ContentBlock};
+use crate::event::ContentBlock;
 use crate::media::{human_size, LoadError, Media};
 use crate::outbox::SendError;
 use crate::relay::connector::{Connector, Look, MediaLimits, Place, Upload};
@@ -115,7 +115,7 @@ impl<C: Connector> Core<C> {
         progress: &mut SendProgress<C::Part>,
         about: &About,
     ) -> Vec<Upload> {
-        let group = std::mem::take(&mut progress.uploads[progress.uploaded]);
+        let group = progress.uploads[progress.uploaded].clone();
         let mut kept = Vec::with_capacity(group.len());
         let mut files = Vec::with_capacity(group.len());
         for block in group {
@@ -209,42 +209,45 @@ impl<C: Connector> Core<C> {
         block: &ContentBlock,
         reason: String,
     ) {
-        let name = self.connector.name();
         let letter = DeadLetter {
-            destination: format!("{name}:{}", place.chat),
             event_type: "message.file".to_owned(),
-            reason,
-            agent_id: about.agent_id.clone(),
-            channel_id: about.channel_id.clone(),
             payload: serde_json::to_value(block).unwrap_or_default(),
-            at: now_millis(),
+            ..self.letter(&place.chat.0, about, reason)
         };
-        if let Err(error) = self.hub.dead_letter(name, letter).await {
-            tracing::error!(%error, chat = %place.chat, "could not keep a dead letter");
-        }
+        self.keep_dead_letter(letter).await;
     }
 }
 
-/// The name a file is uploaded under: the block's, else the last segment of its URL's path,
-/// else `file`.
+/// The longest file name used, in characters.
+const MAX_NAME: usize = 128;
+
+/// The name a file is uploaded and named under: the block's, else the last segment of its URL's
+/// path, else `image` or `file`. An agent chose it, so it is made one line with no path in it and
+/// at most [`MAX_NAME`] characters.
 fn file_name(block: &ContentBlock, url: &str) -> String {
-    if let Some(name) = block
+    let given = block
         .name
         .as_deref()
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-    {
-        return name.to_owned();
-    }
-    let path = url.split(['?', '#']).next().unwrap_or_default();
-    let last = path
-        .rsplit('/')
-        .next()
-        .filter(|segment| !segment.is_empty() && !path.ends_with("://"));
-    match last {
-        Some(segment) if path.matches('/').count() > 2 => segment.to_owned(),
-        _ => if block.is_image() { "image" } else { "file" }.to_owned(),
-    }
+        .map(clean)
+        .filter(|name| !name.is_empty());
+    let from_url = || {
+        let url = reqwest::Url::parse(url).ok()?;
+        let last = url.path_segments()?.next_back()?;
+        Some(clean(last)).filter(|name| !name.is_empty())
+    };
+    given
+        .or_else(from_url)
+        .unwrap_or_else(|| if block.is_image() { "image" } else { "file" }.to_owned())
+}
+
+fn clean(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
+        .take(MAX_NAME)
+        .collect();
+    name.trim().to_owned()
 }
 
 #[cfg(test)]
@@ -267,5 +270,16 @@ mod tests {
             ..ContentBlock::default()
         };
         assert_eq!(file_name(&image, "https://x.test/"), "image");
+        // An agent's name is one line without a path, and bounded.
+        let hostile = ContentBlock {
+            name: Some("../../etc/pass\r\nwd".to_owned()),
+            ..ContentBlock::default()
+        };
+        assert_eq!(file_name(&hostile, "https://x.test/a"), ".._.._etc_passwd");
+        let long = ContentBlock {
+            name: Some("x".repeat(1000)),
+            ..ContentBlock::default()
+        };
+        assert_eq!(file_name(&long, "").chars().count(), MAX_NAME);
     }
 }
