@@ -2,7 +2,6 @@
 //! endpoints, all under one cancellation token with a bounded drain on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +21,9 @@ use crate::bus::embedded::{spawn_expiry_sweeper, EmbeddedBus};
 use crate::bus::redis::{InvalidRedisUrl, RedisBus};
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::handover::Handover;
 use crate::hub::state::StateSettings;
-use crate::hub::{Bounds, BridgeQueue, HubLoop};
+use crate::hub::{Bounds, HubLoop};
 use crate::supervisor::supervise;
 
 /// Why the service could not start.
@@ -202,7 +202,8 @@ fn open_bus(
     })
 }
 
-/// Starts each bridge under its supervisor, and returns the queues the hub loop feeds them by.
+/// Starts each bridge under its supervisor, and returns the handovers the hub loop feeds them
+/// through.
 fn spawn_bridges(
     bridges: Vec<Box<dyn Bridge>>,
     config: &Config,
@@ -210,17 +211,13 @@ fn spawn_bridges(
     health: &Health,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Vec<BridgeQueue> {
+) -> Vec<Arc<Handover>> {
     let instance_id = uuid::Uuid::new_v4().to_string();
-    let mut queues = Vec::new();
+    let mut handovers = Vec::new();
     for bridge in bridges {
         let (sender, deliveries) = mpsc::channel(config.hub.bridge_queue);
-        let active = Arc::new(AtomicBool::new(false));
-        queues.push(BridgeQueue {
-            name: bridge.name(),
-            sender,
-            active: active.clone(),
-        });
+        let handover = Arc::new(Handover::new(bridge.name(), sender, hub.metrics_arc()));
+        handovers.push(handover.clone());
         let ctx = BridgeContext {
             deliveries,
             hub: hub.clone(),
@@ -232,11 +229,11 @@ fn spawn_bridges(
             ctx,
             instance_id.clone(),
             shutdown.clone(),
-            active,
+            handover,
             Duration::from_secs(config.ha.lease_ttl_secs),
         ));
     }
-    queues
+    handovers
 }
 
 /// Binds `listen`, first of all: a port in use fails the start at once, and the bound address

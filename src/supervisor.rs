@@ -6,11 +6,11 @@
 //! Each run of a bridge acquires the lease anew and so gets a fencing token of its own
 //! ([`hub_bridge_sdk::fence`]), handed to the run through its context: whatever a run left behind
 //! (after a lost lease, or a restart here) can take and finish no more jobs. The lease lasts
-//! `ha.lease_ttl_secs`, is renewed every third of it, and a standby asks for it every fifth of it
-//! (at most every second).
+//! `ha.lease_ttl_secs`, is renewed every third of it, and a standby asks for it every tenth of it
+//! (at most every half second), so it relays within the TTL and a second of a crash (SPEC
+//! section 6).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use hub_bridge_sdk::guard::panic_message;
 use hub_bridge_sdk::metrics::BridgeKind;
 use hub_bridge_sdk::{Bridge, BridgeContext, Fence, Keys, Op, Reply, Store, StoreError};
 use tokio_util::sync::CancellationToken;
+
+use crate::handover::{self, Found, Handover};
 
 /// The holder renews its lease this many times per TTL: a renewal or two may fail (a slow store)
 /// before the lease is at risk.
@@ -104,16 +106,17 @@ impl<'a> Lease<'a> {
     }
 
     /// How often a standby asks for the lease: well inside the TTL, so it takes over soon after
-    /// the lease expires.
+    /// the lease expires, with time left within the second SPEC allows to start the bridge.
     pub fn retry_every(&self) -> Duration {
-        (self.ttl / 5).min(Duration::from_secs(1))
+        (self.ttl / 10).min(Duration::from_millis(500))
     }
 }
 
 /// Runs one bridge until `shutdown`, holding its lease while it runs.
 ///
-/// `active` is true while this instance holds the lease, so the hub loop hands events only to
-/// bridges that will relay them (a standby instance's queue would otherwise fill up and overflow).
+/// `handover` is how the hub loop hands the bridge its events: into its queue while this instance
+/// holds the lease, kept while another does; on taking the lease over, the kept events the
+/// previous holder had not handed on go into the queue first.
 ///
 /// `lease_ttl` (`ha.lease_ttl_secs`) is how long the lease lasts without renewal: another
 /// instance takes over within it (and [`Lease::retry_every`]) after this one dies.
@@ -123,7 +126,7 @@ pub async fn supervise(
     mut ctx: BridgeContext,
     instance_id: String,
     shutdown: CancellationToken,
-    active: Arc<AtomicBool>,
+    handover: Arc<Handover>,
     lease_ttl: Duration,
 ) {
     let store = ctx.hub.store_arc();
@@ -139,7 +142,6 @@ pub async fn supervise(
     let mut held: Option<Fence> = None;
     while !shutdown.is_cancelled() {
         let Some(fence) = lease.acquire().await else {
-            active.store(false, Ordering::Relaxed);
             ctx.status
                 .not_ready("standby: another instance holds this bridge's lease");
             tokio::select! {
@@ -148,7 +150,9 @@ pub async fn supervise(
             }
         };
         held = Some(fence.clone());
-        active.store(true, Ordering::Relaxed);
+        if !handover.is_running() {
+            take_over(&handover, store.as_ref(), ctx.hub.keys()).await;
+        }
         tracing::info!(fence = fence.token(), "bridge starting");
         let run_token = shutdown.child_token();
         ctx.shutdown = run_token.clone();
@@ -157,23 +161,26 @@ pub async fn supervise(
         ctx.hub.set_fence(Some(fence.clone()));
         let started = Instant::now();
         let status = ctx.status.clone();
-        let result = {
+        let ended = {
             // The run borrows the context the next run reuses, so it is not spawned: the panic is
             // caught where it unwinds. What the context holds (the delivery queue, handles to
             // the store and health) stays usable after a panic; its std mutexes ignore poisoning.
             let run = AssertUnwindSafe(bridge.run(&mut ctx)).catch_unwind();
             tokio::pin!(run);
             tokio::select! {
-                result = &mut run => result,
+                result = &mut run => Some(result),
                 _ = lease.keep(&fence) => {
                     tracing::warn!("lease lost; stopping this bridge here");
-                    active.store(false, Ordering::Relaxed);
                     run_token.cancel();
                     let _ = run.await;
-                    status.not_ready("standby: lease lost to another instance");
-                    continue;
+                    None
                 }
             }
+        };
+        let Some(result) = ended else {
+            handover.stand_by(&mut ctx.deliveries);
+            status.not_ready("standby: lease lost to another instance");
+            continue;
         };
         // Whatever the run left behind (outbox workers, pollers) stops with it, so the next run
         // starts clean and recovers durable work instead of racing the old tasks.
@@ -197,7 +204,7 @@ pub async fn supervise(
             Ok(Err(error)) if error.is_fatal() => {
                 tracing::error!(%error, "bridge stopped for good");
                 status.not_ready(&format!("stopped: {error}"));
-                active.store(false, Ordering::Relaxed);
+                handover.stand_by(&mut ctx.deliveries);
                 lease.release(&fence).await;
                 return;
             }
@@ -222,8 +229,28 @@ pub async fn supervise(
         }
         delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
-    active.store(false, Ordering::Relaxed);
+    handover.stand_by(&mut ctx.deliveries);
     if let Some(fence) = held {
         lease.release(&fence).await;
+    }
+}
+
+/// Takes the bridge over here: the kept events after the previous holder's mark (less those its
+/// hub loop refused) go into the bridge's queue, ahead of what the hub loop hands on from now.
+async fn take_over(handover: &Handover, store: &dyn Store, keys: &Keys) {
+    let mark = handover::read_mark(store, keys, handover.bridge()).await;
+    let refused = handover::refused(store, keys, &handover.candidates(mark)).await;
+    let (found, replayed) = handover.take_over(mark, &refused);
+    match found {
+        Found::Seen | Found::None if replayed == 0 => {}
+        Found::Seen | Found::None => tracing::info!(
+            replayed,
+            "relaying the events the previous holder had not handed on"
+        ),
+        Found::NotSeen => tracing::warn!(
+            replayed,
+            "the previous holder's mark names an event this instance did not keep; relaying \
+             the events read since its time (what was shown already is recognised)"
+        ),
     }
 }

@@ -236,7 +236,8 @@ async fn eventually_sent(platform: &Platform, count: usize) {
 }
 
 /// An instance paused past its lease's TTL carries on with its outboxes: they send nothing, and
-/// the new holder relays every job from the store.
+/// queue nothing in the store either. The new holder relays those events from the ones it kept
+/// while standing by (`tests/handover.rs`), so a job queued here would show them twice.
 async fn a_worker_whose_fence_is_stale_sends_nothing(store: Arc<dyn Store>) {
     let keys = Keys::new("openclaw:");
     let ttl = Duration::from_millis(300);
@@ -253,17 +254,12 @@ async fn a_worker_whose_fence_is_stale_sends_nothing(store: Arc<dyn Store>) {
     outboxes_a.push("chat-1", "m3".to_owned()).await;
     stopped(tasks_a, &paused).await;
     assert_eq!(paused.sent(), Vec::<String>::new());
-    assert_eq!(stored(store.as_ref(), "chat-1").await, ["m1", "m3"]);
-    assert_eq!(stored(store.as_ref(), "chat-2").await, ["m2"]);
+    assert!(stored(store.as_ref(), "chat-1").await.is_empty());
+    assert!(stored(store.as_ref(), "chat-2").await.is_empty());
 
     let holder = Arc::new(Platform::default());
     let (outboxes_b, _tasks_b) = outboxes(&store, &current, &holder);
-    assert_eq!(outboxes_b.recover().await.unwrap(), 3);
-    eventually_sent(&holder, 3).await;
-    let mut sent = holder.sent();
-    sent.sort();
-    assert_eq!(sent, ["chat-1/m1", "chat-1/m3", "chat-2/m2"]);
-    assert!(stored(store.as_ref(), "chat-1").await.is_empty());
+    assert_eq!(outboxes_b.recover().await.unwrap(), 0);
     assert!(paused.sent().is_empty());
 }
 

@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use std::sync::atomic::AtomicBool;
 
 use hub_bridge::bus::embedded::EmbeddedBus;
 use hub_bridge::bus::redis::RedisBus;
 use hub_bridge::bus::{Bus, BusMessage};
 use hub_bridge::config::Config;
+use hub_bridge::handover::Handover;
 use hub_bridge::hub::state::StateSettings;
-use hub_bridge::hub::{BridgeQueue, HubLoop};
+use hub_bridge::hub::HubLoop;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
 use hub_bridge_sdk::limits::{Action, Decision, LimitsConfig, RateLimiter};
@@ -640,11 +640,9 @@ async fn one_error_reply_costs_only_its_own_event(backend: Backend) {
             .unwrap();
     }
     let (relay, mut relayed) = mpsc::channel(64);
-    let queue = BridgeQueue {
-        name: "recorder",
-        sender: relay,
-        active: Arc::new(AtomicBool::new(true)),
-    };
+    let queue = Arc::new(Handover::new("recorder", relay, metrics.clone()));
+    // This instance runs the bridge: its events go into the queue.
+    queue.take_over(None, &[]);
     let limiter = RateLimiter::new(store.clone(), keys.clone(), LimitsConfig::default());
     let hub_loop = HubLoop::new(
         store.clone(),

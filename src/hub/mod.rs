@@ -1,5 +1,6 @@
 //! The hub loop: reads every payload off the bus, keeps the state keys true to it, enforces the
-//! outbound rate limits, and hands each event to every bridge's bounded queue.
+//! outbound rate limits, and hands each event to every bridge's bounded queue (through its
+//! [`Handover`]: kept instead while another instance runs the bridge).
 //!
 //! It never waits on a bridge: a full bridge queue drops the event for that bridge with a count
 //! and a warning. It batches whatever the subscriber has queued (up to [`BATCH`] payloads) into
@@ -9,7 +10,6 @@ mod oversized;
 pub mod state;
 pub mod tracker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use hub_bridge_sdk::event::{
     now_millis, parse, AgentEvent, AgentEventData, AgentEventKind, ChannelEvent, Envelope,
     HubEvent, Inbound, Presence, PresenceStatus, Source,
 };
+use hub_bridge_sdk::handover::EventId;
 use hub_bridge_sdk::limits::{decide, Action, Decision, RateLimiter};
 use hub_bridge_sdk::metrics::{
     ActionDirection, BridgeLabels, Direction, EventTypeLabel, KindLabel, Metrics, ReasonLabel,
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{StreamTap, Tapped};
 use crate::bus::BusMessage;
+use crate::handover::{self, Handover, Offered};
 use state::{FollowUp, StateSettings, Tracking};
 use tracker::PresenceTracker;
 
@@ -52,22 +54,6 @@ impl Default for Bounds {
     }
 }
 
-/// A bridge's inbound queue as the hub loop sees it.
-#[derive(Clone)]
-pub struct BridgeQueue {
-    pub name: &'static str,
-    pub sender: mpsc::Sender<Arc<Delivery>>,
-    /// Whether this instance runs the bridge now (holds its lease); a standby bridge gets
-    /// nothing, since another instance relays for it.
-    pub active: Arc<AtomicBool>,
-}
-
-impl BridgeQueue {
-    fn is_active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
 /// The hub loop and what it needs.
 pub struct HubLoop {
     store: Arc<dyn Store>,
@@ -75,7 +61,9 @@ pub struct HubLoop {
     settings: StateSettings,
     limiter: RateLimiter,
     metrics: Arc<Metrics>,
-    bridges: Vec<BridgeQueue>,
+    /// Each bridge's way in: its queue while this instance runs it, kept for a takeover while
+    /// another does.
+    bridges: Vec<Arc<Handover>>,
     bounds: Bounds,
     /// When each tracked presence expires unless refreshed.
     presences: PresenceTracker,
@@ -85,6 +73,8 @@ pub struct HubLoop {
 
 /// One payload that parsed, on its way through a batch.
 struct Parsed {
+    /// Its name on every instance (handover marks, refusals).
+    id: EventId,
     source: Source,
     inbound: Inbound,
     received_at: Instant,
@@ -100,7 +90,7 @@ impl HubLoop {
         settings: StateSettings,
         limiter: RateLimiter,
         metrics: Arc<Metrics>,
-        bridges: Vec<BridgeQueue>,
+        bridges: Vec<Arc<Handover>>,
     ) -> Self {
         Self {
             store,
@@ -151,6 +141,9 @@ impl HubLoop {
                 }
                 _ = sweep.tick() => {
                     self.expire_presences().await;
+                    for bridge in &self.bridges {
+                        bridge.sweep();
+                    }
                     self.report_queue_depths();
                 }
             }
@@ -242,6 +235,8 @@ impl HubLoop {
                         })
                         .inc();
                     publishes.push(not_relayed_op(&parsed, *action, sender, limit));
+                    // Not for a standby to relay should it take over (it kept the event).
+                    publishes.push(handover::refusal_op(&self.keys, parsed.id));
                     continue;
                 }
             }
@@ -331,6 +326,7 @@ impl HubLoop {
             .get_or_create(&EventTypeLabel { r#type: type_name })
             .inc();
         Some(Parsed {
+            id: EventId::of(&message.channel, &message.payload),
             source,
             inbound,
             received_at: message.received_at,
@@ -350,7 +346,7 @@ impl HubLoop {
     fn outbound_action(&self, parsed: &Parsed) -> Option<(Action, String)> {
         // Counted only where a bridge will relay it, so a standby instance does not use up the
         // agent's allowance.
-        if !self.bridges.iter().any(BridgeQueue::is_active) {
+        if !self.bridges.iter().any(|bridge| bridge.is_running()) {
             return None;
         }
         let (action, sender) = match &parsed.inbound.event {
@@ -385,28 +381,29 @@ impl HubLoop {
 
     fn route(&self, parsed: Parsed) {
         let delivery = Arc::new(Delivery {
+            id: parsed.id,
             source: parsed.source,
             inbound: parsed.inbound,
             received_at: parsed.received_at,
         });
-        for bridge in self.bridges.iter().filter(|bridge| bridge.is_active()) {
-            match bridge.sender.try_send(delivery.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        for bridge in &self.bridges {
+            match bridge.offer(&delivery) {
+                Offered::Queued | Offered::Kept => {}
+                Offered::Full => {
                     self.metrics
                         .bridge_queue_overflow
                         .get_or_create(&BridgeLabels {
-                            bridge: bridge.name,
+                            bridge: bridge.bridge(),
                         })
                         .inc();
                     tracing::warn!(
-                        bridge = bridge.name,
+                        bridge = bridge.bridge(),
                         event = delivery.inbound.event.type_name(),
                         "bridge queue full; event not relayed by this bridge"
                     );
                 }
                 // The bridge has stopped for good (fatal error); its status says why.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offered::Closed => {}
             }
         }
         self.report_queue_depths();
@@ -432,11 +429,11 @@ impl HubLoop {
     /// is never more than a tick stale after a bridge drains its queue.
     fn report_queue_depths(&self) {
         for bridge in &self.bridges {
-            let depth = bridge.sender.max_capacity() - bridge.sender.capacity();
+            let depth = bridge.queue_depth();
             self.metrics
                 .bridge_queue_depth
                 .get_or_create(&BridgeLabels {
-                    bridge: bridge.name,
+                    bridge: bridge.bridge(),
                 })
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }

@@ -15,6 +15,7 @@ use crate::event::{
     Origin, Source,
 };
 use crate::fence::Fence;
+use crate::handover::EventId;
 use crate::health::Component;
 use crate::limits::RateLimiter;
 use crate::media::Media;
@@ -26,6 +27,8 @@ use crate::store::{Keys, Op, Store, StoreError};
 pub struct Delivery {
     pub source: Source,
     pub inbound: Inbound,
+    /// Its name on every instance, for the handover mark ([`crate::handover`]).
+    pub id: EventId,
     /// When the hub loop read it off the bus, for the relay-latency metric.
     pub received_at: Instant,
 }
@@ -186,6 +189,11 @@ impl HubHandle {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The metrics, shared.
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The configured agents, for `/agents`.

@@ -72,6 +72,18 @@ impl Keys {
         self.bridge(format_args!("lease:{bridge}:fence"))
     }
 
+    /// `bridge:handed:{bridge}`: how far the instance running the bridge has handed hub events
+    /// to its durable outboxes ([`crate::handover::Mark`]).
+    pub fn handed(&self, bridge: &str) -> String {
+        self.bridge(format_args!("handed:{bridge}"))
+    }
+
+    /// `bridge:refused:{event}`: a hub event the hub loop refused (its sender over the rate
+    /// limit), so an instance taking a bridge over does not relay it.
+    pub fn refused(&self, event: &str) -> String {
+        self.bridge(format_args!("refused:{event}"))
+    }
+
     /// `bridge:offline:{channelId}:{agentId}`: the claim that publishes an offline transition once
     /// across instances.
     pub fn offline_claim(&self, channel_id: &str, agent_id: &str) -> String {
@@ -341,6 +353,8 @@ mod tests {
                 keys.lease_fence("telegram"),
                 "p:bridge:lease:telegram:fence",
             ),
+            (keys.handed("telegram"), "p:bridge:handed:telegram"),
+            (keys.refused("e1"), "p:bridge:refused:e1"),
             (keys.offline_claim("C", "a"), "p:bridge:offline:C:a"),
             (keys.check_probe("x-1"), "p:bridge:check:x-1"),
             (keys.media_key(), "p:bridge:media:key"),

@@ -13,6 +13,7 @@ pub mod emoji;
 pub mod event;
 pub mod fence;
 pub mod guard;
+pub mod handover;
 pub mod health;
 pub mod ids;
 pub mod keys;

@@ -158,6 +158,18 @@ pub struct Metrics {
     /// Queued jobs taken into a newer one (a streamed answer's edits) or cancelled by one (a
     /// delete of a message not shown yet), so they cost no platform call.
     pub outbox_coalesced: Family<BridgeLabels, Counter>,
+    /// Hub events a standby instance keeps for a bridge another instance runs, to relay those
+    /// the other had not handed on should this one take over (SPEC section 6).
+    pub standby_events: Family<BridgeLabels, Gauge>,
+    /// Events a standby let go of, by reason: `age` (older than the window: the running instance
+    /// has long handed them on) or `full` (the buffer's count bound; lost should this instance
+    /// take over now).
+    pub standby_dropped: Family<BridgeReason, Counter>,
+    /// Takeovers of a bridge's lease by this instance, by how the handover mark was found:
+    /// `seen` (among the kept events), `not_seen` (placed by its time), `none` (no mark yet).
+    pub takeovers: Family<BridgeReason, Counter>,
+    /// Kept events relayed on a takeover because the previous holder had not handed them on.
+    pub replayed: Family<BridgeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,6 +197,10 @@ impl Default for Metrics {
             presence_evictions: Counter::default(),
             outbox_share_refusals: Family::default(),
             outbox_coalesced: Family::default(),
+            standby_events: Family::default(),
+            standby_dropped: Family::default(),
+            takeovers: Family::default(),
+            replayed: Family::default(),
         }
     }
 }
@@ -302,6 +318,26 @@ impl Metrics {
             "outbox_coalesced",
             "Queued relays taken into a newer one or cancelled by it, at no platform call",
             self.outbox_coalesced.clone(),
+        );
+        registry.register(
+            "standby_events",
+            "Hub events kept by a standby instance for a bridge another instance runs",
+            self.standby_events.clone(),
+        );
+        registry.register(
+            "standby_dropped",
+            "Hub events a standby instance let go of, by reason (age, full)",
+            self.standby_dropped.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Takeovers of a bridge by this instance, by how the handover mark was found",
+            self.takeovers.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Kept hub events relayed on a takeover that the previous holder had not handed on",
+            self.replayed.clone(),
         );
     }
 }

@@ -156,6 +156,25 @@ pub enum Op {
         index: String,
         member: String,
     },
+    /// Queues a job in its outbox list in one atomic step, and only while `fence` (when there is
+    /// one) still holds its lease: `RPUSH list value`, then `SADD index member`. Replies `Int(1)`
+    /// when queued, `Int(0)` when the fence refused it: a run that lost its lease adds nothing to
+    /// the lists the new holder works from.
+    PushJob {
+        fence: Option<Fence>,
+        list: String,
+        value: String,
+        index: String,
+        member: String,
+    },
+    /// `SET key value` (no TTL) only while `fence` (when there is one) still holds its lease;
+    /// replies `Int(1)` when set, `Int(0)` when the fence refused it. The handover mark is written
+    /// with it ([`crate::handover::Mark`]), so a run that lost its lease cannot move it.
+    SetFenced {
+        fence: Option<Fence>,
+        key: String,
+        value: String,
+    },
     /// [`Op::IncrWindow`] counted once per `claim_key`: the first time, the counter is incremented
     /// and the new count is kept under `claim_key` for `claim_ttl`; again with the same claim, the
     /// kept count is replied and nothing is counted. A platform event retried after a store error
@@ -509,6 +528,27 @@ pub(crate) mod memory {
                             set.remove(&member);
                         }
                     }
+                    Reply::Int(1)
+                }
+                Op::PushJob {
+                    fence,
+                    list,
+                    value,
+                    index,
+                    member,
+                } => {
+                    if fence.is_some_and(|fence| !Self::holds(keys, &fence)) {
+                        return Ok(Reply::Int(0));
+                    }
+                    state.lists.entry(list).or_default().push(value);
+                    state.sets.entry(index).or_default().insert(member);
+                    Reply::Int(1)
+                }
+                Op::SetFenced { fence, key, value } => {
+                    if fence.is_some_and(|fence| !Self::holds(keys, &fence)) {
+                        return Ok(Reply::Int(0));
+                    }
+                    keys.insert(key, value);
                     Reply::Int(1)
                 }
                 Op::Publish { channel, payload } => {

@@ -79,6 +79,27 @@ impl State {
                 member,
             } => self.update_job(fence, list, remove, head, index, member, now, metrics),
             Op::ReleaseLease { fence } => self.release_lease(&fence, now),
+            Op::PushJob {
+                fence,
+                list,
+                value,
+                index,
+                member,
+            } => {
+                if fence.is_some_and(|fence| !self.holds(&fence, now)) {
+                    return Ok(Reply::Int(0));
+                }
+                self.rpush(list, value, now)?;
+                self.sadd(index, member, now)?;
+                Ok(Reply::Int(1))
+            }
+            Op::SetFenced { fence, key, value } => {
+                if fence.is_some_and(|fence| !self.holds(&fence, now)) {
+                    return Ok(Reply::Int(0));
+                }
+                self.set(key, value, None, false, now)?;
+                Ok(Reply::Int(1))
+            }
             Op::PublishOnce {
                 claim_key,
                 claim_value,

@@ -57,6 +57,16 @@ pub(super) const UPDATE_JOB: &str = "if ARGV[1] ~= '' and \
     if ARGV[3] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[3]) end \
     if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end \
     return 1";
+/// A job queued in its outbox list (KEYS[1]) and its destination (ARGV[3]) in the index (KEYS[2])
+/// while the fence holds: ARGV[1] is the lease's expected value ('' when unfenced, then KEYS[3]
+/// is absent), ARGV[2] the entry.
+pub(super) const PUSH_JOB: &str = "if ARGV[1] ~= '' and \
+      redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end \
+    redis.call('RPUSH', KEYS[1], ARGV[2]) redis.call('SADD', KEYS[2], ARGV[3]) return 1";
+/// KEYS[1] set to ARGV[2] while the fence holds (ARGV[1] and KEYS[2] as in `PUSH_JOB`).
+pub(super) const SET_FENCED: &str = "if ARGV[1] ~= '' and \
+      redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[2]) return 1";
 pub(super) const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 pub(super) const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \

@@ -16,7 +16,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::primary::{address, Primary};
 use super::scripts::{
     ACQUIRE_LEASE, CHECK_FENCE, FORGET_IF_EMPTY, INCR_WINDOW, INCR_WINDOW_ONCE, LIST_REPLACE,
-    MERGE_JSON, PUBLISH_ONCE, RELEASE_LEASE, RENEW_LEASE, TOUCH_PRESENCE, UPDATE_JOB,
+    MERGE_JSON, PUBLISH_ONCE, PUSH_JOB, RELEASE_LEASE, RENEW_LEASE, SET_FENCED, TOUCH_PRESENCE,
+    UPDATE_JOB,
 };
 use super::MAX_RECONNECT_DELAY;
 
@@ -256,7 +257,8 @@ impl Replicas {
 
 /// Whether a batch holding `op` is durable: it writes the records the relay relies on across a
 /// failover (SPEC section 6): outbox jobs and their index (`RPush`, `LPush`, `LRem`, `LReplace`,
-/// `ForgetIfEmpty`, `UpdateJob`), the message map, cursors, claims and leases (`Set`,
+/// `ForgetIfEmpty`, `PushJob`, `UpdateJob`), the handover mark (`SetFenced`), the message map,
+/// cursors, claims and leases (`Set`,
 /// `PublishOnce`; `AcquireLease`, whose fencing counter must never go back). The hub's
 /// own derived state (presence, members, typing, agent cards), rate windows and plain publishes
 /// are not: the next event rebuilds them, and waiting on each would put a replication round trip
@@ -270,6 +272,8 @@ fn is_durable(op: &Op) -> bool {
         | Op::LReplace { .. }
         | Op::ForgetIfEmpty { .. }
         | Op::UpdateJob { .. }
+        | Op::PushJob { .. }
+        | Op::SetFenced { .. }
         | Op::AcquireLease { .. }
         | Op::PublishOnce { .. } => true,
         Op::Get { .. }
@@ -594,6 +598,33 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             cmd.arg(member)
                 .arg(head.as_deref().unwrap_or(""))
                 .arg(remove);
+        }
+        Op::PushJob {
+            fence,
+            list,
+            value,
+            index,
+            member,
+        } => {
+            let cmd = pipe.cmd("EVAL").arg(PUSH_JOB);
+            match fence {
+                Some(fence) => cmd
+                    .arg(3)
+                    .arg(list)
+                    .arg(index)
+                    .arg(fence.key())
+                    .arg(fence.holder()),
+                None => cmd.arg(2).arg(list).arg(index).arg(""),
+            };
+            cmd.arg(value).arg(member);
+        }
+        Op::SetFenced { fence, key, value } => {
+            let cmd = pipe.cmd("EVAL").arg(SET_FENCED);
+            match fence {
+                Some(fence) => cmd.arg(2).arg(key).arg(fence.key()).arg(fence.holder()),
+                None => cmd.arg(1).arg(key).arg(""),
+            };
+            cmd.arg(value);
         }
         Op::ReleaseLease { fence } => {
             pipe.cmd("EVAL")

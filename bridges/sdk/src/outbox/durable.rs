@@ -45,22 +45,25 @@ impl<J: Send + 'static> Outboxes<J> {
                 return None;
             }
         };
-        let ops = vec![
-            Op::RPush {
-                key: self.list_key(destination),
-                value: raw.clone(),
-            },
-            Op::SAdd {
-                key: self.index_key(),
-                member: destination.to_owned(),
-            },
-        ];
-        match self.inner.hub.store().exec(ops).await {
-            Ok(_) => Some(Persisted {
+        let push = Op::PushJob {
+            fence: self.inner.hub.fence().cloned(),
+            list: self.list_key(destination),
+            value: raw.clone(),
+            index: self.index_key(),
+            member: destination.to_owned(),
+        };
+        match self.inner.hub.store().one(push).await {
+            Ok(Reply::Int(1)) => Some(Persisted {
                 id,
                 raw,
                 superseded: Vec::new(),
             }),
+            // The lease's new holder relays this event itself (SPEC section 6); the worker here
+            // will not send it either.
+            Ok(_) => {
+                self.fenced_out();
+                None
+            }
             Err(error) => {
                 tracing::warn!(bridge = self.inner.bridge, destination, %error, "relay kept in memory only: the store is unavailable");
                 None

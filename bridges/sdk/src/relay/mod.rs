@@ -14,10 +14,13 @@
 //! - on the way in: publishing what people do on the platform ([`PlatformEvent`]) into the linked
 //!   channels once, with the inbound rate limit and its notice, waiting for the store (`inbound`);
 //! - dead letters with the reason, and the agent told;
+//! - the handover mark: how far routing has handed hub events to the outboxes, so the instance
+//!   that takes the bridge over next relays what comes after it ([`crate::handover`]);
 //! - the records that make edits, replies and threads work across restarts ([`records`]).
 
 pub mod budget;
 pub mod connector;
+mod handed;
 mod inbound;
 pub mod job;
 pub mod links;
@@ -78,6 +81,8 @@ pub(crate) struct Core<C: Connector> {
     typing: Typing<C>,
     cadence: Cadence,
     shown_parts: ShownParts,
+    /// How far routing has handed hub events to the outboxes (the handover mark).
+    handed: handed::Handed,
     shutdown: CancellationToken,
 }
 
@@ -97,11 +102,16 @@ impl<C: Connector> Relay<C> {
             shown_parts: ShownParts::default(),
             map: MessageMap::new(&hub),
             records: Records::new(hub.store_arc(), hub.keys().clone(), name),
+            handed: handed::Handed::new(&hub, name),
             connector,
             hub: hub.clone(),
             links,
             shutdown: shutdown.clone(),
         });
+        let marks = core.clone();
+        let marks_hub = hub.clone();
+        let marks_stop = shutdown.clone();
+        tasks.spawn(async move { marks.handed.keep_writing(marks_hub, marks_stop).await });
         let outboxes =
             Outboxes::durable_upgrading(name, core.clone(), hub, tasks, shutdown, C::upgrade_job);
         Self { core, outboxes }

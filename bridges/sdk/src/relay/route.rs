@@ -39,6 +39,8 @@ impl<C: Connector> Relay<C> {
             .await;
             drained += 1;
         }
+        // The next holder relays from here on, at once rather than up to a tick later.
+        self.core.handed.write(self.hub()).await;
         if drained > 0 {
             tracing::info!(
                 bridge = self.connector().name(),
@@ -49,8 +51,14 @@ impl<C: Connector> Relay<C> {
         drained
     }
 
-    /// Turns one hub event into jobs for the chats it concerns.
+    /// Turns one hub event into jobs for the chats it concerns, then moves the handover mark past
+    /// it.
     pub async fn route(&self, delivery: &Delivery) {
+        self.route_event(delivery).await;
+        self.core.handed.passed(delivery.id, delivery.received_at);
+    }
+
+    async fn route_event(&self, delivery: &Delivery) {
         match (&delivery.source, &delivery.inbound.event) {
             (Source::Channel(_), HubEvent::Channel(event)) => {
                 self.channel_event(delivery, event).await;

@@ -144,6 +144,16 @@ impl<C: Connector> Core<C> {
         about: &job::About,
     ) -> Result<(), SendError> {
         if send.progress.is_none() {
+            if let Some(id) = send.hub_message_id.as_deref() {
+                // A hub message already shown in this chat is not shown again (SPEC section 6):
+                // an event replayed after a takeover, a job sent just before a crash took it off
+                // its list, an agent publishing the same message twice.
+                let home = home(chat, send.hub_channel.as_deref());
+                if self.first_part(&home, id).await?.is_some() {
+                    self.count_ignored("already_shown");
+                    return Ok(());
+                }
+            }
             send.progress = Some(self.plan(chat, send).await?);
         }
         let Some(progress) = send.progress.as_mut() else {

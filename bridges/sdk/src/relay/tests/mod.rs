@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bridge::{AgentProfile, Delivery, HubHandle};
 use crate::event::{parse, Source};
+use crate::handover::EventId;
 use crate::limits::{LimitsConfig, RateLimiter};
 use crate::metrics::Metrics;
 use crate::outbox::SendError;
@@ -417,6 +418,7 @@ impl Harness {
     async fn hub_event(&self, source: Source, payload: Value) {
         let inbound = parse(&source, payload.to_string().as_bytes()).expect("a valid hub event");
         let delivery = Delivery {
+            id: EventId::of(&source.channel_name(), payload.to_string().as_bytes()),
             source,
             inbound,
             received_at: Instant::now(),
@@ -1036,22 +1038,57 @@ async fn a_header_is_kept_per_chat_and_never_in_the_shared_look() {
 async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes() {
     let h = Harness::new(Memory::new(true, 1));
     let (sender, mut deliveries) = tokio::sync::mpsc::channel(8);
+    let mut last = None;
     for id in ["q1", "q2", "q3"] {
         let payload = json!({"type": "channel.message", "channelId": "B", "message": {
             "id": id, "content": id, "senderId": "ada", "timestamp": 1}});
         let source = Source::Channel("B".to_owned());
         let inbound = parse(&source, payload.to_string().as_bytes()).expect("a hub event");
         let delivery = Delivery {
+            id: EventId::of(&source.channel_name(), payload.to_string().as_bytes()),
             source,
             inbound,
             received_at: Instant::now(),
         };
+        last = Some(delivery.id);
         sender.send(Arc::new(delivery)).await.expect("queued");
     }
     assert_eq!(h.relay.drain(&mut deliveries).await, 3);
     assert!(deliveries.try_recv().is_err(), "nothing left in the queue");
+    // The handover mark names the last of them at once: the next holder relays from there.
+    let mark = h
+        .hub
+        .store()
+        .one(Op::Get {
+            key: h.hub.keys().handed("memory"),
+        })
+        .await
+        .expect("the store answers")
+        .into_text()
+        .and_then(|text| crate::handover::Mark::parse(&text))
+        .expect("a mark");
+    assert_eq!(mark.event, last.expect("routed"));
     h.settle().await;
     let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
     assert_eq!(texts, vec!["Ada: q1", "Ada: q2", "Ada: q3"]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_already_shown_in_a_chat_is_not_shown_there_again() {
+    let h = Harness::new(Memory::new(true, 1));
+    let message = json!({"type": "channel.message", "channelId": "B", "message": {
+        "id": "once", "content": "once", "senderId": "ada", "timestamp": 1}});
+    // As after a takeover: the previous holder showed it, and the new one replays it; and as an
+    // agent publishing the same message again, with another timestamp.
+    h.hub_event(Source::Channel("B".to_owned()), message.clone())
+        .await;
+    h.hub_event(Source::Channel("B".to_owned()), message.clone())
+        .await;
+    let mut again = message;
+    again["message"]["timestamp"] = json!(2);
+    h.hub_event(Source::Channel("B".to_owned()), again).await;
+    let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
+    assert_eq!(texts, vec!["Ada: once"]);
     h.stop().await;
 }

@@ -35,6 +35,7 @@ impl Harness {
         let source = Source::Channel("B".to_owned());
         let inbound = parse(&source, event.to_string().as_bytes()).expect("a valid hub event");
         let delivery = Delivery {
+            id: EventId::of(&source.channel_name(), event.to_string().as_bytes()),
             source,
             inbound,
             received_at: Instant::now(),
