@@ -403,6 +403,8 @@ struct State {
     failures: HashMap<String, VecDeque<Failure>>,
     /// A failure answered once after that many more calls of the method have passed.
     failures_after: HashMap<String, (usize, Failure)>,
+    /// Calls performed at once but answered only after this long, per method, in turn.
+    delays: HashMap<String, VecDeque<Duration>>,
     forbidden: HashSet<i64>,
     limits: Option<Limits>,
     /// Accepted sends of the last minute, for the sliding flood windows.
@@ -642,6 +644,18 @@ impl FakeTelegram {
             .entry(method.to_ascii_lowercase())
             .or_default()
             .push_back(failure);
+    }
+
+    /// Performs the next call of `method` (case-insensitive) at once, but answers it only after
+    /// `delay`: a request on the wire while its sender pauses or dies, whose effect (a message
+    /// shown) is there before the sender learns of it.
+    pub fn delay_next(&self, method: &str, delay: Duration) {
+        self.shared
+            .lock()
+            .delays
+            .entry(method.to_ascii_lowercase())
+            .or_default()
+            .push_back(delay);
     }
 
     /// Lets `calls` more calls of `method` pass, then answers the one after with `failure`.
@@ -904,6 +918,24 @@ fn form_value(value: &str) -> Value {
 }
 
 async fn dispatch(
+    shared: &Shared,
+    method: &str,
+    p: &Map<String, Value>,
+    parts: &media::Parts,
+) -> Answer {
+    let delay = shared
+        .lock()
+        .delays
+        .get_mut(method)
+        .and_then(VecDeque::pop_front);
+    let answer = perform(shared, method, p, parts).await;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    answer
+}
+
+async fn perform(
     shared: &Shared,
     method: &str,
     p: &Map<String, Value>,

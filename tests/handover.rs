@@ -1,0 +1,459 @@
+//! Handover between two instances (SPEC section 6: "A handover loses nothing"): two `hub-bridge`
+//! processes share one `redis-server` and the fake Telegram Bot API, and an agent publishes ten
+//! messages a second into a linked channel while the instance running the bridge is
+//!
+//! - killed (SIGKILL): the standby relays within `ha.lease_ttl_secs` and a second, and every
+//!   message shows exactly once (save the one send that may have been on the wire, SPEC's one
+//!   exception);
+//! - restarted, then the other (SIGTERM and start again, a rolling deploy): every message shows
+//!   exactly once;
+//! - paused (SIGSTOP) past its lease, then resumed: it sends nothing more, and every message
+//!   shows exactly once.
+//!
+//! The processes are the real binary; which one runs the bridge is read off each one's `/readyz`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hub_bridge_testkit::fake_telegram::FakeTelegram;
+use hub_bridge_testkit::redis_server::{free_port, RedisServer};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "123456:TEST-token_abc";
+const CHANNEL: &str = "9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f";
+const GROUP: i64 = -1_001_234_567_890;
+/// Short, so a takeover after a crash is quick; the service allows 2 at the least.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+const WAIT: Duration = Duration::from_secs(30);
+/// The agent's pace: ten messages a second.
+const PACE: Duration = Duration::from_millis(100);
+
+/// One `hub-bridge` process, with its own HTTP port.
+struct Instance {
+    child: Child,
+    port: u16,
+    name: &'static str,
+}
+
+impl Instance {
+    fn start(name: &'static str, dir: &Path, redis: &RedisServer, tg: &FakeTelegram) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("{name}-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[redis]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[limits]\nmessage = 0\n\
+                 [ha]\nlease_ttl_secs = {}\n\
+                 [telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\
+                 chat_sends_per_sec = 50\ngroup_sends_per_min = 1000\n\
+                 [[telegram.links]]\nchannel = \"{CHANNEL}\"\nchat = {GROUP}\n",
+                redis.url(),
+                LEASE_TTL.as_secs(),
+                tg.api_url()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_hub-bridge"))
+            .arg("--config")
+            .arg(&config)
+            // Every HUB_ variable is read as config; the log filter must not leak in.
+            .env_remove("HUB_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hub-bridge");
+        Self { child, port, name }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// SIGTERM, and waits until the process has stopped (gracefully: it exits on its own).
+    fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("wait for hub-bridge");
+        assert!(status.success(), "{} stopped with {status}", self.name);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The Telegram bridge's and the store's entries in `/readyz`; `None` until it answers.
+    async fn readyz(&self) -> Option<Value> {
+        let response = reqwest::get(self.url("/readyz")).await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until this instance runs the bridge (`running`) or stands by, subscribed.
+    async fn wait_until(&self, running: bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let readyz = self.readyz().await.unwrap_or_default();
+            let telegram = &readyz["components"]["telegram"];
+            let subscribed = readyz["components"]["redis"]["ready"] == true;
+            let standby = telegram["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("standby"));
+            let done = if running {
+                telegram["ready"] == true
+            } else {
+                subscribed && standby
+            };
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never {}: {readyz}",
+                self.name,
+                if running {
+                    "ran the bridge"
+                } else {
+                    "stood by"
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
+    /// A counter of `/metrics` summed over its labels.
+    async fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // A stopped process would not die of SIGKILL while stopped on some systems otherwise.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent publishing `m-0`, `m-1`, ... into the linked channel at [`PACE`] until stopped.
+struct Agent {
+    published: Arc<Mutex<Vec<u32>>>,
+    paused: Arc<AtomicBool>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    async fn start(redis: &RedisServer) -> Self {
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let mut connection = redis.connection().await;
+        let task = tokio::spawn({
+            let published = published.clone();
+            let paused = paused.clone();
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(PACE);
+                let mut n = 0u32;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if paused.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let payload = json!({
+                        "event": {"type": "channel.message", "channelId": CHANNEL, "message": {
+                            "id": format!("m-{n}"), "content": format!("m-{n}"),
+                            "senderId": "ada", "timestamp": 1_708_554_000_000_i64 + i64::from(n)}},
+                        "timestamp": 1_708_554_000_000_i64 + i64::from(n),
+                        "channelId": CHANNEL,
+                    });
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg(format!("pubsub:channel:{CHANNEL}"))
+                        .arg(payload.to_string())
+                        .query_async(&mut connection)
+                        .await
+                        .expect("PUBLISH");
+                    published.lock().unwrap().push(n);
+                    n += 1;
+                }
+            }
+        });
+        Self {
+            published,
+            paused,
+            stop,
+            task,
+        }
+    }
+
+    /// Holds publishing (the next tick publishes nothing) until [`Self::resume`].
+    async fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        // A publish under way when paused lands within a tick.
+        tokio::time::sleep(PACE * 2).await;
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.published.lock().unwrap().len()
+    }
+
+    /// Stops publishing; returns how many messages were published.
+    async fn finish(self) -> usize {
+        self.stop.cancel();
+        let count = self.published.clone();
+        self.task.await.expect("the agent's task");
+        let published = count.lock().unwrap().len();
+        published
+    }
+}
+
+/// The agent's message numbers shown in the group, one entry per sent message, in order.
+fn shown(tg: &FakeTelegram) -> Vec<u32> {
+    tg.messages_in(GROUP)
+        .iter()
+        .filter_map(|message| message_number(&message.plain))
+        .collect()
+}
+
+/// `17` for a text showing `m-17`.
+fn message_number(text: &str) -> Option<u32> {
+    let at = text.find("m-")?;
+    let digits: String = text[at + 2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The message numbers in the sendMessage calls the fake received, with when.
+fn sends(tg: &FakeTelegram) -> Vec<(u32, Instant)> {
+    tg.calls_of("sendMessage")
+        .iter()
+        .filter(|call| call.status == 200)
+        .filter_map(|call| Some((message_number(call.body["text"].as_str()?)?, call.at)))
+        .collect()
+}
+
+async fn wait_shown(tg: &FakeTelegram, count: usize, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while shown(tg).len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {count} shown: {:?}",
+            shown(tg).len(),
+            shown(tg)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the `published` messages have all been shown, lets a moment pass for duplicates to
+/// show, then asserts each shows exactly once (but `may_repeat`, SPEC's one exception).
+async fn assert_each_shown_once(tg: &FakeTelegram, published: usize, may_repeat: Option<u32>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut distinct = shown(tg);
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() >= published {
+            break;
+        }
+        let missing: Vec<u32> = (0..published as u32)
+            .filter(|n| !distinct.contains(n))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "messages never shown: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = shown(tg);
+    let mut repeated: Vec<u32> = (0..published as u32)
+        .filter(|n| all.iter().filter(|m| *m == n).count() > 1)
+        .collect();
+    repeated.retain(|n| Some(*n) != may_repeat);
+    assert!(
+        repeated.is_empty(),
+        "shown more than once: {repeated:?} (allowed: {may_repeat:?})"
+    );
+    let expected: Vec<u32> = (0..published as u32).collect();
+    let mut distinct = all.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct, expected, "shown: {all:?}");
+}
+
+/// A redis-server, the fake Bot API, a directory for the configs, and two instances: `a` runs
+/// the bridge, `b` stands by.
+async fn two_instances() -> (
+    RedisServer,
+    FakeTelegram,
+    tempfile::TempDir,
+    Instance,
+    Instance,
+) {
+    let redis = RedisServer::start();
+    let tg = FakeTelegram::start(TOKEN).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = Instance::start("a", dir.path(), &redis, &tg);
+    a.wait_until(true).await;
+    let b = Instance::start("b", dir.path(), &redis, &tg);
+    b.wait_until(false).await;
+    (redis, tg, dir, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_taken_over_within_the_lease_and_every_message_shows_once() {
+    let (redis, tg, _dir, mut a, b) = two_instances().await;
+    let agent = Agent::start(&redis).await;
+    wait_shown(&tg, 15, "relayed by the first instance").await;
+
+    a.child.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    a.child.wait().expect("reaped");
+    // The send that may have been on the wire: its message may show twice (SPEC section 6).
+    let on_the_wire = sends(&tg).last().map(|(n, _)| *n);
+    b.wait_until(true).await;
+    wait_shown(&tg, agent.count(), "relayed after the takeover").await;
+    let first_after = sends(&tg)
+        .into_iter()
+        .find(|(_, at)| *at > killed)
+        .map(|(_, at)| at - killed)
+        .expect("a send after the kill");
+    // Published at a steady pace, so messages waited for the takeover: the first of them went
+    // out within the lease's TTL and a second of the crash.
+    assert!(
+        first_after <= LEASE_TTL + Duration::from_secs(1),
+        "the standby relayed {first_after:?} after the crash"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let published = agent.finish().await;
+    assert_each_shown_once(&tg, published, on_the_wire).await;
+    // The standby relayed what it had kept since the old holder's mark, which it had seen.
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains(r#"hub_bridge_takeovers_total{bridge="telegram",reason="seen"} 1"#),
+        "{metrics}"
+    );
+    assert!(b.metric("hub_bridge_replayed_total").await > 0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_shows_every_message_exactly_once() {
+    let (redis, tg, dir, mut a, b) = two_instances().await;
+    let agent = Agent::start(&redis).await;
+    wait_shown(&tg, 10, "relayed by the first instance").await;
+
+    // Deploy the first instance: stop it, the second takes over, start it again.
+    a.stop();
+    b.wait_until(true).await;
+    let a = Instance::start("a2", dir.path(), &redis, &tg);
+    a.wait_until(false).await;
+    let count = agent.count();
+    wait_shown(&tg, count, "relayed after the first restart").await;
+
+    // Then the second.
+    let mut b = b;
+    b.stop();
+    a.wait_until(true).await;
+    let b = Instance::start("b2", dir.path(), &redis, &tg);
+    b.wait_until(false).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let published = agent.finish().await;
+    assert_each_shown_once(&tg, published, None).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_that_lost_its_lease_sends_nothing_when_it_resumes() {
+    let (redis, tg, _dir, a, b) = two_instances().await;
+    let agent = Agent::start(&redis).await;
+    wait_shown(&tg, 10, "relayed by the first instance").await;
+
+    // Caught with a send on the wire (Telegram shows it, the answer is late) and the next jobs
+    // waiting behind it in the paused instance's memory.
+    agent.pause().await;
+    wait_shown(&tg, agent.count(), "relayed before the pause").await;
+    let relayed_before = a.metric("hub_bridge_relayed_total").await;
+    let on_the_wire = agent.count() as u32;
+    tg.delay_next("sendMessage", LEASE_TTL);
+    agent.resume();
+    wait_until_shown(&tg, on_the_wire).await;
+    tokio::time::sleep(PACE * 3).await;
+    a.signal("STOP");
+    b.wait_until(true).await;
+    let count = agent.count();
+    wait_shown(&tg, count, "relayed by the second instance").await;
+    // Back after its lease expired, with the late answer waiting for it: it finishes that send,
+    // and sends none of the jobs behind it (the second instance relays them).
+    a.signal("CONT");
+    a.wait_until(false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let relayed_after = a.metric("hub_bridge_relayed_total").await;
+    assert!(
+        relayed_after <= relayed_before + 1,
+        "the paused instance relayed {} after it resumed",
+        relayed_after - relayed_before
+    );
+
+    let published = agent.finish().await;
+    assert_each_shown_once(&tg, published, Some(on_the_wire)).await;
+}
+
+/// Waits until message `n` shows.
+async fn wait_until_shown(tg: &FakeTelegram, n: u32) {
+    let deadline = Instant::now() + WAIT;
+    while !shown(tg).contains(&n) {
+        assert!(
+            Instant::now() < deadline,
+            "m-{n} never shown: {:?}",
+            shown(tg)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn message_numbers_are_read_from_the_shown_text() {
+    assert_eq!(message_number("ada: m-17"), Some(17));
+    assert_eq!(message_number("m-0\n"), Some(0));
+    assert_eq!(message_number("ada: hello"), None);
+}
