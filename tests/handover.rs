@@ -13,14 +13,14 @@
 //! The processes are the real binary; which one runs the bridge is read off each one's `/readyz`.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hub_bridge_testkit::fake_telegram::FakeTelegram;
-use hub_bridge_testkit::redis_server::{free_port, RedisServer};
-use serde_json::{json, Value};
+use hub_bridge_testkit::process::ServiceProcess;
+use hub_bridge_testkit::redis_server::RedisServer;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "123456:TEST-token_abc";
@@ -32,134 +32,23 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The agent's pace: ten messages a second.
 const PACE: Duration = Duration::from_millis(100);
 
-/// One `hub-bridge` process, with its own HTTP port.
-struct Instance {
-    child: Child,
-    port: u16,
-    name: &'static str,
+/// One `hub-bridge` process with the Telegram bridge linked to [`GROUP`].
+fn instance(name: &str, dir: &Path, redis: &RedisServer, tg: &FakeTelegram) -> ServiceProcess {
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n[limits]\nmessage = 0\n[ha]\nlease_ttl_secs = {}\n\
+         [telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\
+         chat_sends_per_sec = 50\ngroup_sends_per_min = 1000\n\
+         [[telegram.links]]\nchannel = \"{CHANNEL}\"\nchat = {GROUP}\n",
+        redis.url(),
+        LEASE_TTL.as_secs(),
+        tg.api_url()
+    );
+    ServiceProcess::start(env!("CARGO_BIN_EXE_hub-bridge"), name, dir, &config)
 }
 
-impl Instance {
-    fn start(name: &'static str, dir: &Path, redis: &RedisServer, tg: &FakeTelegram) -> Self {
-        let port = free_port();
-        let config = dir.join(format!("{name}-{port}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[redis]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[limits]\nmessage = 0\n\
-                 [ha]\nlease_ttl_secs = {}\n\
-                 [telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\
-                 chat_sends_per_sec = 50\ngroup_sends_per_min = 1000\n\
-                 [[telegram.links]]\nchannel = \"{CHANNEL}\"\nchat = {GROUP}\n",
-                redis.url(),
-                LEASE_TTL.as_secs(),
-                tg.api_url()
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_hub-bridge"))
-            .arg("--config")
-            .arg(&config)
-            // Every HUB_ variable is read as config; the log filter must not leak in.
-            .env_remove("HUB_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hub-bridge");
-        Self { child, port, name }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {}", self.name);
-    }
-
-    /// SIGTERM, and waits until the process has stopped (gracefully: it exits on its own).
-    fn stop(&mut self) {
-        self.signal("TERM");
-        let status = self.child.wait().expect("wait for hub-bridge");
-        assert!(status.success(), "{} stopped with {status}", self.name);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The Telegram bridge's and the store's entries in `/readyz`; `None` until it answers.
-    async fn readyz(&self) -> Option<Value> {
-        let response = reqwest::get(self.url("/readyz")).await.ok()?;
-        response.json().await.ok()
-    }
-
-    /// Waits until this instance runs the bridge (`running`) or stands by, subscribed.
-    async fn wait_until(&self, running: bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let readyz = self.readyz().await.unwrap_or_default();
-            let telegram = &readyz["components"]["telegram"];
-            let subscribed = readyz["components"]["redis"]["ready"] == true;
-            let standby = telegram["detail"]
-                .as_str()
-                .is_some_and(|detail| detail.contains("standby"));
-            let done = if running {
-                telegram["ready"] == true
-            } else {
-                subscribed && standby
-            };
-            if done {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never {}: {readyz}",
-                self.name,
-                if running {
-                    "ran the bridge"
-                } else {
-                    "stood by"
-                }
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .expect("/metrics answers")
-            .text()
-            .await
-            .expect("/metrics text")
-    }
-
-    /// A counter of `/metrics` summed over its labels.
-    async fn metric(&self, name: &str) -> u64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        // A stopped process would not die of SIGKILL while stopped on some systems otherwise.
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until `instance` runs the Telegram bridge (`running`), or stands by for it.
+async fn wait_until(instance: &ServiceProcess, running: bool) {
+    instance.wait_until("telegram", running, WAIT).await;
 }
 
 /// An agent publishing `m-0`, `m-1`, ... into the linked channel at [`PACE`] until stopped.
@@ -325,16 +214,16 @@ async fn two_instances() -> (
     RedisServer,
     FakeTelegram,
     tempfile::TempDir,
-    Instance,
-    Instance,
+    ServiceProcess,
+    ServiceProcess,
 ) {
     let redis = RedisServer::start();
     let tg = FakeTelegram::start(TOKEN).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = Instance::start("a", dir.path(), &redis, &tg);
-    a.wait_until(true).await;
-    let b = Instance::start("b", dir.path(), &redis, &tg);
-    b.wait_until(false).await;
+    let a = instance("a", dir.path(), &redis, &tg);
+    wait_until(&a, true).await;
+    let b = instance("b", dir.path(), &redis, &tg);
+    wait_until(&b, false).await;
     (redis, tg, dir, a, b)
 }
 
@@ -344,12 +233,11 @@ async fn a_killed_leader_is_taken_over_within_the_lease_and_every_message_shows_
     let agent = Agent::start(&redis).await;
     wait_shown(&tg, 15, "relayed by the first instance").await;
 
-    a.child.kill().expect("SIGKILL");
+    a.kill();
     let killed = Instant::now();
-    a.child.wait().expect("reaped");
     // The send that may have been on the wire: its message may show twice (SPEC section 6).
     let on_the_wire = sends(&tg).last().map(|(n, _)| *n);
-    b.wait_until(true).await;
+    wait_until(&b, true).await;
     wait_shown(&tg, agent.count(), "relayed after the takeover").await;
     let first_after = sends(&tg)
         .into_iter()
@@ -383,18 +271,18 @@ async fn a_rolling_restart_shows_every_message_exactly_once() {
 
     // Deploy the first instance: stop it, the second takes over, start it again.
     a.stop();
-    b.wait_until(true).await;
-    let a = Instance::start("a2", dir.path(), &redis, &tg);
-    a.wait_until(false).await;
+    wait_until(&b, true).await;
+    let a = instance("a2", dir.path(), &redis, &tg);
+    wait_until(&a, false).await;
     let count = agent.count();
     wait_shown(&tg, count, "relayed after the first restart").await;
 
     // Then the second.
     let mut b = b;
     b.stop();
-    a.wait_until(true).await;
-    let b = Instance::start("b2", dir.path(), &redis, &tg);
-    b.wait_until(false).await;
+    wait_until(&a, true).await;
+    let b = instance("b2", dir.path(), &redis, &tg);
+    wait_until(&b, false).await;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let published = agent.finish().await;
@@ -419,13 +307,13 @@ async fn a_paused_leader_that_lost_its_lease_sends_nothing_when_it_resumes() {
     wait_until_shown(&tg, on_the_wire).await;
     tokio::time::sleep(PACE * 3).await;
     a.signal("STOP");
-    b.wait_until(true).await;
+    wait_until(&b, true).await;
     let count = agent.count();
     wait_shown(&tg, count, "relayed by the second instance").await;
     // Back after its lease expired, with the late answer waiting for it: it finishes that send,
     // and sends none of the jobs behind it (the second instance relays them).
     a.signal("CONT");
-    a.wait_until(false).await;
+    wait_until(&a, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let relayed_after = a.metric("hub_bridge_relayed_total").await;
     assert!(

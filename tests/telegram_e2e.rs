@@ -18,6 +18,7 @@ use hub_bridge_testkit::fake_telegram::{
     BotMessage, Call, ChatRef, Failure, FakeTelegram, Limits, MemberStatus, UserRef,
 };
 use hub_bridge_testkit::hub::{publish, HubSpy, Seen};
+use hub_bridge_testkit::process::ServiceProcess;
 use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::{json, Value};
 
@@ -1771,58 +1772,24 @@ async fn redis_stopped_while_a_message_arrives_delays_it_until_redis_is_back() {
     h.stop().await;
 }
 
-/// The service as a separate process, so that it can be killed like a crash.
-struct Process {
-    child: std::process::Child,
-}
-
-impl Process {
-    fn spawn(config_path: &std::path::Path) -> Process {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hub-bridge"))
-            .arg("--config")
-            .arg(config_path)
-            // Every HUB_ variable is read as config; the log filter must not leak in.
-            .env_remove("HUB_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start hub-bridge");
-        Process { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_service_publishes_each_pending_update_exactly_once_after_restart() {
     let redis = RedisServer::start();
     let tg = FakeTelegram::start(TOKEN).await;
     let spy = HubSpy::start(&redis.url()).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = dir.path().join("hub-bridge.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[redis]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[limits]\nmessage = 0\n\
-             [telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\
-             chat_sends_per_sec = 50\ngroup_sends_per_min = 1000\n\
-             [[telegram.links]]\nchannel = \"{CHANNEL}\"\nchat = {GROUP}\n",
-            redis.url(),
-            tg.api_url()
-        ),
-    )
-    .expect("write config");
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n[limits]\nmessage = 0\n\
+         [telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\
+         chat_sends_per_sec = 50\ngroup_sends_per_min = 1000\n\
+         [[telegram.links]]\nchannel = \"{CHANNEL}\"\nchat = {GROUP}\n",
+        redis.url(),
+        tg.api_url()
+    );
+    let start =
+        |name| ServiceProcess::start(env!("CARGO_BIN_EXE_hub-bridge"), name, dir.path(), &config);
 
-    let mut first = Process::spawn(&config_path);
+    let mut first = start("first");
     tg.wait_for("getUpdates", 1, WAIT).await;
     let mut sources = Vec::new();
     for n in 0..40 {
@@ -1846,7 +1813,7 @@ async fn a_killed_service_publishes_each_pending_update_exactly_once_after_resta
     assert!(!tg.pending_updates().is_empty());
 
     // The second instance takes over once the dead one's lease expires.
-    let _second = Process::spawn(&config_path);
+    let _second = start("second");
     spy.wait_count(
         "every update published",
         sources.len(),
