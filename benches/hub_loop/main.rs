@@ -36,7 +36,8 @@
 //! delta / N is context only.
 //!
 //! Discord relay latency both ways (`discord.rs`), streamed answers and a backlog against fakes
-//! that enforce the platforms' limits (`streaming.rs`): see those modules.
+//! that enforce the platforms' limits (`streaming.rs`), a file relayed (`media.rs`), takeovers
+//! after a crash and the handover's cost per hub event (`handover.rs`): see those modules.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -96,6 +97,7 @@ unsafe impl GlobalAlloc for Counting {
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 mod discord;
+mod handover;
 mod media;
 mod streaming;
 
@@ -151,6 +153,7 @@ struct Args {
     backlog: u64,
     discord_secs: u64,
     media_mb: u64,
+    takeovers: u64,
 }
 
 impl Args {
@@ -178,6 +181,7 @@ impl Args {
             backlog: get("--backlog", 200)?,
             discord_secs: get("--discord-secs", 10)?,
             media_mb: get("--media-mb", 10)?,
+            takeovers: get("--takeovers", 3)?,
         })
     }
 }
@@ -433,6 +437,8 @@ struct Report {
     backlog: Option<streaming::Backlog>,
     discord: Option<discord::Latency>,
     media: Option<media::MediaRelay>,
+    takeovers: Option<handover::Takeovers>,
+    bookkeeping: handover::Bookkeeping,
 }
 
 async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
@@ -520,6 +526,11 @@ async fn run(server: &RedisServer, args: &Args) -> Result<Report> {
     }
     if args.media_mb > 0 {
         report.media = Some(media::relay(&url, args.media_mb).await?);
+    }
+    eprintln!("handover: bookkeeping per event");
+    report.bookkeeping = handover::bookkeeping(args.events);
+    if args.takeovers > 0 {
+        report.takeovers = Some(handover::takeovers(server, args.takeovers as usize).await?);
     }
     Ok(report)
 }
@@ -1079,6 +1090,12 @@ impl Report {
         if let Some(media) = &self.media {
             media::rows(&mut rows, media);
         }
+        handover::rows(
+            &mut rows,
+            self.takeovers.as_ref(),
+            &self.bookkeeping,
+            1e9 / self.hub_rate.max(1.0),
+        );
         print_table(&rows);
 
         println!(
