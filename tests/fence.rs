@@ -1,7 +1,8 @@
 //! Fenced leases, against a private `redis-server` and on the embedded bus: every acquisition of
 //! a bridge's lease gets a larger fencing token, renewal keeps it, and an instance whose token is
 //! stale can neither renew nor release the lease; its outbox workers take no job (nothing is
-//! sent), finish none, and stop, while the jobs stay in the durable outbox for the new holder.
+//! sent), finish none, and stop, while the jobs stay in the durable outbox for the new holder; it
+//! queues no new job and cannot move the handover mark.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -311,4 +312,45 @@ async fn a_job_finished_after_the_lease_was_lost_stays_for_the_new_holder_on_red
 #[tokio::test]
 async fn a_job_finished_after_the_lease_was_lost_stays_for_the_new_holder_on_the_embedded_bus() {
     a_job_finished_after_the_lease_was_lost_stays_for_the_new_holder(embedded_store()).await;
+}
+
+/// The handover mark moves only for the lease's holder: a run that lost the lease cannot make the
+/// next holder skip events it never handed on.
+async fn the_handover_mark_moves_only_for_the_lease_holder(store: Arc<dyn Store>) {
+    let keys = Keys::new("openclaw:");
+    let a = Lease::new(store.as_ref(), &keys, "test", "instance-a", TTL);
+    let fence_a = a.acquire().await.expect("a free lease");
+    let mark = |fence: &Fence, value: &str| Op::SetFenced {
+        fence: Some(fence.clone()),
+        key: keys.handed("test"),
+        value: value.to_owned(),
+    };
+    assert_eq!(store.one(mark(&fence_a, "a")).await.unwrap(), Reply::Int(1));
+    a.release(&fence_a).await;
+    let b = Lease::new(store.as_ref(), &keys, "test", "instance-b", TTL);
+    let fence_b = b.acquire().await.expect("released");
+    assert_eq!(
+        store.one(mark(&fence_a, "stale")).await.unwrap(),
+        Reply::Int(0)
+    );
+    let read = Op::Get {
+        key: keys.handed("test"),
+    };
+    assert_eq!(
+        store.one(read.clone()).await.unwrap(),
+        Reply::Text("a".to_owned())
+    );
+    assert_eq!(store.one(mark(&fence_b, "b")).await.unwrap(), Reply::Int(1));
+    assert_eq!(store.one(read).await.unwrap(), Reply::Text("b".to_owned()));
+}
+
+#[tokio::test]
+async fn the_handover_mark_moves_only_for_the_lease_holder_on_redis() {
+    let server = RedisServer::start();
+    the_handover_mark_moves_only_for_the_lease_holder(redis_store(&server)).await;
+}
+
+#[tokio::test]
+async fn the_handover_mark_moves_only_for_the_lease_holder_on_the_embedded_bus() {
+    the_handover_mark_moves_only_for_the_lease_holder(embedded_store()).await;
 }
