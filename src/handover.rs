@@ -181,9 +181,11 @@ impl Handover {
             if refused.contains(&kept.delivery.id) {
                 continue;
             }
-            // The queue is as large as the most events kept, and empty while standing by.
-            if self.queue.try_send(kept.delivery).is_ok() {
-                replayed += 1;
+            // The queue is as large as the most events kept, and empty while standing by; were
+            // it not, what does not fit is counted as let go of.
+            match self.queue.try_send(kept.delivery) {
+                Ok(()) => replayed += 1,
+                Err(_) => self.count_dropped("full", 1),
             }
         }
         state.running = true;

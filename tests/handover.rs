@@ -13,15 +13,12 @@
 //! The processes are the real binary; which one runs the bridge is read off each one's `/readyz`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hub_bridge_testkit::fake_telegram::FakeTelegram;
+use hub_bridge_testkit::numbered::{self, NumberedAgent};
 use hub_bridge_testkit::process::ServiceProcess;
 use hub_bridge_testkit::redis_server::RedisServer;
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "123456:TEST-token_abc";
 const CHANNEL: &str = "9f3c2a1d-5e8f-4b6a-9c1e-2a3b4c5d6e7f";
@@ -51,116 +48,17 @@ async fn wait_until(instance: &ServiceProcess, running: bool) {
     instance.wait_until("telegram", running, WAIT).await;
 }
 
-/// An agent publishing `m-0`, `m-1`, ... into the linked channel at [`PACE`] until stopped.
-struct Agent {
-    published: Arc<Mutex<Vec<u32>>>,
-    paused: Arc<AtomicBool>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Agent {
-    async fn start(redis: &RedisServer) -> Self {
-        let published = Arc::new(Mutex::new(Vec::new()));
-        let paused = Arc::new(AtomicBool::new(false));
-        let stop = CancellationToken::new();
-        let mut connection = redis.connection().await;
-        let task = tokio::spawn({
-            let published = published.clone();
-            let paused = paused.clone();
-            let stop = stop.clone();
-            async move {
-                let mut tick = tokio::time::interval(PACE);
-                let mut n = 0u32;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    if paused.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let payload = json!({
-                        "event": {"type": "channel.message", "channelId": CHANNEL, "message": {
-                            "id": format!("m-{n}"), "content": format!("m-{n}"),
-                            "senderId": "ada", "timestamp": 1_708_554_000_000_i64 + i64::from(n)}},
-                        "timestamp": 1_708_554_000_000_i64 + i64::from(n),
-                        "channelId": CHANNEL,
-                    });
-                    let _: i64 = redis::cmd("PUBLISH")
-                        .arg(format!("pubsub:channel:{CHANNEL}"))
-                        .arg(payload.to_string())
-                        .query_async(&mut connection)
-                        .await
-                        .expect("PUBLISH");
-                    published.lock().unwrap().push(n);
-                    n += 1;
-                }
-            }
-        });
-        Self {
-            published,
-            paused,
-            stop,
-            task,
-        }
-    }
-
-    /// Holds publishing (the next tick publishes nothing) until [`Self::resume`].
-    async fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
-        // A publish under way when paused lands within a tick.
-        tokio::time::sleep(PACE * 2).await;
-    }
-
-    fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-    }
-
-    fn count(&self) -> usize {
-        self.published.lock().unwrap().len()
-    }
-
-    /// Stops publishing; returns how many messages were published.
-    async fn finish(self) -> usize {
-        self.stop.cancel();
-        let count = self.published.clone();
-        self.task.await.expect("the agent's task");
-        let published = count.lock().unwrap().len();
-        published
-    }
-}
-
-/// The agent's message numbers shown in the group, one entry per sent message, in order.
 fn shown(tg: &FakeTelegram) -> Vec<u32> {
-    tg.messages_in(GROUP)
-        .iter()
-        .filter_map(|message| message_number(&message.plain))
-        .collect()
+    numbered::shown(tg, GROUP)
 }
 
-/// `17` for a text showing `m-17`.
-fn message_number(text: &str) -> Option<u32> {
-    let at = text.find("m-")?;
-    let digits: String = text[at + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+async fn start_agent(redis: &RedisServer) -> NumberedAgent {
+    NumberedAgent::start(redis, CHANNEL, PACE).await
 }
 
-/// The message numbers in the sendMessage calls the fake received, with when.
-fn sends(tg: &FakeTelegram) -> Vec<(u32, Instant)> {
-    tg.calls_of("sendMessage")
-        .iter()
-        .filter(|call| call.status == 200)
-        .filter_map(|call| Some((message_number(call.body["text"].as_str()?)?, call.at)))
-        .collect()
-}
-
-async fn wait_shown(tg: &FakeTelegram, count: usize, what: &str) {
+async fn wait_shown(tg: &FakeTelegram, count: u32, what: &str) {
     let deadline = Instant::now() + WAIT;
-    while shown(tg).len() < count {
+    while shown(tg).len() < count as usize {
         assert!(
             Instant::now() < deadline,
             "{what}: {} of {count} shown: {:?}",
@@ -173,18 +71,16 @@ async fn wait_shown(tg: &FakeTelegram, count: usize, what: &str) {
 
 /// Waits until the `published` messages have all been shown, lets a moment pass for duplicates to
 /// show, then asserts each shows exactly once (but `may_repeat`, SPEC's one exception).
-async fn assert_each_shown_once(tg: &FakeTelegram, published: usize, may_repeat: Option<u32>) {
+async fn assert_each_shown_once(tg: &FakeTelegram, published: u32, may_repeat: Option<u32>) {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut distinct = shown(tg);
         distinct.sort_unstable();
         distinct.dedup();
-        if distinct.len() >= published {
+        if distinct.len() >= published as usize {
             break;
         }
-        let missing: Vec<u32> = (0..published as u32)
-            .filter(|n| !distinct.contains(n))
-            .collect();
+        let missing: Vec<u32> = (0..published).filter(|n| !distinct.contains(n)).collect();
         assert!(
             Instant::now() < deadline,
             "messages never shown: {missing:?}"
@@ -193,7 +89,7 @@ async fn assert_each_shown_once(tg: &FakeTelegram, published: usize, may_repeat:
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let all = shown(tg);
-    let mut repeated: Vec<u32> = (0..published as u32)
+    let mut repeated: Vec<u32> = (0..published)
         .filter(|n| all.iter().filter(|m| *m == n).count() > 1)
         .collect();
     repeated.retain(|n| Some(*n) != may_repeat);
@@ -201,7 +97,7 @@ async fn assert_each_shown_once(tg: &FakeTelegram, published: usize, may_repeat:
         repeated.is_empty(),
         "shown more than once: {repeated:?} (allowed: {may_repeat:?})"
     );
-    let expected: Vec<u32> = (0..published as u32).collect();
+    let expected: Vec<u32> = (0..published).collect();
     let mut distinct = all.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -230,16 +126,16 @@ async fn two_instances() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_taken_over_within_the_lease_and_every_message_shows_once() {
     let (redis, tg, _dir, mut a, b) = two_instances().await;
-    let agent = Agent::start(&redis).await;
+    let agent = start_agent(&redis).await;
     wait_shown(&tg, 15, "relayed by the first instance").await;
 
     a.kill();
     let killed = Instant::now();
     // The send that may have been on the wire: its message may show twice (SPEC section 6).
-    let on_the_wire = sends(&tg).last().map(|(n, _)| *n);
+    let on_the_wire = numbered::sends(&tg).last().map(|(n, _)| *n);
     wait_until(&b, true).await;
     wait_shown(&tg, agent.count(), "relayed after the takeover").await;
-    let first_after = sends(&tg)
+    let first_after = numbered::sends(&tg)
         .into_iter()
         .find(|(_, at)| *at > killed)
         .map(|(_, at)| at - killed)
@@ -266,7 +162,7 @@ async fn a_killed_leader_is_taken_over_within_the_lease_and_every_message_shows_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_shows_every_message_exactly_once() {
     let (redis, tg, dir, mut a, b) = two_instances().await;
-    let agent = Agent::start(&redis).await;
+    let agent = start_agent(&redis).await;
     wait_shown(&tg, 10, "relayed by the first instance").await;
 
     // Deploy the first instance: stop it, the second takes over, start it again.
@@ -293,7 +189,7 @@ async fn a_rolling_restart_shows_every_message_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_that_lost_its_lease_sends_nothing_when_it_resumes() {
     let (redis, tg, _dir, a, b) = two_instances().await;
-    let agent = Agent::start(&redis).await;
+    let agent = start_agent(&redis).await;
     wait_shown(&tg, 10, "relayed by the first instance").await;
 
     // Caught with a send on the wire (Telegram shows it, the answer is late) and the next jobs
@@ -301,7 +197,7 @@ async fn a_paused_leader_that_lost_its_lease_sends_nothing_when_it_resumes() {
     agent.pause().await;
     wait_shown(&tg, agent.count(), "relayed before the pause").await;
     let relayed_before = a.metric("hub_bridge_relayed_total").await;
-    let on_the_wire = agent.count() as u32;
+    let on_the_wire = agent.count();
     tg.delay_next("sendMessage", LEASE_TTL);
     agent.resume();
     wait_until_shown(&tg, on_the_wire).await;
@@ -337,11 +233,4 @@ async fn wait_until_shown(tg: &FakeTelegram, n: u32) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-#[test]
-fn message_numbers_are_read_from_the_shown_text() {
-    assert_eq!(message_number("ada: m-17"), Some(17));
-    assert_eq!(message_number("m-0\n"), Some(0));
-    assert_eq!(message_number("ada: hello"), None);
 }

@@ -18,7 +18,7 @@
 //! The mark the running instance writes (one fenced SET every 100 ms while events flow) is a
 //! round trip on the bridge's task, not the hub loop's, and costs ten round trips a second.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub_bridge::handover::Handover;
@@ -27,6 +27,7 @@ use hub_bridge_sdk::handover::EventId;
 use hub_bridge_sdk::metrics::Metrics;
 use hub_bridge_sdk::Delivery;
 use hub_bridge_testkit::fake_telegram::FakeTelegram;
+use hub_bridge_testkit::numbered::{self, NumberedAgent};
 use hub_bridge_testkit::process::ServiceProcess;
 use hub_bridge_testkit::redis_server::RedisServer;
 use tokio::sync::mpsc;
@@ -130,31 +131,6 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> String {
     )
 }
 
-/// The message number in a text showing `m-17`.
-fn number(text: &str) -> Option<u32> {
-    let at = text.find("m-")?;
-    let digits: String = text[at + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-fn shown(tg: &FakeTelegram) -> Vec<u32> {
-    tg.messages_in(GROUP)
-        .iter()
-        .filter_map(|message| number(&message.plain))
-        .collect()
-}
-
-fn sends(tg: &FakeTelegram) -> Vec<(u32, Instant)> {
-    tg.calls_of("sendMessage")
-        .iter()
-        .filter(|call| call.status == 200)
-        .filter_map(|call| Some((number(call.body["text"].as_str()?)?, call.at)))
-        .collect()
-}
-
 /// `takeovers` crashes of the instance running the bridge, each taken over by the other.
 pub async fn takeovers(redis: &RedisServer, takeovers: usize) -> Result<Takeovers> {
     let tg = FakeTelegram::start(TOKEN).await;
@@ -167,31 +143,8 @@ pub async fn takeovers(redis: &RedisServer, takeovers: usize) -> Result<Takeover
     let mut standby = start("second");
     standby.wait_until("telegram", false, WAIT).await;
 
-    let published = Arc::new(Mutex::new(0u32));
-    let mut conn = redis.connection().await;
-    let agent = tokio::spawn({
-        let published = published.clone();
-        async move {
-            let mut tick = tokio::time::interval(PACE);
-            for n in 0u32.. {
-                tick.tick().await;
-                let at = 1_708_554_000_000_i64 + i64::from(n);
-                let payload = format!(
-                    r#"{{"event":{{"type":"channel.message","channelId":"{CHANNEL}","message":{{"id":"m-{n}","content":"m-{n}","senderId":"ada","timestamp":{at}}}}},"timestamp":{at},"channelId":"{CHANNEL}"}}"#
-                );
-                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(format!("pubsub:channel:{CHANNEL}"))
-                    .arg(payload)
-                    .query_async(&mut conn)
-                    .await;
-                if sent.is_err() {
-                    return;
-                }
-                *published.lock().unwrap_or_else(|e| e.into_inner()) = n + 1;
-            }
-        }
-    });
-    let count = || *published.lock().unwrap_or_else(|e| e.into_inner()) as usize;
+    let agent = NumberedAgent::start(redis, CHANNEL, PACE).await;
+    let shown = || numbered::shown(&tg, GROUP);
     let lease = redis::cmd("PTTL")
         .arg("openclaw:bridge:lease:telegram")
         .clone();
@@ -208,9 +161,12 @@ pub async fn takeovers(redis: &RedisServer, takeovers: usize) -> Result<Takeover
         report
             .floor
             .push(Duration::from_millis(remaining.max(0) as u64));
-        wire.extend(sends(&tg).last().map(|(n, _)| *n));
+        wire.extend(numbered::sends(&tg).last().map(|(n, _)| *n));
         let first = loop {
-            if let Some((_, at)) = sends(&tg).into_iter().find(|(_, at)| *at > killed) {
+            if let Some((_, at)) = numbered::sends(&tg)
+                .into_iter()
+                .find(|(_, at)| *at > killed)
+            {
                 break at;
             }
             if killed.elapsed() > WAIT {
@@ -219,9 +175,9 @@ pub async fn takeovers(redis: &RedisServer, takeovers: usize) -> Result<Takeover
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         report.first_send.push(first - killed);
-        let due = count();
+        let due = agent.count() as usize;
         loop {
-            let mut distinct = shown(&tg);
+            let mut distinct = shown();
             distinct.sort_unstable();
             distinct.dedup();
             if distinct.len() >= due {
@@ -239,12 +195,10 @@ pub async fn takeovers(redis: &RedisServer, takeovers: usize) -> Result<Takeover
         standby = start(&format!("restart-{round}"));
         standby.wait_until("telegram", false, WAIT).await;
     }
-    agent.abort();
-    let _ = agent.await;
-    report.published = count();
+    report.published = agent.finish().await as usize;
     // Whatever was published last is shown within a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let all = shown(&tg);
+    let all = shown();
     for n in 0..report.published as u32 {
         match all.iter().filter(|m| **m == n).count() {
             0 => report.lost += 1,

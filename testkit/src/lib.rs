@@ -8,5 +8,6 @@
 pub mod fake_discord;
 pub mod fake_telegram;
 pub mod hub;
+pub mod numbered;
 pub mod process;
 pub mod redis_server;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use hub_bridge_sdk::health::Component;
 use hub_bridge_sdk::metrics::Metrics;
-use hub_bridge_sdk::{Op, Reply, Store, StoreError};
+use hub_bridge_sdk::{Fence, Op, Reply, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::primary::{address, Primary};
@@ -585,17 +585,8 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             index,
             member,
         } => {
-            let cmd = pipe.cmd("EVAL").arg(UPDATE_JOB);
-            match fence {
-                Some(fence) => cmd
-                    .arg(3)
-                    .arg(list)
-                    .arg(index)
-                    .arg(fence.key())
-                    .arg(fence.holder()),
-                None => cmd.arg(2).arg(list).arg(index).arg(""),
-            };
-            cmd.arg(member)
+            fenced(pipe, UPDATE_JOB, &[list, index], fence.as_ref())
+                .arg(member)
                 .arg(head.as_deref().unwrap_or(""))
                 .arg(remove);
         }
@@ -606,25 +597,12 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
             index,
             member,
         } => {
-            let cmd = pipe.cmd("EVAL").arg(PUSH_JOB);
-            match fence {
-                Some(fence) => cmd
-                    .arg(3)
-                    .arg(list)
-                    .arg(index)
-                    .arg(fence.key())
-                    .arg(fence.holder()),
-                None => cmd.arg(2).arg(list).arg(index).arg(""),
-            };
-            cmd.arg(value).arg(member);
+            fenced(pipe, PUSH_JOB, &[list, index], fence.as_ref())
+                .arg(value)
+                .arg(member);
         }
         Op::SetFenced { fence, key, value } => {
-            let cmd = pipe.cmd("EVAL").arg(SET_FENCED);
-            match fence {
-                Some(fence) => cmd.arg(2).arg(key).arg(fence.key()).arg(fence.holder()),
-                None => cmd.arg(1).arg(key).arg(""),
-            };
-            cmd.arg(value);
+            fenced(pipe, SET_FENCED, &[key], fence.as_ref()).arg(value);
         }
         Op::ReleaseLease { fence } => {
             pipe.cmd("EVAL")
@@ -654,6 +632,26 @@ fn add_to_pipeline(pipe: &mut redis::Pipeline, op: &Op) -> Shape {
         }
     }
     Shape::Plain
+}
+
+/// `EVAL script` of a fenced script with its `keys`, then the fence: with one, its lease key is
+/// the last key and ARGV[1] the lease's expected value; without, ARGV[1] is `''` (and the script
+/// checks nothing). The op's own arguments follow.
+fn fenced<'a>(
+    pipe: &'a mut redis::Pipeline,
+    script: &str,
+    keys: &[&String],
+    fence: Option<&Fence>,
+) -> &'a mut redis::Pipeline {
+    let cmd = pipe.cmd("EVAL").arg(script);
+    match fence {
+        Some(fence) => cmd
+            .arg(keys.len() + 1)
+            .arg(keys)
+            .arg(fence.key())
+            .arg(fence.holder()),
+        None => cmd.arg(keys.len()).arg(keys).arg(""),
+    }
 }
 
 fn text(value: redis::Value) -> Option<String> {
