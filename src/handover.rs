@@ -147,7 +147,7 @@ impl Handover {
             at: read_at(delivery, now),
             delivery: delivery.clone(),
         });
-        self.report_kept(&state);
+        // The gauge is set on the hub loop's sweep (every second at most), not per event.
         Offered::Kept
     }
 
@@ -401,6 +401,8 @@ mod tests {
                 .get_or_create(&BridgeLabels { bridge: "probe" })
                 .get()
         };
+        // Set on the hub loop's sweep.
+        handover.sweep();
         assert_eq!(standby(&metrics), 5);
 
         let mark = Some(mark_of(&events[2]));

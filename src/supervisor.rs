@@ -247,10 +247,12 @@ async fn take_over(handover: &Handover, store: &dyn Store, keys: &Keys) {
             replayed,
             "relaying the events the previous holder had not handed on"
         ),
-        Found::NotSeen => tracing::warn!(
+        // Also after this instance lost the lease to nobody (a store outage outlasted it): the
+        // events it kept start after the last one it routed, which the mark names.
+        Found::NotSeen => tracing::info!(
             replayed,
-            "the previous holder's mark names an event this instance did not keep; relaying \
-             the events read since its time (what was shown already is recognised)"
+            "the previous holder's mark is not among the kept events; relaying those read since \
+             its time (what was shown already is recognised)"
         ),
     }
 }

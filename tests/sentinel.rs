@@ -707,10 +707,11 @@ async fn the_telegram_bridge_relays_both_ways_through_a_sentinel_failover() {
     //   handed it to the service before dying; the agent published it again on the new one, so
     //   the chat may show it twice (a duplicate the agent made);
     // - in flight: heard on the old primary but, at the kill, neither shown nor in the replica's
-    //   outbox (its job not yet written, or written and not yet replicated): not acknowledged,
-    //   the service held it in memory only, and the bridge's run restarted after the lost lease
-    //   does not have it (shown at most once). The relay keeps the hub's order, so these can
-    //   only be the last messages heard before the kill.
+    //   outbox (its job not yet written, or written and not yet replicated): not acknowledged.
+    //   An event still in the bridge's queue is kept when the lease is lost and relayed by the
+    //   next run, after the handover mark; a job written but not replicated, and routed before
+    //   the mark, is lost with the old primary. Shown at most once. The relay keeps the hub's
+    //   order, so these can only be the last messages heard before the kill.
     let heard: BTreeSet<u32> = published.heard.iter().map(|heard| heard.n).collect();
     let in_doubt: BTreeSet<u32> = published.in_doubt.iter().copied().collect();
     let in_flight: BTreeSet<u32> = published

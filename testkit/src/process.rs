@@ -15,6 +15,8 @@ pub struct ServiceProcess {
     child: Child,
     port: u16,
     name: String,
+    /// Killed or stopped, and reaped.
+    gone: bool,
 }
 
 impl ServiceProcess {
@@ -38,6 +40,7 @@ impl ServiceProcess {
             child,
             port,
             name: name.to_owned(),
+            gone: false,
         }
     }
 
@@ -59,12 +62,14 @@ impl ServiceProcess {
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
+        self.gone = true;
     }
 
     /// SIGTERM, and waits until the process has stopped on its own, successfully.
     pub fn stop(&mut self) {
         self.signal("TERM");
         let status = self.child.wait().expect("wait for hub-bridge");
+        self.gone = true;
         assert!(status.success(), "{} stopped with {status}", self.name);
     }
 
@@ -133,10 +138,14 @@ impl ServiceProcess {
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
+        if self.gone {
+            return;
+        }
         // A stopped process is resumed first, so that it dies of the SIGKILL at once.
         let _ = Command::new("kill")
             .arg("-CONT")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
