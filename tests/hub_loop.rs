@@ -15,6 +15,7 @@ use hub_bridge::hub::state::StateSettings;
 use hub_bridge::hub::HubLoop;
 use hub_bridge::service::{start_with, Running};
 use hub_bridge_sdk::config::Secret;
+use hub_bridge_sdk::handover::EventId;
 use hub_bridge_sdk::limits::{Action, Decision, LimitsConfig, RateLimiter};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, Keys, Op, Reply, Store};
 use hub_bridge_testkit::redis_server::RedisServer;
@@ -524,6 +525,17 @@ async fn an_agent_over_its_limit_is_not_relayed_and_is_told(backend: Backend) {
         .filter(|t| *t == "channel.message")
         .count();
     assert_eq!(relayed, 3, "the 4th message was relayed");
+    // Noted as refused, so an instance taking the bridge over from this one skips it too.
+    let refused = |id: &str| {
+        let envelope = json!({"event": message_event("chatty-agent", id), "timestamp": 1,
+                              "channelId": "C"});
+        let event = EventId::of("pubsub:channel:C", envelope.to_string().as_bytes());
+        Op::Exists {
+            key: hub.keys.refused(&event.to_string()),
+        }
+    };
+    assert_eq!(hub.op(refused("m4")).await, Reply::Int(1));
+    assert_eq!(hub.op(refused("m3")).await, Reply::Int(0));
     hub.stop().await;
 }
 
