@@ -323,13 +323,13 @@ pub async fn refused(store: &dyn Store, keys: &Keys, events: &[EventId]) -> Vec<
         .collect()
 }
 
-/// The op that notes a refused event for [`KEEP_FOR`].
+/// The op that notes a refused event for [`KEEP_FOR`]: a counter with that window, like the rate
+/// limit's own, and like it not a durable write: the hub loop does not wait for replicas on it
+/// (a note lost in a failover costs at most one over-limit event relayed by the next holder).
 pub fn refusal_op(keys: &Keys, event: EventId) -> Op {
-    Op::Set {
+    Op::IncrWindow {
         key: keys.refused(&event.to_string()),
-        value: "1".to_owned(),
-        ttl: Some(KEEP_FOR),
-        only_if_absent: false,
+        window: KEEP_FOR,
     }
 }
 
