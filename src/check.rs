@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hub_bridge_sdk::Keys;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, IntoConnectionInfo};
 
+use crate::bus::redis::node_settings;
 use crate::config::Config;
 use crate::service::configured_bridges;
 
@@ -85,7 +86,9 @@ pub async fn run(config: &Config, config_path: &Path) -> Report {
         (None, Some(sentinels), Some(master_name)) => {
             let urls: Vec<&str> = sentinels.iter().map(|url| url.expose()).collect();
             let wanted = config.redis.wait_replicas;
-            if let Some(primary) = check_sentinels(&urls, master_name, wanted, &mut report).await {
+            let password = config.redis.password.as_ref().map(|p| p.expose());
+            let primary = check_sentinels(&urls, master_name, password, wanted, &mut report).await;
+            if let Some(primary) = primary {
                 check_redis(&primary, &keys, &mut report).await;
             }
         }
@@ -143,6 +146,7 @@ async fn step<T>(
 async fn check_sentinels(
     urls: &[&str],
     master_name: &str,
+    password: Option<&str>,
     wait_replicas: u32,
     report: &mut Report,
 ) -> Option<redis::Client> {
@@ -199,7 +203,10 @@ async fn check_sentinels(
             step(sentinel_cmd("CKQUORUM").query_async(&mut connection)).await;
         report.add("sentinel quorum", quorum);
 
-        return match redis::Client::open(redis::ConnectionAddr::Tcp(ip.clone(), port)) {
+        let primary = redis::ConnectionAddr::Tcp(ip.clone(), port)
+            .into_connection_info()
+            .map(|info| info.set_redis_settings(node_settings(password)));
+        return match primary.and_then(redis::Client::open) {
             Ok(client) => Some(client),
             Err(error) => {
                 report.add("redis", Err(error.to_string()));

@@ -109,6 +109,9 @@ pub struct RedisConfig {
     /// The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`); required
     /// with `sentinels` (default none).
     pub master_name: Option<String>,
+    /// The password of the primary and replicas the Sentinels name (their `requirepass`), only
+    /// with `sentinels` (default none; with `url` it goes in the URL). A secret.
+    pub password: Option<Secret>,
     /// How many replicas must acknowledge a durable write (`WAIT`) within a second before the
     /// store counts it as safe; fewer: the write stands, is counted and the store shows as
     /// degraded (default 0: no waiting).
@@ -126,6 +129,12 @@ impl RedisConfig {
     fn validate(&self) -> Result<(), ConfigIssue> {
         if let Some(url) = &self.url {
             check_redis_url("redis.url", url)?;
+        }
+        if self.password.is_some() && self.sentinels.is_none() {
+            return Err(ConfigIssue::new(
+                "redis.password",
+                "only used with redis.sentinels (with redis.url, the password goes in the URL)",
+            ));
         }
         match (&self.sentinels, &self.master_name) {
             (Some(_), _) if self.url.is_some() => Err(ConfigIssue::new(
@@ -610,10 +619,22 @@ mod tests {
 
     #[test]
     fn sentinel_passwords_never_print() {
-        let toml =
-            "[redis]\nsentinels = [\"redis://:hunter2@127.0.0.1:26379\"]\nmaster_name = \"hub\"\n";
+        let toml = "[redis]\nsentinels = [\"redis://:hunter2@127.0.0.1:26379\"]\n\
+                    master_name = \"hub\"\npassword = \"swordfish\"\n";
         let config = load(toml).unwrap();
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("swordfish"));
+    }
+
+    #[test]
+    fn the_data_nodes_password_comes_only_with_sentinels() {
+        let error =
+            load("[redis]\nurl = \"redis://127.0.0.1:6379\"\npassword = \"x\"\n").unwrap_err();
+        assert_eq!(error.key, "redis.password");
+        assert_eq!(
+            load("[redis]\npassword = \"x\"\n").unwrap_err().key,
+            "redis.password"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! still there, and durable writes wait for `redis.wait_replicas` (a shortfall counted and shown
 //! as degraded, the service going on).
 //!
-//! `hub-bridge check` reports the Sentinels' view: the primary, the replicas, the quorum.
+//! `hub-bridge check` reports the Sentinels' view: the primary, the replicas, the quorum. The
+//! primary and the replica ask for a password (`redis.password`), the Sentinels for none.
 //!
 //! Issue 11 end to end: the real Telegram bridge against the fake Bot API, an agent publishing ten
 //! messages a second, the primary killed while jobs wait in the durable outbox. After the failover
@@ -34,6 +35,8 @@ use hub_bridge_testkit::redis_server::RedisServer;
 use serde_json::{json, Value};
 
 const MASTER: &str = "hub";
+/// The data nodes' password (`redis.password`).
+const PASSWORD: &str = "data-node-secret";
 const DURABLE_KEY: &str = "openclaw:test:sentinel:durable";
 
 /// A bridge that records the events the hub loop hands it (their debug form, which holds the
@@ -123,8 +126,9 @@ async fn durable_write(running: &Running, value: &str) {
 }
 
 /// A primary, its replica and three Sentinels (quorum 2) that know each other and the replica.
+/// The primary and the replica ask for [`PASSWORD`], as production ones do; the Sentinels for none.
 async fn sentinel_set_up() -> (RedisServer, RedisServer, Vec<RedisServer>) {
-    let primary = RedisServer::start();
+    let primary = RedisServer::start_with_password(PASSWORD);
     let replica = RedisServer::start_replica_of(&primary);
     let sentinels: Vec<RedisServer> = (0..3)
         .map(|_| RedisServer::start_sentinel(MASTER, &primary, 2))
@@ -141,6 +145,7 @@ fn sentinel_config(sentinels: &[RedisServer]) -> Config {
     config.http.listen = "127.0.0.1:0".parse().expect("address");
     config.redis.sentinels = Some(sentinels.iter().map(|s| Secret::new(s.url())).collect());
     config.redis.master_name = Some(MASTER.to_owned());
+    config.redis.password = Some(Secret::new(PASSWORD));
     config.redis.wait_replicas = 1;
     config
 }
@@ -513,7 +518,7 @@ async fn publish_stream(
 }
 
 async fn connect(port: u16) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let client = redis::Client::open(format!("redis://:{PASSWORD}@127.0.0.1:{port}")).ok()?;
     tokio::time::timeout(
         Duration::from_secs(1),
         client.get_multiplexed_async_connection(),

@@ -13,6 +13,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     role: Role,
+    /// A data node's `requirepass` (and a replica's `masterauth`); in [`Self::url`].
+    password: Option<String>,
 }
 
 /// What the process is started as.
@@ -29,13 +31,18 @@ enum Role {
 impl RedisServer {
     /// Starts a fresh server; panics with the reason when `redis-server` is missing.
     pub fn start() -> Self {
-        Self::start_as(Role::Primary)
+        Self::start_as(Role::Primary, None)
     }
 
-    /// Starts a replica of `primary` and waits until its replication link is up (the initial
-    /// sync done), so what the primary holds from now on reaches it.
+    /// [`Self::start`], refusing clients without `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_as(Role::Primary, Some(password.to_owned()))
+    }
+
+    /// Starts a replica of `primary` (with its password, if any) and waits until its replication
+    /// link is up (the initial sync done), so what the primary holds from now on reaches it.
     pub fn start_replica_of(primary: &RedisServer) -> Self {
-        let replica = Self::start_as(Role::Replica { of: primary.port });
+        let replica = Self::start_as(Role::Replica { of: primary.port }, primary.password.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = redis::Client::open(replica.url()).expect("client");
         loop {
@@ -57,11 +64,12 @@ impl RedisServer {
     }
 
     /// Starts a Redis Sentinel monitoring `primary` as `master_name` with `quorum`, quick to act:
-    /// a primary is down after 1 s without an answer, a failover may take 5 s.
+    /// a primary is down after 1 s without an answer, a failover may take 5 s. The Sentinel itself
+    /// asks for no password; it uses the primary's (`auth-pass`).
     pub fn start_sentinel(master_name: &str, primary: &RedisServer, quorum: u32) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
+        let mut config = format!(
             "port {port}\nbind 127.0.0.1\ndir {dir}\n\
              sentinel resolve-hostnames no\n\
              sentinel monitor {master_name} 127.0.0.1 {primary} {quorum}\n\
@@ -70,18 +78,22 @@ impl RedisServer {
             dir = dir.path().display(),
             primary = primary.port,
         );
+        if let Some(password) = &primary.password {
+            config.push_str(&format!("sentinel auth-pass {master_name} {password}\n"));
+        }
         std::fs::write(dir.path().join("sentinel.conf"), config).expect("sentinel config");
         let mut sentinel = Self {
             port,
             child: None,
             dir,
             role: Role::Sentinel,
+            password: None,
         };
         sentinel.spawn();
         sentinel
     }
 
-    fn start_as(role: Role) -> Self {
+    fn start_as(role: Role, password: Option<String>) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Self {
@@ -89,6 +101,7 @@ impl RedisServer {
             child: None,
             dir,
             role,
+            password,
         };
         server.spawn();
         server
@@ -158,7 +171,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -221,6 +237,9 @@ impl RedisServer {
         }
         if let Role::Replica { of } = self.role {
             command.args(["--replicaof", "127.0.0.1", &of.to_string()]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password, "--masterauth", password]);
         }
         let child = command
             .stdout(Stdio::null())

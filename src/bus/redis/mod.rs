@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::store::RedisStore;
 
+pub use self::primary::node_settings;
 use self::primary::Primary;
 use self::store::Replicas;
 use self::subscriber::Subscriber;
@@ -97,7 +98,8 @@ impl RedisBus {
         let primary = match (&config.sentinels, &config.url, &config.master_name) {
             (Some(sentinels), _, Some(master_name)) => {
                 let urls: Vec<&str> = sentinels.iter().map(|url| url.expose()).collect();
-                Primary::sentinel(&urls, master_name)?
+                let password = config.password.as_ref().map(|password| password.expose());
+                Primary::sentinel(&urls, master_name, password)?
             }
             (_, Some(url), _) => Primary::fixed(url.expose())?,
             _ => {

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::sentinel::Sentinel;
-use redis::{Client, ConnectionInfo, IntoConnectionInfo};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::InvalidRedisUrl;
 
@@ -40,6 +40,8 @@ enum Way {
         // awaits; concurrent rebuilds queue behind one lookup.
         sentinel: tokio::sync::Mutex<Sentinel>,
         master_name: String,
+        /// How the primary they name is reached: its password (`redis.password`), if any.
+        node: SentinelNodeConnectionInfo,
     },
 }
 
@@ -51,8 +53,12 @@ impl Primary {
         Ok(Self::new(Way::Fixed(client)))
     }
 
-    /// The primary the Sentinels at `urls` monitor as `master_name`.
-    pub(super) fn sentinel(urls: &[&str], master_name: &str) -> Result<Self, InvalidRedisUrl> {
+    /// The primary the Sentinels at `urls` monitor as `master_name`, reached with `password`.
+    pub(super) fn sentinel(
+        urls: &[&str],
+        master_name: &str,
+        password: Option<&str>,
+    ) -> Result<Self, InvalidRedisUrl> {
         let infos = urls
             .iter()
             .enumerate()
@@ -63,6 +69,7 @@ impl Primary {
         Ok(Self::new(Way::Sentinel {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master_name: master_name.to_owned(),
+            node: node_info(password),
         }))
     }
 
@@ -103,9 +110,10 @@ impl Primary {
             Way::Sentinel {
                 sentinel,
                 master_name,
+                node,
             } => {
                 let mut sentinel = sentinel.lock().await;
-                let lookup = sentinel.async_master_for(master_name, None);
+                let lookup = sentinel.async_master_for(master_name, Some(node));
                 match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
                     Ok(Ok(client)) => {
                         self.found(address(&client));
@@ -140,6 +148,19 @@ impl Primary {
             *last_found = Some(address);
         }
     }
+}
+
+/// How the data nodes the Sentinels name are reached: with `password` (`redis.password`), if any.
+pub fn node_settings(password: Option<&str>) -> RedisConnectionInfo {
+    let settings = RedisConnectionInfo::default();
+    match password {
+        Some(password) => settings.set_password(password),
+        None => settings,
+    }
+}
+
+fn node_info(password: Option<&str>) -> SentinelNodeConnectionInfo {
+    SentinelNodeConnectionInfo::default().set_redis_connection_info(node_settings(password))
 }
 
 /// Parses one URL; the error names the key and the kind of problem, never the URL (it may carry
