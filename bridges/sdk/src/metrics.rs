@@ -162,8 +162,9 @@ pub struct Metrics {
     /// the other had not handed on should this one take over (SPEC section 6).
     pub standby_events: Family<BridgeLabels, Gauge>,
     /// Events a standby let go of, by reason: `age` (older than the window: the running instance
-    /// has long handed them on) or `full` (the buffer's count bound; lost should this instance
-    /// take over now).
+    /// has long handed them on) or `full` (the count bound, the oldest first: at a high rate the
+    /// window holds fewer seconds, and only events the running instance had not handed on by a
+    /// takeover would be missed).
     pub standby_dropped: Family<BridgeReason, Counter>,
     /// Takeovers of a bridge's lease by this instance, by how the handover mark was found:
     /// `seen` (among the kept events), `not_seen` (placed by its time), `none` (no mark yet).
