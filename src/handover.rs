@@ -37,8 +37,6 @@ pub struct Handover {
     bridge: &'static str,
     queue: mpsc::Sender<Arc<Delivery>>,
     metrics: Arc<Metrics>,
-    /// The most events kept: the queue's size, so a replay always fits in it.
-    capacity: usize,
     // A std mutex: the hub loop and the supervisor hold it only to move events, never across an
     // await. Handing on and switching between running and standing by happen under it, so an
     // event is either in the queue or kept, never both, never neither.
@@ -101,7 +99,6 @@ impl Handover {
     ) -> Self {
         Self {
             bridge,
-            capacity: queue.max_capacity(),
             queue,
             metrics,
             state: Mutex::new(State::default()),
@@ -119,6 +116,11 @@ impl Handover {
     /// Whether this instance runs the bridge now.
     pub fn is_running(&self) -> bool {
         self.state().running
+    }
+
+    /// The most events kept: the queue's size, so a replay always fits in it.
+    fn capacity(&self) -> usize {
+        self.queue.max_capacity()
     }
 
     /// How many events the bridge's queue holds.
@@ -139,7 +141,7 @@ impl Handover {
         }
         let now = now_millis();
         self.forget_old(&mut state, now);
-        if state.kept.len() >= self.capacity {
+        if state.kept.len() >= self.capacity() {
             state.kept.pop_front();
             self.count_dropped("full", 1);
         }
@@ -231,7 +233,7 @@ impl Handover {
                 delivery,
             });
         }
-        while state.kept.len() > self.capacity {
+        while state.kept.len() > self.capacity() {
             state.kept.pop_front();
             self.count_dropped("full", 1);
         }

@@ -873,21 +873,16 @@ async fn api_messages_reach_telegram_and_a_full_window_answers_429(bus: BusKind)
     let api_url = tg.api_url();
     let api = Api::start(bus, move |config| {
         config.limits.message = 2;
+        let links = vec![TelegramLink {
+            channel: CHANNEL.to_owned(),
+            chat: GROUP,
+        }];
         config.bridges.push(Section::new(TelegramConfig {
-            token: Secret::new(TG_TOKEN),
-            api_url,
-            links: vec![TelegramLink {
-                channel: CHANNEL.to_owned(),
-                chat: GROUP,
-            }],
-            dm_agent: None,
             poll_timeout_secs: 1,
             chat_sends_per_sec: 50,
             group_sends_per_min: 1000,
             sends_per_sec: 100,
-            max_parts: 10,
-            edit_cadence_private_ms: 1000,
-            edit_cadence_group_ms: 3000,
+            ..TelegramConfig::new(Secret::new(TG_TOKEN), api_url, links)
         }));
     })
     .await;

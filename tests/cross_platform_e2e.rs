@@ -86,35 +86,30 @@ impl Harness {
             },
             bridges: vec![
                 Section::new(TelegramConfig {
-                    token: Secret::new(TG_TOKEN),
-                    api_url: tg.api_url(),
-                    links: vec![TelegramLink {
-                        channel: HUB.to_owned(),
-                        chat: GROUP,
-                    }],
-                    dm_agent: None,
                     poll_timeout_secs: 1,
                     chat_sends_per_sec: 50,
                     group_sends_per_min: 1000,
                     sends_per_sec: 100,
-                    max_parts: 10,
-                    edit_cadence_private_ms: 1000,
-                    edit_cadence_group_ms: 3000,
+                    ..TelegramConfig::new(
+                        Secret::new(TG_TOKEN),
+                        tg.api_url(),
+                        vec![TelegramLink {
+                            channel: HUB.to_owned(),
+                            chat: GROUP,
+                        }],
+                    )
                 }),
-                Section::new(DiscordConfig {
-                    token: Secret::new(DC_TOKEN),
-                    api_url: dc.api_url(),
-                    links: vec![DiscordLink {
+                Section::new(DiscordConfig::new(
+                    Secret::new(DC_TOKEN),
+                    dc.api_url(),
+                    vec![DiscordLink {
                         channel: HUB.to_owned(),
                         discord_channel: CHANNEL.to_string(),
                         webhook_url: Some(Secret::new(format!(
                             "https://discord.com/api/webhooks/{WEBHOOK}/{WEBHOOK_TOKEN}"
                         ))),
                     }],
-                    dm_agent: None,
-                    max_parts: 10,
-                    edit_cadence_ms: 1000,
-                }),
+                )),
             ],
             ..Config::default()
         };

@@ -111,10 +111,10 @@ impl Harness {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 ..HttpConfig::default()
             },
-            bridges: vec![Section::new(DiscordConfig {
-                token: Secret::new(TOKEN),
-                api_url: fake.api_url(),
-                links: vec![
+            bridges: vec![Section::new(DiscordConfig::new(
+                Secret::new(TOKEN),
+                fake.api_url(),
+                vec![
                     DiscordLink {
                         channel: HUB.to_owned(),
                         discord_channel: CHANNEL.to_string(),
@@ -128,10 +128,7 @@ impl Harness {
                         webhook_url: None,
                     },
                 ],
-                dm_agent: None,
-                max_parts: 10,
-                edit_cadence_ms: 1000,
-            })],
+            ))],
             agents: BTreeMap::from([(
                 AGENT.to_owned(),
                 AgentProfile {
@@ -1296,14 +1293,7 @@ async fn a_message_sent_while_redis_is_down_is_published_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_stops_the_bridge_and_check_names_the_bot() {
     let good = FakeDiscord::start(TOKEN).await;
-    let config = |token: &str| DiscordConfig {
-        token: Secret::new(token),
-        api_url: good.api_url(),
-        links: Vec::new(),
-        dm_agent: None,
-        max_parts: 10,
-        edit_cadence_ms: 1000,
-    };
+    let config = |token: &str| DiscordConfig::new(Secret::new(token), good.api_url(), Vec::new());
     let bridge = hub_bridge_discord::DiscordBridge::new(config(TOKEN));
     let report = bridge.check().await.expect("check passes");
     assert!(report.contains("hub-bridge"), "{report}");

@@ -362,20 +362,18 @@ fn telegram_sentinel_config(sentinels: &[RedisServer], tg: &FakeTelegram) -> Con
         },
     );
     config.bridges = vec![Section::new(TelegramConfig {
-        token: Secret::new(TOKEN),
-        api_url: tg.api_url(),
-        links: vec![TelegramLink {
-            channel: CHANNEL.into(),
-            chat: GROUP,
-        }],
-        dm_agent: None,
         poll_timeout_secs: 1,
         chat_sends_per_sec: 50,
         group_sends_per_min: 1000,
         sends_per_sec: 100,
-        max_parts: 10,
-        edit_cadence_private_ms: 1000,
-        edit_cadence_group_ms: 3000,
+        ..TelegramConfig::new(
+            Secret::new(TOKEN),
+            tg.api_url(),
+            vec![TelegramLink {
+                channel: CHANNEL.into(),
+                chat: GROUP,
+            }],
+        )
     })];
     config
 }

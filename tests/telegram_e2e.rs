@@ -180,21 +180,20 @@ fn config(redis: &RedisServer, tg: &FakeTelegram) -> Config {
         },
         agents,
         bridges: vec![Section::new(TelegramConfig {
-            token: Secret::new(TOKEN),
-            api_url: tg.api_url(),
-            links: vec![
-                link(CHANNEL, GROUP),
-                link(CHANNEL, OTHER),
-                link(CHANNEL_B, THIRD),
-            ],
             dm_agent: Some("helper".into()),
             poll_timeout_secs: 1,
             chat_sends_per_sec: 50,
             group_sends_per_min: 1000,
             sends_per_sec: 100,
-            max_parts: 10,
-            edit_cadence_private_ms: 1000,
-            edit_cadence_group_ms: 3000,
+            ..TelegramConfig::new(
+                Secret::new(TOKEN),
+                tg.api_url(),
+                vec![
+                    link(CHANNEL, GROUP),
+                    link(CHANNEL, OTHER),
+                    link(CHANNEL_B, THIRD),
+                ],
+            )
         })],
         ..Config::default()
     }
@@ -1870,17 +1869,8 @@ async fn a_killed_service_publishes_each_pending_update_exactly_once_after_resta
 async fn check_verifies_the_token_with_get_me() {
     let tg = FakeTelegram::start(TOKEN).await;
     let config = |token: &str| TelegramConfig {
-        token: Secret::new(token),
-        api_url: tg.api_url(),
-        links: Vec::new(),
-        dm_agent: None,
         poll_timeout_secs: 1,
-        chat_sends_per_sec: 1,
-        group_sends_per_min: 20,
-        sends_per_sec: 30,
-        max_parts: 10,
-        edit_cadence_private_ms: 1000,
-        edit_cadence_group_ms: 3000,
+        ..TelegramConfig::new(Secret::new(token), tg.api_url(), Vec::new())
     };
     let who = TelegramBridge::new(config(TOKEN))
         .check()

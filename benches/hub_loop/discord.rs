@@ -105,14 +105,11 @@ pub async fn latency(url: &str, secs: u64) -> Result<Latency> {
     config.http.listen = "127.0.0.1:0".parse()?;
     config.redis.url = Some(Secret::new(url));
     config.limits.message = 0;
-    config.bridges.push(Section::new(DiscordConfig {
-        token: Secret::new(TOKEN),
-        api_url: fake.api_url(),
+    config.bridges.push(Section::new(DiscordConfig::new(
+        Secret::new(TOKEN),
+        fake.api_url(),
         links,
-        dm_agent: None,
-        max_parts: 10,
-        edit_cadence_ms: 1000,
-    }));
+    )));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(15), || running.health.is_ready()).await {
         return Err(format!("discord: never ready: {:?}", running.health.snapshot()).into());

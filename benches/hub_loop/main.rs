@@ -862,24 +862,21 @@ async fn telegram(url: &str, args: &Args) -> Result<Telegram> {
     config.redis.url = Some(Secret::new(url));
     config.limits.message = 0; // Neither agents nor people are rate limited.
     config.bridges.push(Section::new(TelegramConfig {
-        token: Secret::new(TG_TOKEN),
-        api_url: tg.api_url(),
-        links: (chats.iter().enumerate())
-            .map(|(i, chat)| TelegramLink {
-                channel: format!("tg-{i}"),
-                chat: chat.id,
-            })
-            .collect(),
-        dm_agent: None,
-        poll_timeout_secs: 10,
         // Pacing far above the load (Telegram's real limits are 1/s per chat, 20/min per group,
         // 30/s per bot): this measures the relay, not the flood budget's waits.
         chat_sends_per_sec: 10_000,
         group_sends_per_min: 1_000_000,
         sends_per_sec: 100_000,
-        max_parts: 10,
-        edit_cadence_private_ms: 1000,
-        edit_cadence_group_ms: 3000,
+        ..TelegramConfig::new(
+            Secret::new(TG_TOKEN),
+            tg.api_url(),
+            (chats.iter().enumerate())
+                .map(|(i, chat)| TelegramLink {
+                    channel: format!("tg-{i}"),
+                    chat: chat.id,
+                })
+                .collect(),
+        )
     }));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(10), || running.health.is_ready()).await {

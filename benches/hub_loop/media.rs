@@ -153,35 +153,30 @@ pub async fn relay(url: &str, megabytes: u64) -> Result<MediaRelay> {
     config.http.listen = "127.0.0.1:0".parse()?;
     config.redis.url = Some(Secret::new(url));
     config.bridges.push(Section::new(TelegramConfig {
-        token: Secret::new(TG_TOKEN),
-        api_url: tg.api_url(),
-        links: vec![TelegramLink {
-            channel: "media".to_owned(),
-            chat: GROUP,
-        }],
-        dm_agent: None,
         poll_timeout_secs: 1,
         chat_sends_per_sec: 50,
         group_sends_per_min: 1000,
         sends_per_sec: 100,
-        max_parts: 10,
-        edit_cadence_private_ms: 1000,
-        edit_cadence_group_ms: 3000,
+        ..TelegramConfig::new(
+            Secret::new(TG_TOKEN),
+            tg.api_url(),
+            vec![TelegramLink {
+                channel: "media".to_owned(),
+                chat: GROUP,
+            }],
+        )
     }));
-    config.bridges.push(Section::new(DiscordConfig {
-        token: Secret::new(DC_TOKEN),
-        api_url: dc.api_url(),
-        links: vec![DiscordLink {
+    config.bridges.push(Section::new(DiscordConfig::new(
+        Secret::new(DC_TOKEN),
+        dc.api_url(),
+        vec![DiscordLink {
             channel: "media".to_owned(),
             discord_channel: CHANNEL.to_string(),
             webhook_url: Some(Secret::new(format!(
                 "https://discord.com/api/webhooks/{WEBHOOK}/{WEBHOOK_TOKEN}"
             ))),
         }],
-        dm_agent: None,
-        max_parts: 10,
-        edit_cadence_ms: 1000,
-    }));
+    )));
     let running = hub_bridge::service::start(config).await?;
     if !wait_for(Duration::from_secs(15), || running.health.is_ready()).await {
         return Err(format!("media: never ready: {:?}", running.health.snapshot()).into());

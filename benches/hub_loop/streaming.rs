@@ -93,19 +93,8 @@ fn envelope(channel: &str, event: serde_json::Value) -> String {
 }
 
 fn telegram_config(tg: &FakeTelegram, links: Vec<TelegramLink>) -> TelegramConfig {
-    TelegramConfig {
-        token: Secret::new(TG_TOKEN),
-        api_url: tg.api_url(),
-        links,
-        dm_agent: None,
-        poll_timeout_secs: 10,
-        chat_sends_per_sec: 1,
-        group_sends_per_min: 20,
-        sends_per_sec: 30,
-        max_parts: 10,
-        edit_cadence_private_ms: 1000,
-        edit_cadence_group_ms: 3000,
-    }
+    // Telegram's own limits, the defaults: what the flood budget must keep to.
+    TelegramConfig::new(Secret::new(TG_TOKEN), tg.api_url(), links)
 }
 
 fn link(channel: &str, chat: i64) -> TelegramLink {
@@ -138,20 +127,17 @@ pub async fn streaming(url: &str, secs: u64) -> Result<Streaming> {
         &tg,
         vec![link("st-group", GROUP), link("st-private", PRIVATE)],
     );
-    let discord = DiscordConfig {
-        token: Secret::new(DC_TOKEN),
-        api_url: dc.api_url(),
-        links: vec![DiscordLink {
+    let discord = DiscordConfig::new(
+        Secret::new(DC_TOKEN),
+        dc.api_url(),
+        vec![DiscordLink {
             channel: "st-discord".to_owned(),
             discord_channel: DC_CHANNEL.to_string(),
             webhook_url: Some(Secret::new(format!(
                 "https://discord.com/api/webhooks/{DC_WEBHOOK}/{DC_WEBHOOK_TOKEN}"
             ))),
         }],
-        dm_agent: None,
-        max_parts: 10,
-        edit_cadence_ms: 1000,
-    };
+    );
     let running = service(url, vec![Section::new(telegram), Section::new(discord)]).await?;
     let channels = ["st-group", "st-private", "st-discord"];
     let mut conn = redis::Client::open(url)?

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::relay::{Chat, Link, Links, Relay};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError};
 use serde_json::Value;
@@ -175,38 +174,35 @@ impl Bridge for DiscordBridge {
                 &status,
                 &bot_name,
             );
-            let deliveries = async {
-                while let Some(delivery) = ctx.deliveries.recv().await {
-                    // One event that makes routing panic is counted and skipped; the next is
-                    // routed (SPEC section 9).
-                    let routed = relay.route(&delivery);
-                    handle_event(ctx.hub.metrics(), "discord", "hub event", routed).await;
-                }
-                // The hub loop is gone, so the service is stopping: the gateway side ends on
-                // the shutdown token (and closes the connection properly); wait for that.
-                std::future::pending::<()>().await;
-            };
-            let result = tokio::select! {
-                result = gateway => result,
-                () = deliveries => Ok(()),
-                // The inbound processor ends only with the run; if it ends before, Discord
-                // messages would no longer reach the hub: the run fails so the supervisor
-                // restarts it (and `/readyz` shows it meanwhile).
-                ended = &mut inbound => {
-                    if stop.is_cancelled() {
-                        Ok(())
-                    } else {
-                        Err(BridgeError::Transient(match ended {
-                            Ok(()) => "the Discord inbound processor stopped".to_owned(),
-                            Err(error) => format!("the Discord inbound processor died: {error}"),
-                        }))
+            // Each side runs to its end and then stops the other: the platform side on the stop
+            // (or a failure), the delivery loop when the hub loop is gone or on the stop, after
+            // moving what is still queued into the durable outboxes.
+            let platform = async {
+                let result = tokio::select! {
+                    result = gateway => result,
+                    // The inbound processor ends only with the run; if it ends before, Discord
+                    // messages would no longer reach the hub: the run fails so the supervisor
+                    // restarts it (and `/readyz` shows it meanwhile).
+                    ended = &mut inbound => {
+                        if stop.is_cancelled() {
+                            Ok(())
+                        } else {
+                            Err(BridgeError::Transient(match ended {
+                                Ok(()) => "the Discord inbound processor stopped".to_owned(),
+                                Err(error) => format!("the Discord inbound processor died: {error}"),
+                            }))
+                        }
                     }
-                }
+                };
+                stop.cancel();
+                result
             };
+            let hub = async {
+                relay.deliver(&mut ctx.deliveries, &stop).await;
+                stop.cancel();
+            };
+            let (result, ()) = tokio::join!(platform, hub);
 
-            if ctx.shutdown.is_cancelled() {
-                relay.drain(&mut ctx.deliveries).await;
-            }
             stop.cancel();
             tasks.close();
             if tokio::time::timeout(STOP_GRACE, tasks.wait())

@@ -41,6 +41,21 @@ pub struct DiscordConfig {
     pub edit_cadence_ms: u64,
 }
 
+impl DiscordConfig {
+    /// The section with `token`, `api_url` and `links`, everything else as a TOML file that
+    /// leaves it out gets it (embedders, tests).
+    pub fn new(token: Secret, api_url: impl Into<String>, links: Vec<DiscordLink>) -> Self {
+        Self {
+            token,
+            api_url: api_url.into(),
+            links,
+            dm_agent: None,
+            max_parts: default_max_parts(),
+            edit_cadence_ms: default_edit_cadence_ms(),
+        }
+    }
+}
+
 /// One `[[discord.links]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

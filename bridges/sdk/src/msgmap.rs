@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::bridge::HubHandle;
 use crate::event::{now_millis, ChannelEvent, Envelope, Origin, Source};
-use crate::store::{Keys, Op, Store, StoreError};
+use crate::store::{Keys, Op, Reply, Store, StoreError};
 
 /// The platform <-> hub message-id map.
 #[derive(Clone)]
@@ -85,12 +85,24 @@ impl MessageMap {
         hub_message_id: &str,
         chat: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let key = self.forward_key(&platform, hub_message_id, chat);
-        let reply = self.store.one(Op::Get { key }).await?;
-        Ok(reply
+        let read = self.parts_read(platform, hub_message_id, chat);
+        Ok(Self::parts_of(self.store.one(read).await?))
+    }
+
+    /// The read of [`Self::parts`], for callers that batch it with others; [`Self::parts_of`]
+    /// reads its reply.
+    pub fn parts_read(&self, platform: impl Display, hub_message_id: &str, chat: &str) -> Op {
+        Op::Get {
+            key: self.forward_key(&platform, hub_message_id, chat),
+        }
+    }
+
+    /// The platform message ids in the reply to [`Self::parts_read`].
+    pub fn parts_of(reply: Reply) -> Vec<String> {
+        reply
             .into_text()
             .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// The hub message a platform message shows (or was published as).

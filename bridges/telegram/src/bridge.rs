@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use hub_bridge_sdk::guard::handle_event;
 use hub_bridge_sdk::relay::{Chat, Link, Links, Relay};
 use hub_bridge_sdk::{Bridge, BridgeContext, BridgeError, HubHandle};
 use teloxide::prelude::*;
@@ -61,10 +60,9 @@ impl TelegramBridge {
     }
 
     fn bot(&self) -> Result<Bot, BridgeError> {
-        let url = reqwest::Url::parse(&self.config.api_url).map_err(|error| {
-            BridgeError::Fatal(format!("telegram.api_url is not a URL: {error}"))
-        })?;
-        Ok(Bot::new(self.config.token.expose()).set_api_url(url))
+        self.config
+            .bot()
+            .map_err(|error| BridgeError::Fatal(format!("telegram.api_url is not a URL: {error}")))
     }
 
     fn redactor(&self) -> Redactor {
@@ -131,30 +129,25 @@ impl TelegramBridge {
             relay: relay.clone(),
             shutdown: shutdown.clone(),
         });
-        let mut updates = tasks.spawn(inbound::run(shared.clone(), ctx.status.clone()));
-        let result = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    relay.drain(&mut ctx.deliveries).await;
-                    break Ok(());
-                }
-                finished = &mut updates => break match finished {
-                    Ok(result) => result,
-                    Err(error) => Err(BridgeError::Transient(format!("the update loop failed: {error}"))),
-                },
-                delivery = ctx.deliveries.recv() => match delivery {
-                    // One event that makes routing panic is counted and skipped; the next is
-                    // routed (SPEC section 9).
-                    Some(delivery) => {
-                        let routed = relay.route(&delivery);
-                        handle_event(ctx.hub.metrics(), "telegram", "hub event", routed).await;
-                    }
-                    // The hub loop is gone: the service is stopping.
-                    None => break Ok(()),
-                },
+        let updates = tasks.spawn(inbound::run(shared.clone(), ctx.status.clone()));
+        // Each side runs to its end and then stops the other: the update loop ends on the stop
+        // (or fails), the delivery loop when the hub loop is gone or on the stop, after moving
+        // what is still queued into the durable outboxes.
+        let platform = async {
+            let finished = updates.await;
+            shutdown.cancel();
+            match finished {
+                Ok(result) => result,
+                Err(error) => Err(BridgeError::Transient(format!(
+                    "the update loop failed: {error}"
+                ))),
             }
         };
-        shutdown.cancel();
+        let hub = async {
+            relay.deliver(&mut ctx.deliveries, &shutdown).await;
+            shutdown.cancel();
+        };
+        let (result, ()) = tokio::join!(platform, hub);
         tasks.close();
         if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
             tracing::warn!("Telegram requests still running after the drain period");

@@ -58,6 +58,33 @@ pub struct TelegramConfig {
     pub edit_cadence_group_ms: u64,
 }
 
+impl TelegramConfig {
+    /// The bot client of this section: its token, at `api_url`; the error says why `api_url` is
+    /// not a URL.
+    pub(crate) fn bot(&self) -> Result<Bot, String> {
+        let url = reqwest::Url::parse(&self.api_url).map_err(|error| error.to_string())?;
+        Ok(Bot::new(self.token.expose()).set_api_url(url))
+    }
+
+    /// The section with `token`, `api_url` and `links`, everything else as a TOML file that
+    /// leaves it out gets it (embedders, tests).
+    pub fn new(token: Secret, api_url: impl Into<String>, links: Vec<TelegramLink>) -> Self {
+        Self {
+            token,
+            api_url: api_url.into(),
+            links,
+            dm_agent: None,
+            poll_timeout_secs: default_poll_timeout(),
+            chat_sends_per_sec: default_chat_sends_per_sec(),
+            group_sends_per_min: default_group_sends_per_min(),
+            sends_per_sec: default_sends_per_sec(),
+            max_parts: default_max_parts(),
+            edit_cadence_private_ms: default_edit_cadence_private_ms(),
+            edit_cadence_group_ms: default_edit_cadence_group_ms(),
+        }
+    }
+}
+
 /// One `[[telegram.links]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,8 +190,7 @@ impl BridgeConfig for TelegramConfig {
 
     fn media_source(&self) -> Option<Arc<dyn MediaSource>> {
         // `validate` checked the URL; a section that was not validated serves no files.
-        let api_url = reqwest::Url::parse(&self.api_url).ok()?;
-        let bot = Bot::new(self.token.expose()).set_api_url(api_url);
+        let bot = self.bot().ok()?;
         Some(Arc::new(TelegramFiles { bot }))
     }
 }

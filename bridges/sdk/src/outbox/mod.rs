@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use crate::bridge::HubHandle;
 use crate::fence::Fence;
 use crate::metrics::{BridgeDestination, BridgeLabels};
+use crate::store::{Op, Reply};
 
 mod durable;
 mod queue;
@@ -431,6 +432,18 @@ impl<J: Send + 'static> Outboxes<J> {
 }
 
 impl<J> Outboxes<J> {
+    /// Whether the run these outboxes work for still holds its bridge's lease: always without a
+    /// fence; `false` when the store cannot say.
+    pub async fn fence_holds(&self) -> bool {
+        let Some(fence) = self.inner.hub.fence() else {
+            return true;
+        };
+        let check = Op::CheckFence {
+            fence: fence.clone(),
+        };
+        matches!(self.inner.hub.store().one(check).await, Ok(Reply::Int(1)))
+    }
+
     /// Notes that the store refused the run's fence: the run lost its bridge's lease.
     fn fenced_out(&self) {
         if self.inner.fenced_out.swap(true, Ordering::Relaxed) {

@@ -229,6 +229,14 @@ impl Records {
         Ok(id.map(ThreadRef))
     }
 
+    /// The read of [`Self::shown_in`], for callers that batch it with others: replies the
+    /// thread's id as text, or nil.
+    pub fn shown_in_read(&self, hub_message_id: &str, chat: &str) -> Op {
+        Op::Get {
+            key: self.key().shown_in(hub_message_id, chat),
+        }
+    }
+
     pub fn shown_in_op(&self, hub_message_id: &str, chat: &str, thread: &ThreadRef) -> Op {
         Self::set(
             self.key().shown_in(hub_message_id, chat),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{DeadLetter, Delivery};
 use crate::emoji::Emoji;
@@ -21,34 +22,72 @@ use crate::relay::{home, thread_name, Link, Relay};
 use crate::text::names::person_name;
 
 impl<C: Connector> Relay<C> {
+    /// A bridge's delivery loop: routes the hub events of `deliveries` in order, each one whole,
+    /// until the queue closes (the hub loop stopped) or `stop` is cancelled; then the events
+    /// still queued go into the durable outboxes ([`Self::drain`]). A bridge runs it beside its
+    /// platform side, to completion (it is not raced), so no event is dropped halfway.
+    pub async fn deliver(
+        &self,
+        deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+        stop: &CancellationToken,
+    ) {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                delivery = deliveries.recv() => delivery,
+            };
+            let Some(delivery) = delivery else { return };
+            self.handle(&delivery).await;
+        }
+        self.drain(deliveries).await;
+    }
+
     /// Routes the hub events still waiting in `deliveries`, without waiting for more: on a
     /// graceful stop their jobs then stand in the durable outboxes, which the next instance to run
     /// the bridge resumes, before the lease is let go (SPEC section 6: a handover loses nothing).
-    /// Returns how many it routed.
+    /// Only while this run holds the lease: a run that lost it leaves them queued, and the
+    /// supervisor keeps them for whichever instance runs the bridge next (routed here, they would
+    /// go nowhere: the outboxes refuse a stale fence). Returns how many it routed.
     pub async fn drain(&self, deliveries: &mut mpsc::Receiver<Arc<Delivery>>) -> usize {
+        if deliveries.is_empty() {
+            self.core.handed.write(self.hub()).await;
+            return 0;
+        }
+        if !self.outboxes.fence_holds().await {
+            tracing::info!(
+                bridge = self.connector().name(),
+                queued = deliveries.len(),
+                "this run no longer holds the lease: queued hub events are left for the next holder"
+            );
+            return 0;
+        }
         let mut drained = 0;
         while let Ok(delivery) = deliveries.try_recv() {
-            // One event that makes routing panic is counted and skipped, as in a run.
-            let routed = self.route(&delivery);
-            handle_event(
-                self.hub().metrics(),
-                self.connector().name(),
-                "hub event",
-                routed,
-            )
-            .await;
+            self.handle(&delivery).await;
             drained += 1;
         }
         // The next holder relays from here on, at once rather than up to a tick later.
         self.core.handed.write(self.hub()).await;
-        if drained > 0 {
-            tracing::info!(
-                bridge = self.connector().name(),
-                drained,
-                "queued hub events moved into the durable outboxes before stopping"
-            );
-        }
+        tracing::info!(
+            bridge = self.connector().name(),
+            drained,
+            "queued hub events moved into the durable outboxes before stopping"
+        );
         drained
+    }
+
+    /// Routes one hub event from the bridge's queue ([`Self::route`]). One event that makes
+    /// routing panic is counted and skipped, so the next is routed (SPEC section 9).
+    pub async fn handle(&self, delivery: &Delivery) {
+        let routed = self.route(delivery);
+        handle_event(
+            self.hub().metrics(),
+            self.connector().name(),
+            "hub event",
+            routed,
+        )
+        .await;
     }
 
     /// Turns one hub event into jobs for the chats it concerns, then moves the handover mark past

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::bridge::DeadLetter;
 use crate::event::now_millis;
 use crate::metrics::{BridgeDirection, Direction};
+use crate::msgmap::MessageMap;
 use crate::outbox::{Absorb, Deliver, SendError};
 use crate::relay::connector::{
     Chat, Connector, Look, Parent, PartId, Place, ReactionChange, Rendering, ThreadRef,
@@ -16,7 +17,7 @@ use crate::relay::connector::{
 use crate::relay::job::{self, Action, Job, SendProgress};
 use crate::relay::streaming::ShownParts;
 use crate::relay::{home, Core};
-use crate::store::StoreError;
+use crate::store::{Reply, StoreError};
 
 mod rewrite;
 mod uploads;
@@ -148,8 +149,10 @@ impl<C: Connector> Core<C> {
                 // A hub message already shown in this chat is not shown again (SPEC section 6):
                 // an event replayed after a takeover, a job sent just before a crash took it off
                 // its list, an agent publishing the same message twice.
-                let home = home(chat, send.hub_channel.as_deref());
-                if self.first_part(&home, id).await?.is_some() {
+                if self
+                    .already_shown(&home(chat, send.hub_channel.as_deref()), id)
+                    .await?
+                {
                     self.count_ignored("already_shown");
                     return Ok(());
                 }
@@ -332,6 +335,22 @@ impl<C: Connector> Core<C> {
             .await
             .map_err(unavailable)?;
         Ok(ids.into_iter().map(PartId).collect())
+    }
+
+    /// Whether a hub message shows in the chat of `home` already: in a platform thread there
+    /// (noted when it was shown), or outside any. One round trip, on every new send.
+    async fn already_shown(&self, home: &Place, hub_message_id: &str) -> Result<bool, SendError> {
+        let map_chat = self.map_chat(home);
+        let reads = vec![
+            self.records.shown_in_read(hub_message_id, &map_chat),
+            self.map
+                .parts_read(self.connector.name(), hub_message_id, &map_chat),
+        ];
+        let replies = self.hub.store().exec(reads).await.map_err(unavailable)?;
+        let mut replies = replies.into_iter();
+        let in_thread = replies.next().is_some_and(|reply| reply != Reply::Nil);
+        let outside = replies.next().map(MessageMap::parts_of).unwrap_or_default();
+        Ok(in_thread || !outside.is_empty())
     }
 
     /// The first part showing a hub message in the chat of `home`, and the thread it is in.

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::{AgentProfile, Delivery, HubHandle};
 use crate::event::{parse, Source};
+use crate::fence::Fence;
 use crate::handover::EventId;
 use crate::limits::{LimitsConfig, RateLimiter};
 use crate::metrics::Metrics;
@@ -1034,12 +1036,11 @@ async fn a_header_is_kept_per_chat_and_never_in_the_shared_look() {
     assert_eq!(shared.topic_name.as_deref(), Some("hi"));
 }
 
-#[tokio::test]
-async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes() {
-    let h = Harness::new(Memory::new(true, 1));
-    let (sender, mut deliveries) = tokio::sync::mpsc::channel(8);
+/// Agent messages `ids` queued for the bridge, and the id of the last.
+async fn queued(ids: &[&str]) -> (mpsc::Receiver<Arc<Delivery>>, Option<EventId>) {
+    let (sender, deliveries) = mpsc::channel(8);
     let mut last = None;
-    for id in ["q1", "q2", "q3"] {
+    for id in ids {
         let payload = json!({"type": "channel.message", "channelId": "B", "message": {
             "id": id, "content": id, "senderId": "ada", "timestamp": 1}});
         let source = Source::Channel("B".to_owned());
@@ -1053,6 +1054,13 @@ async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes()
         last = Some(delivery.id);
         sender.send(Arc::new(delivery)).await.expect("queued");
     }
+    (deliveries, last)
+}
+
+#[tokio::test]
+async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes() {
+    let h = Harness::new(Memory::new(true, 1));
+    let (mut deliveries, last) = queued(&["q1", "q2", "q3"]).await;
     assert_eq!(h.relay.drain(&mut deliveries).await, 3);
     assert!(deliveries.try_recv().is_err(), "nothing left in the queue");
     // The handover mark names the last of them at once: the next holder relays from there.
@@ -1071,6 +1079,30 @@ async fn a_graceful_stop_routes_what_is_still_queued_into_the_durable_outboxes()
     h.settle().await;
     let texts: Vec<String> = h.sends().iter().map(|send| text(send).to_owned()).collect();
     assert_eq!(texts, vec!["Ada: q1", "Ada: q2", "Ada: q3"]);
+    h.stop().await;
+}
+
+/// A run that lost the lease (the fence it holds is stale) routes nothing more on stopping: the
+/// queued events stay for the supervisor to keep for the next holder.
+#[tokio::test]
+async fn a_run_that_lost_its_lease_leaves_the_queue_for_the_next_holder() {
+    let stale = Fence::new("t:bridge:lease:memory", "elsewhere", 1);
+    let h = Harness::build(
+        Memory::new(true, 1),
+        Arc::new(MemoryStore::default()),
+        LimitsConfig::default(),
+        |mut hub| {
+            hub.set_fence(Some(stale));
+            hub
+        },
+    );
+    let (mut deliveries, _) = queued(&["q1", "q2"]).await;
+    let stop = CancellationToken::new();
+    stop.cancel();
+    h.relay.deliver(&mut deliveries, &stop).await;
+    assert_eq!(deliveries.len(), 2, "both still queued");
+    h.settle().await;
+    assert!(h.sends().is_empty());
     h.stop().await;
 }
 
