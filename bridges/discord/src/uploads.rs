@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use hub_bridge_sdk::media::{Download, FileRef, MediaSource, SourceError};
 use hub_bridge_sdk::outbox::SendError;
-use hub_bridge_sdk::relay::{Look, MediaLimits, PartId, Place, Upload};
+use hub_bridge_sdk::relay::{Author, Look, MediaLimits, PartId, Place, Upload};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use serde_json::Value;
 use serenity::all::{MessageReference, Nonce};
@@ -18,6 +18,7 @@ use serenity::model::channel::MessageReferenceKind;
 use serenity::model::id::WebhookId;
 
 use crate::connector::{allowed_mentions, new_nonce, username, Discord, DiscordPart};
+use crate::format::{self, Header};
 use crate::ids;
 use crate::posts::{id_of, json_body, part_id, thread_param};
 use crate::rest::{path_segment, Rest, RestError};
@@ -86,7 +87,7 @@ impl Discord {
                 // Without a caption the post still says whose files these are.
                 let content = match (caption, author) {
                     (Some(part), _) => part.content.clone(),
-                    (None, Some(author)) => format!("**{}**:", author.name),
+                    (None, Some(author)) => files_header(author),
                     (None, None) => String::new(),
                 };
                 let allowed = allowed_mentions(ping).replied_user(!person && reply_to.is_some());
@@ -120,6 +121,14 @@ impl Discord {
         shown.push(PartId(id.to_string()));
         Ok(caption.is_some())
     }
+}
+
+/// The text of a bot post of files without a caption: whose they are, headed as a bot post's
+/// text is (the name's Markdown escaped: a name is the sender's to choose).
+fn files_header(author: &Author) -> String {
+    format::head(&Header::Name(author.name.clone()), "")
+        .trim_end()
+        .to_owned()
 }
 
 /// Where Discord attachments and stickers are read when a media link to one is opened.
@@ -219,5 +228,24 @@ impl MediaSource for DiscordFiles {
                 .ok_or(SourceError::Gone)?;
             self.stream(url).await
         })
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn a_name_heading_files_cannot_bring_markdown() {
+        let author = Author {
+            name: "*Eve* [click](https://evil.example)".to_owned(),
+            avatar: None,
+            avatar_url: None,
+            person: true,
+        };
+        assert_eq!(
+            files_header(&author),
+            r"**\*Eve\* \[click\](https://evil.example)**:"
+        );
     }
 }

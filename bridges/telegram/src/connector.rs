@@ -346,17 +346,17 @@ impl Connector for Telegram {
                         .parse_mode(ParseMode::Html)
                 })
                 .await?;
-            // Which of the two a part is, Telegram knows: asking costs the same as trying.
-            let html = match html {
-                Err(error) if is_caption_message(&error) => {
-                    self.paced(chat, |bot| {
-                        bot.edit_message_caption(ChatId(chat), id)
-                            .caption(part.part.html.clone())
-                            .parse_mode(ParseMode::Html)
-                    })
-                    .await?
-                }
-                other => other,
+            // Which of the two a part is, Telegram knows: it says so when the text is asked for.
+            let caption = matches!(&html, Err(error) if is_caption_message(error));
+            let html = if caption {
+                self.paced(chat, |bot| {
+                    bot.edit_message_caption(ChatId(chat), id)
+                        .caption(part.part.html.clone())
+                        .parse_mode(ParseMode::Html)
+                })
+                .await?
+            } else {
+                html
             };
             let result = match html {
                 Err(error) if is_form_error(&error) => {
@@ -367,8 +367,16 @@ impl Connector for Telegram {
                         self.ignored("empty_part");
                         return Ok(Edited::Done);
                     };
-                    self.paced(chat, |bot| bot.edit_message_text(ChatId(chat), id, plain))
+                    // The same of the two as above: a caption stays a caption.
+                    if caption {
+                        self.paced(chat, |bot| {
+                            bot.edit_message_caption(ChatId(chat), id).caption(plain)
+                        })
                         .await?
+                    } else {
+                        self.paced(chat, |bot| bot.edit_message_text(ChatId(chat), id, plain))
+                            .await?
+                    }
                 }
                 other => other,
             };

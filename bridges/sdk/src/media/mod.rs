@@ -115,11 +115,6 @@ impl Media {
         })
     }
 
-    /// `media.max_bytes`.
-    pub fn max_bytes(&self) -> u64 {
-        self.settings.max_bytes
-    }
-
     async fn links(&self) -> Result<&MediaLinks, StoreError> {
         self.links
             .get_or_try_init(|| {
@@ -169,11 +164,22 @@ impl Media {
                 Err(error) => Err(LoadError::Failed(error.to_string())),
             };
         };
-        let download = self
-            .serve(token)
+        // Bounded in time as a fetch is, so a platform that drips the file holds no chat up.
+        let read = async {
+            let download = self
+                .serve(token)
+                .await
+                .map_err(|error| LoadError::Failed(error.to_string()))?;
+            read_at_most(download, limit).await
+        };
+        tokio::time::timeout(Self::FETCH_TIMEOUT, read)
             .await
-            .map_err(|error| LoadError::Failed(error.to_string()))?;
-        read_at_most(download, limit).await
+            .unwrap_or_else(|_| {
+                Err(LoadError::Failed(format!(
+                    "the platform did not hand the file over within {:?}",
+                    Self::FETCH_TIMEOUT
+                )))
+            })
     }
 
     /// Whether `url` is one of this service's media links.

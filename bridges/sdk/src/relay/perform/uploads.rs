@@ -84,7 +84,8 @@ impl<C: Connector> Core<C> {
                 };
                 look.file_parts
                     .extend(progress.shown.iter().skip(files_from).cloned());
-                if let Ok(true) = captioned {
+                // The text rode as the caption only when there was one to ride.
+                if let (Ok(true), Some(_)) = (&captioned, caption_part) {
                     progress.done = 1;
                 }
                 self.record_progress(place, hub_message_id, look, progress)
@@ -243,11 +244,17 @@ fn file_name(block: &ContentBlock, url: &str) -> String {
 fn clean(name: &str) -> String {
     let name: String = name
         .chars()
-        .filter(|c| !c.is_control())
+        // Nor may it reorder what people read ("invoice\u{202E}fdp.exe" shows as ".pdf").
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
         .take(MAX_NAME)
         .collect();
     name.trim().to_owned()
+}
+
+/// The Unicode marks that change the direction text is shown in.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -276,6 +283,11 @@ mod tests {
             ..ContentBlock::default()
         };
         assert_eq!(file_name(&hostile, "https://x.test/a"), ".._.._etc_passwd");
+        let reversed = ContentBlock {
+            name: Some("invoice\u{202E}fdp.exe".to_owned()),
+            ..ContentBlock::default()
+        };
+        assert_eq!(file_name(&reversed, ""), "invoicefdp.exe");
         let long = ContentBlock {
             name: Some("x".repeat(1000)),
             ..ContentBlock::default()
